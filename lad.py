@@ -130,7 +130,7 @@ def _masked_mean(x, mask, n):
 
 
 def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, ratio="token",
-             agg="token-mean", denom=None, log_ratio_clamp=LOG_RATIO_CLAMP,
+             agg="token-mean", denom=None, weights=None, log_ratio_clamp=LOG_RATIO_CLAMP,
              max_log_weight=MAX_LOG_WEIGHT):
     """Practical LAD loss (paper Eq. 8) and detached stats.
 
@@ -141,7 +141,9 @@ def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, rat
       e^{A/eta} (default; matches verl's token-level recipe the paper follows).
     ratio="seq": one ratio per response, log r = mean_t log r_t (length-normalised geometric mean,
       as GSPO; the plain sum over thousands of tokens would saturate any clamp), shared by its tokens.
-    agg, denom: see aggregate(). Returns (loss scalar, dict of detached float tensors).
+    agg, denom: see aggregate(). weights: optional (B, T) or (B, 1) per-token multipliers, detached
+    (a truncated importance-sampling correction, or exact expectation weights pi_old(y)).
+    Returns (loss scalar, dict of detached float tensors).
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose from {sorted(DIVERGENCES)}")
@@ -163,6 +165,8 @@ def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, rat
     per_tok = _LADTokenLoss.apply(log_r_c, u, DIVERGENCES[divergence])          # Eq. 8, (B, T)
     if per_tok.shape != mask.shape:
         per_tok = per_tok.expand_as(mask)
+    if weights is not None:
+        per_tok = per_tok * weights.detach()
     loss = aggregate(per_tok, mask, agg, denom)
 
     with torch.no_grad():
@@ -182,13 +186,13 @@ def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, rat
 
 
 def grpo_loss(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.28, dual_clip=None,
-              ref_logp=None, kl_coef=0.0, agg="token-mean", denom=None,
+              ref_logp=None, kl_coef=0.0, agg="token-mean", denom=None, weights=None,
               log_ratio_clamp=LOG_RATIO_CLAMP):
     """GRPO / DAPO clipped surrogate (PPO clip with clip-higher), optional dual-clip and k3 KL.
 
     Per token: max(-A r, -A clip(r, 1-clip_low, 1+clip_high)); with dual_clip=c, min(that, -A c)
     where A < 0 (verl uses c = 3). ref_logp (B, T) with kl_coef > 0 adds kl_coef * k3, where
-    k3 = e^{ref-logp} - (ref-logp) - 1. Shapes and agg/denom as lad_loss.
+    k3 = e^{ref-logp} - (ref-logp) - 1. Shapes, agg, denom and weights as lad_loss.
     """
     mask = mask.to(logp.dtype)
     adv = (advantages if advantages.dim() == 2 else advantages[:, None]).detach().to(logp.dtype)
@@ -207,6 +211,8 @@ def grpo_loss(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.28,
         d = ref_logp.detach() - logp                                            # (B, T)
         k3 = d.exp() - d - 1.0
         per_tok = per_tok + kl_coef * k3
+    if weights is not None:
+        per_tok = per_tok * weights.detach()
     loss = aggregate(per_tok, mask, agg, denom)
 
     with torch.no_grad():
