@@ -1,0 +1,273 @@
+"""The embedded default: a built-in verifiable task and a tiny Qwen2 warm-started on it (no download, ever).
+
+Used by lad.py (default --model and --train-data), eval.py and the tests. Paper context: LAD (Sec. 3)
+matters when a prompt has several correct answers, so the built-in task has many per prompt and the
+number of distinct correct answers a policy keeps can be counted (SPEC.md "The embedded default").
+
+The task, kind "sum" (scored by verifier.sum_task_reward): write `k` single digits joined by '+' that
+sum to a target T and avoid one forbidden digit d. Prompt "T=17 avoid=3 k=3:", a correct response
+"9+6+2" (then EOS); gold "target=17,avoid=3,terms=3". Prompts with fewer than MIN_ANSWERS correct
+answers are not used. The (T, d, k) triples are split once, deterministically, into "train" and
+"heldout" (disjoint), so held-out evaluation measures generalisation to unseen prompts.
+
+The model: Qwen2 architecture from a config (hidden 128, 4 layers, 2 heads of head_dim 64, which vLLM's
+CPU attention accepts; about 0.86M parameters), character-level tokenizer saved with it, so that
+transformers and vLLM both load the folder with AutoTokenizer / AutoModelForCausalLM. The warm start is a
+short supervised phase on uniformly random correct answers of training prompts (loss on answer tokens
+only), deliberately short so that RL has room left (README "training" gives the measured accuracy).
+
+Commands
+    python tiny.py                 # build (or reuse) the cached warm-started model; print its accuracy
+    python tiny.py --rebuild       # rebuild it
+    python tiny.py --out DIR       # random-init tiny model (no warm start) into DIR
+
+Deliberately left out: BPE (characters suffice for digits), a chat template (prompts are plain text).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# ----------------------------------------------------------------------------------------------------
+# Task (kind "sum"); the contract is shared with verifier.py, lad.py and eval.py
+# ----------------------------------------------------------------------------------------------------
+
+TERMS = (3, 4)                 # number of digits in an answer; calibrated in README "training"
+MIN_ANSWERS = 4                # prompts with fewer correct answers are not used (diversity needs several)
+HELDOUT_FRACTION = 0.2         # of the (T, d, k) triples, chosen by a fixed hash
+SPLIT_SEED = "lad-sum-v1"      # changing it changes the split; keep fixed
+
+
+def sum_prompt(target, avoid, terms):
+    return f"T={target} avoid={avoid} k={terms}:"
+
+
+def sum_gold(target, avoid, terms):
+    return f"target={target},avoid={avoid},terms={terms}"
+
+
+def count_answers(target, avoid, terms):
+    """Number of ordered digit sequences (length `terms`, no digit == avoid) summing to target."""
+    ways = [1] + [0] * target                                   # ways[s] for sequences of length 0
+    for _ in range(terms):
+        new = [0] * (target + 1)
+        for s, w in enumerate(ways):
+            if w:
+                for d in range(10):
+                    if d != avoid and s + d <= target:
+                        new[s + d] += w
+        ways = new
+    return ways[target]
+
+
+def random_answer(target, avoid, terms, rng):
+    """A uniformly random correct answer, by rejection-free sequential sampling on the counts."""
+    digits, left = [], target
+    for i in range(terms, 0, -1):
+        choices = [d for d in range(10) if d != avoid and d <= left]
+        weights = [count_answers(left - d, avoid, i - 1) if i > 1 else int(d == left) for d in choices]
+        d = rng.choices(choices, weights)[0]
+        digits.append(d)
+        left -= d
+    return "+".join(map(str, digits))
+
+
+def _triples():
+    for k in TERMS:
+        for t in range(0, 9 * k + 1):
+            for d in range(10):
+                if count_answers(t, d, k) >= MIN_ANSWERS:
+                    yield t, d, k
+
+
+def task_split(split):
+    """The built-in task's prompts: split in {"train", "heldout"} -> list of {"id", "prompt", "gold"}."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"unknown split {split!r}; choose 'train' or 'heldout'")
+    rows = []
+    for t, d, k in _triples():
+        h = int(hashlib.sha256(f"{SPLIT_SEED}:{t}:{d}:{k}".encode()).hexdigest()[:8], 16) / 16 ** 8
+        if (h < HELDOUT_FRACTION) == (split == "heldout"):
+            rows.append({"id": f"sum-{t}-{d}-{k}", "prompt": sum_prompt(t, d, k), "gold": sum_gold(t, d, k)})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenizer and model
+# ----------------------------------------------------------------------------------------------------
+
+SPECIALS = ["<pad>", "<eos>", "<unk>"]
+CHARS = [chr(i) for i in range(32, 127)] + ["\n", "\t"]        # printable ASCII, so any prompt encodes
+
+MODEL_CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=2,
+                    num_key_value_heads=2, head_dim=64, max_position_embeddings=256, rope_theta=10000.0,
+                    tie_word_embeddings=True, rms_norm_eps=1e-6)
+
+
+def make_tokenizer():
+    """Character-level PreTrainedTokenizerFast (one token per character; <pad>=0, <eos>=1, <unk>=2)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   unk_token="<unk>", model_max_length=MODEL_CONFIG["max_position_embeddings"])
+
+
+def make_model(seed=0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = make_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=None, **MODEL_CONFIG)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok
+
+
+def init_model_dir(path, seed=0):
+    """Random-init tiny Qwen2 (head_dim 64) saved in HF format with its tokenizer; returns the path."""
+    model, tok = make_model(seed)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Warm start (supervised, answer tokens only) and its cache
+# ----------------------------------------------------------------------------------------------------
+
+WARM = dict(steps=300, batch=64, lr=3e-3, warmup=20)  # calibrated: README "training"
+
+
+def warm_start(model, tok, seed=0, steps=WARM["steps"], batch=WARM["batch"], lr=WARM["lr"], log=print):
+    """Train `model` in place on random correct answers of the training prompts (deterministic in seed)."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    rows = [(t, d, k) for t, d, k in _triples()]
+    train_ids = {r["id"] for r in task_split("train")}
+    rows = [r for r in rows if f"sum-{r[0]}-{r[1]}-{r[2]}" in train_ids]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARM["warmup"]))
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        seqs, masks = [], []
+        for _ in range(batch):
+            t, d, k = rng.choice(rows)
+            p = tok(sum_prompt(t, d, k))["input_ids"]
+            a = tok(random_answer(t, d, k, rng))["input_ids"] + [tok.eos_token_id]
+            seqs.append(p + a)
+            masks.append([0] * len(p) + [1] * len(a))
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+        m = torch.tensor([x + [0] * (width - len(x)) for x in masks], dtype=torch.float32)
+        att = (torch.arange(width)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        loss = (nll * m[:, 1:]).sum() / m[:, 1:].sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % 50 == 0 or step == 0:
+            log(f"warm start step {step + 1}/{steps}  loss {loss.item():.3f}  {time.time() - t0:.0f}s")
+    model.eval()
+    return model
+
+
+def cache_root():
+    """LAD_CACHE if set, else .cache/ next to this file (gitignored)."""
+    return Path(os.environ.get("LAD_CACHE", Path(__file__).resolve().parent / ".cache"))
+
+
+def _cache_key(seed):
+    blob = json.dumps({"model": MODEL_CONFIG, "warm": WARM, "terms": TERMS, "min": MIN_ANSWERS,
+                       "split": SPLIT_SEED, "chars": len(CHARS), "seed": seed, "v": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def default_model_dir(seed=0, rebuild=False, log=print):
+    """Path of the cached warm-started tiny model; built on first use (under a file lock, so that
+    several ranks or processes calling this at once build it once)."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"tiny-sum-s{seed}-{_cache_key(seed)}"
+    with open(root / ".tiny.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if rebuild and final.exists():
+                shutil.rmtree(final)
+            if not (final / "config.json").exists():
+                log(f"building the tiny warm-started model (once) in {final}")
+                tmp = root / f".tmp-{final.name}-{os.getpid()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                n_threads = torch.get_num_threads()
+                model, tok = make_model(seed)
+                warm_start(model, tok, seed=seed, log=log)
+                torch.set_num_threads(n_threads)
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                os.replace(tmp, final)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return str(final)
+
+
+def evaluate_sum(model, tok, split="heldout", k=16, temperature=1.0, seed=0, max_new_tokens=16):
+    """Accuracy (Avg@k) and mean distinct correct answers per prompt of `model` on a split."""
+    import verifier
+    from rollout import HFEngine
+
+    rows = task_split(split)
+    engine = HFEngine(model, tok)
+    prompts = [tok(r["prompt"])["input_ids"] for r in rows]
+    samples = engine.generate(prompts, k, temperature=temperature, top_p=1.0,
+                              max_new_tokens=max_new_tokens, seed=seed)
+    texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+    golds = [rows[s.prompt_index]["gold"] for s in samples]
+    rewards = verifier.score_batch(texts, golds, kind="sum")
+    acc = sum(rewards) / len(rewards)
+    distinct = []
+    for i in range(len(rows)):
+        ok = {verifier.sum_task_answer(texts[j]) for j in range(i * k, (i + 1) * k) if rewards[j] > 0}
+        distinct.append(len(ok))
+    return {"accuracy": acc, "distinct_correct": sum(distinct) / len(distinct), "prompts": len(rows), "k": k}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Build the embedded default model (see module docstring).")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--out", default=None, help="write a random-init tiny model here instead")
+    a = ap.parse_args()
+    if a.out:
+        print(init_model_dir(a.out, a.seed))
+        sys.exit(0)
+    t0 = time.time()
+    path = default_model_dir(a.seed, rebuild=a.rebuild)
+    print(f"model: {path}  ({time.time() - t0:.0f}s)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m, t = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    print(f"train prompts {len(task_split('train'))}, heldout prompts {len(task_split('heldout'))}")
+    print("heldout before RL:", json.dumps(evaluate_sum(m, t)))
