@@ -1,14 +1,121 @@
-"""eval.py -- Avg@k, Pass@k and diversity of LAD / GRPO checkpoints on math benchmarks, side by side.
+"""eval.py -- Avg@k, Pass@k and diversity of checkpoints (or generation files) on math benchmarks and on
+the built-in task, side by side.
 
-(Work in progress: the metric functions below are final; loaders, generation, scoring and --compare
-follow in the next commits.)
+Implements the evaluation of the LAD paper (Sec. 5.1 and Appendix C.2-C.3; Tables 1, 3, 4, 7):
+Avg@k (mean accuracy over the k samples of a problem), Pass@k with the unbiased estimator of Chen et al.
+(2021), lexical diversity distinct-n (Table 4 uses n = 3, 4; we report 1..4), and three figures the
+paper does not tabulate but that explain its claims: distinct correct final answers per prompt, mean
+response length and truncation rate. Every figure is computed per benchmark and macro-averaged over
+benchmarks (each benchmark weighs the same, as in the paper's "Avg" column), each with a spread.
+
+Commands
+    built-in task, CPU (tiny model):   python eval.py --benchmark tiny --model runs/<run>/final --n 16
+    math benchmarks, 1 GPU (vLLM):     python eval.py --model <hf-path> --engine vllm \\
+                                           --benchmark aime24,aime25,amc23,math500,minerva,olympiadbench
+    8 GPUs (one shard per GPU, then score the union):
+        for i in 0 1 2 3 4 5 6 7; do CUDA_VISIBLE_DEVICES=$i python eval.py --model <hf-path> --engine vllm \\
+            --benchmark aime24,amc23 --shard $i/8 --out-dir runs/eval/m/shard$i & done; wait
+        python eval.py --benchmark aime24,amc23 --out-dir runs/eval/m \\
+            --generations "$(ls runs/eval/m/shard*/samples.jsonl | paste -sd,)"
+    score generations made elsewhere:  python eval.py --benchmark aime24 --generations gens.jsonl
+    side by side (table + plot):       python eval.py --compare runs/eval/grpo/summary.json \\
+                                           runs/eval/lad/summary.json --plot docs/passk.png
+
+Protocol defaults (recorded in summary.json with every other setting): n = 32 samples per problem
+(Table 1 reports Avg@32, Table 7 Pass@32), temperature 1.0 and top_p 1.0 (the paper's sampling
+temperature, App. C.2; it states no separate evaluation temperature), 8192 new tokens (App. C.2; 4096
+for its 1.5B models), and the DAPO-Math prompt (the paper trains on DAPO-MATH, so its models answer in
+that format), with the tokenizer's chat template when it has one.
+
+Deliberately left out
+    - the GPT-4 "logical diversity" judge (App. C.2): it needs a network and a paid API;
+    - the code benchmarks (LiveCodeBench, CodeForces, HumanEval+): they need a code sandbox;
+    - majority voting and any answer post-processing beyond verifier.py.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
 import math
 import re
+import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass
+class Args:
+    benchmark: str = ""
+    """comma-separated: tiny, aime24, aime25, amc23, math500, minerva, olympiadbench, or .jsonl/.parquet paths (default tiny when generating)"""
+    data_dir: str = ""
+    """folder holding the benchmark files (default: ./data/bench, else ../shared/data/bench next to this repo)"""
+    problem_field: str = ""
+    """field holding the problem text in a custom file (default: problem, question or prompt)"""
+    answer_field: str = ""
+    """field holding the gold answer in a custom file (default: answer, final_answer or gold, else the last \\boxed{} of solution)"""
+    id_field: str = ""
+    """field holding the problem id (default: id, idx, unique_id or problem_id, else the row number)"""
+    kind: str = "auto"
+    """verifier kind: math, sum (the built-in task) or auto (sum for tiny, math otherwise)"""
+    limit: int = 0
+    """evaluate only the first LIMIT problems of each benchmark (0: all); recorded, for quick runs"""
+    shard: str = ""
+    """i/N: evaluate only problems whose index is i mod N (data-parallel generation; merge with --generations)"""
+    on_bad_row: str = "error"
+    """a benchmark row that cannot be loaded: error (exit 2, every bad row listed) or skip (listed and recorded)"""
+    model: str = ""
+    """HF model folder to sample from (default for tiny: tiny.default_model_dir(), the warm-started model)"""
+    engine: str = "auto"
+    """rollout engine: hf (transformers generate), vllm, or auto (vLLM with a GPU, else hf)"""
+    device: str = "auto"
+    """hf engine device: cpu, cuda, or auto (cuda when available)"""
+    dtype: str = "auto"
+    """model dtype: float32, bfloat16, float16, or auto (bfloat16 on GPU, float32 on CPU)"""
+    n: int = 32
+    """samples per problem (paper: Avg@32 in Table 1, Avg@16/Pass@16 in Tables 3, 6)"""
+    k: str = ""
+    """Pass@k values, comma-separated (default: 1, 2, 4, ... up to n, and n); each must be <= n"""
+    temperature: float = 1.0
+    """sampling temperature (paper App. C.2: 1.0; 0 = greedy)"""
+    top_p: float = 1.0
+    """nucleus sampling threshold (1.0 = off; the paper states none)"""
+    max_new_tokens: int = 0
+    """response token limit (0: 8192 for math, paper App. C.2; 16 for the built-in task, whose answers are <= 8 chars)"""
+    prompt_template: str = "auto"
+    """dapo, boxed, raw, or a string containing {problem} (auto: dapo for math, raw for the built-in task)"""
+    chat_template: str = "auto"
+    """wrap the prompt in the tokenizer's chat template: yes, no, auto (yes when the tokenizer has one)"""
+    batch_size: int = 16
+    """problems per engine.generate call (times n sequences)"""
+    seed: int = 0
+    """sampling seed; batch b uses seed + b, so a run is reproducible and batches differ"""
+    generations: str = ""
+    """score existing generations instead of sampling: comma-separated JSONL files (see README "eval")"""
+    out_dir: str = ""
+    """output folder for samples.jsonl, summary.json, summary.md (default runs/eval/<name>)"""
+    name: str = ""
+    """label of this run in tables and plots (default: the model folder's or generations file's name)"""
+    bootstrap: int = 1000
+    """bootstrap resamples of the problems for the 95% intervals (0: none)"""
+    compare: list[str] = field(default_factory=list)
+    """summary.json files to print side by side (first = baseline for the differences); no evaluation"""
+    plot: str = ""
+    """with --compare: the Pass@k-versus-k PNG to write (default next to --out-dir's compare.md)"""
+
+
+class EvalError(Exception):
+    """Bad input: reported as one line on stderr, exit status 2, no traceback."""
+
 
 # ----------------------------------------------------------------------------------------------------
 # METRICS (pure Python; imported by lad.py for periodic evaluation, so no torch/transformers here)
@@ -85,3 +192,762 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
             seen.add(tuple(toks[i:i + n]))
             total += 1
     return len(seen) / total if total else 0.0
+
+
+def default_ks(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself (the paper's Pass@16 / Pass@32 are the last point)."""
+    ks = [1 << i for i in range(n.bit_length()) if 1 << i <= n]
+    return ks if ks[-1] == n else ks + [n]
+
+
+# ----------------------------------------------------------------------------------------------------
+# BENCHMARK LOADERS
+#
+# A problem is {"id": str, "problem": str, "gold": str, "meta": dict}. Field conventions differ per
+# file (checked on the shared copies): AIME 2024 "problem"/"answer" (str); AMC 2023 "answer" as a float
+# (27.0); Minerva math has no answer field (the gold is the last \boxed{} of "solution");
+# OlympiadBench has "question" (plus "context" for some), "final_answer" as a list and sometimes a
+# "unit"; MATH-500 and AIME 2025 use "problem"/"answer" in their usual releases.
+# ----------------------------------------------------------------------------------------------------
+
+BENCHMARKS = {  # name -> file stems tried in --data-dir (.jsonl, then .parquet)
+    "aime24": ["aime24", "aime2024", "aime_2024"],
+    "aime25": ["aime25", "aime2025", "aime_2025"],
+    "amc23": ["amc23", "amc2023", "amc"],
+    "math500": ["math500", "math_500", "MATH-500", "math-500"],
+    "minerva": ["minerva_math", "minerva"],
+    "olympiadbench": ["olympiadbench", "olympiad_bench"],
+}
+PROBLEM_FIELDS = ("problem", "question", "prompt")
+ANSWER_FIELDS = ("answer", "final_answer", "gold")
+ID_FIELDS = ("id", "idx", "unique_id", "problem_id")
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last \boxed{...} (or \fbox{...}, \framebox{...}) in text, braces matched; None if none."""
+    best = None
+    for m in re.finditer(r"\\(?:boxed|fbox|framebox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            best = text[m.end():i - 1].strip()
+    return best
+
+
+def _gold_str(value) -> str:
+    """A gold answer as a string: floats that are integers lose their '.0' (AMC's 27.0 -> '27'), lists
+    (OlympiadBench's final_answer) are joined with ', ', and $...$ math delimiters are removed."""
+    if isinstance(value, bool):
+        raise ValueError(f"boolean answer {value!r}")
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_gold_str(v) for v in value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite answer {value!r}")
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        s = value.strip()
+        if len(s) >= 2 and s.startswith("$") and s.endswith("$"):
+            # OlympiadBench writes several answers as "$69$,$84$"
+            s = re.sub(r"\$\s*,\s*\$", ", ", s).strip("$").strip()
+        return s
+    raise ValueError(f"answer of type {type(value).__name__}")
+
+
+def parse_row(row, where: str, problem_field: str = "", answer_field: str = "", id_field: str = "",
+              default_id: str = "") -> dict:
+    """One benchmark row -> problem dict. Raises ValueError whose message names `where` (file:line)."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: not a JSON object")
+    pf = [problem_field] if problem_field else [f for f in PROBLEM_FIELDS if f in row]
+    if not pf or pf[0] not in row:
+        raise ValueError(f"{where}: no problem field (looked for {problem_field or ', '.join(PROBLEM_FIELDS)})")
+    problem = row[pf[0]]
+    if not isinstance(problem, str) or not problem.strip():
+        raise ValueError(f"{where}: empty or non-text problem in field {pf[0]!r}")
+    if isinstance(row.get("context"), str) and row["context"].strip():   # OlympiadBench physics
+        problem = row["context"].strip() + "\n" + problem
+    if answer_field:
+        if answer_field not in row:
+            raise ValueError(f"{where}: no field {answer_field!r}")
+        raw, source = row[answer_field], answer_field
+    else:
+        source = next((f for f in ANSWER_FIELDS if row.get(f) not in (None, "", [])), None)
+        if source is not None:
+            raw = row[source]
+        elif isinstance(row.get("solution"), str):            # Minerva: the last box of the solution
+            raw, source = last_boxed(row["solution"]), "solution (last \\boxed{})"
+            if raw is None:
+                raise ValueError(f"{where}: no answer field and no \\boxed{{}} in solution")
+        else:
+            raise ValueError(f"{where}: no answer (looked for {', '.join(ANSWER_FIELDS)}, or a solution with \\boxed{{}})")
+    try:
+        gold = _gold_str(raw)
+    except ValueError as e:
+        raise ValueError(f"{where}: bad answer in {source!r}: {e}") from None
+    if not gold:
+        raise ValueError(f"{where}: empty answer in {source!r}")
+    idf = [id_field] if id_field else [f for f in ID_FIELDS if f in row]
+    if id_field and id_field not in row:
+        raise ValueError(f"{where}: no field {id_field!r}")
+    pid = str(row[idf[0]]) if idf else default_id
+    meta = {k: row[k] for k in ("unit", "answer_type", "is_multiple_answer") if row.get(k) is not None}
+    return {"id": pid, "problem": problem, "gold": gold, "meta": meta}
+
+
+def read_rows(path: Path):
+    """Yield (where, row-or-exception, default id) per row of a .jsonl (id: line number) or .parquet (row index) file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}:row {i}", row, i
+        return
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line), lineno
+            except json.JSONDecodeError as e:
+                yield f"{path}:{lineno}", ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})"), lineno
+
+
+def load_file(path: Path, args: Args) -> tuple[list[dict], list[str]]:
+    """All rows of a benchmark file -> (problems, errors); each error names its file and line."""
+    problems, errors, seen = [], [], {}
+    for where, row, i in read_rows(path):
+        try:
+            if isinstance(row, Exception):
+                raise row
+            p = parse_row(row, where, args.problem_field, args.answer_field, args.id_field, default_id=str(i))
+            if p["id"] in seen:
+                raise ValueError(f"{where}: duplicate id {p['id']!r} (first at {seen[p['id']]})")
+            seen[p["id"]] = where
+            problems.append(p)
+        except ValueError as e:
+            errors.append(str(e))
+    return problems, errors
+
+
+def data_dirs(args: Args) -> list[Path]:
+    if args.data_dir:
+        return [Path(args.data_dir)]
+    return [Path("data/bench"), ROOT / "data" / "bench", ROOT.parent / "shared" / "data" / "bench"]
+
+
+def load_benchmark(name: str, args: Args) -> tuple[list[dict], list[str], str, str]:
+    """-> (problems, errors, kind, source) for a benchmark name or a file path."""
+    if name == "tiny":
+        import tiny  # the built-in task (no torch needed for the prompts, but tiny imports it)
+        rows = tiny.task_split("heldout")
+        probs = [{"id": r["id"], "problem": r["prompt"], "gold": r["gold"], "meta": {}} for r in rows]
+        return probs, [], "sum", "tiny.task_split('heldout')"
+    if name in BENCHMARKS:
+        tried = [d / f"{stem}{ext}" for d in data_dirs(args) for stem in BENCHMARKS[name] for ext in (".jsonl", ".parquet")]
+        path = next((p for p in tried if p.is_file()), None)
+        if path is None:
+            dirs = ", ".join(str(d) for d in data_dirs(args))
+            raise EvalError(f"benchmark {name!r}: no file {BENCHMARKS[name][0]}.jsonl/.parquet in {dirs} (set --data-dir)")
+    else:
+        path = Path(name)
+        if path.suffix not in (".jsonl", ".parquet"):
+            raise EvalError(f"unknown benchmark {name!r}; choose from tiny, {', '.join(BENCHMARKS)}, or a .jsonl/.parquet file")
+        if not path.is_file():
+            raise EvalError(f"benchmark file not found: {path}")
+    problems, errors = load_file(path, args)
+    return problems, errors, "math", str(path)
+
+
+def bench_name(spec: str) -> str:
+    return spec if spec == "tiny" or spec in BENCHMARKS else Path(spec).stem
+
+
+# ----------------------------------------------------------------------------------------------------
+# PROMPTS AND GENERATION (torch / transformers / vLLM are imported here, never at module import)
+# ----------------------------------------------------------------------------------------------------
+
+TEMPLATES = {
+    # DAPO-Math-17k's prompt (the paper's training set, App. C.2): the model was rewarded in this format
+    "dapo": ("Solve the following math problem step by step. The last line of your response should be of "
+             "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+             "{problem}\n\nRemember to put your answer on its own line after \"Answer:\"."),
+    # the usual Qwen2.5-Math instruction
+    "boxed": "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}.",
+    "raw": "{problem}",
+}
+
+
+def render_prompt(template: str, problem: str) -> str:
+    text = TEMPLATES.get(template, template)
+    return text.replace("{problem}", problem)      # not str.format: problems and templates contain braces
+
+
+def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
+    """Sample cfg['n'] responses per problem through rollout.py's engines -> per-sample rows (unscored)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import rollout
+
+    tok = AutoTokenizer.from_pretrained(cfg["model"])
+    use_chat = {"yes": True, "no": False}.get(cfg["chat_template"], bool(getattr(tok, "chat_template", None)))
+    cfg["chat_template_used"] = use_chat
+    model = None
+    if cfg["engine"] == "auto":
+        cfg["engine"] = "vllm" if rollout.vllm_usable() else "hf"
+    if cfg["engine"] == "hf":
+        device = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
+        cfg["device"], cfg["dtype"] = device, dtype
+        model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=getattr(torch, dtype)).to(device)
+    engine, cfg["engine"] = rollout.make_engine(cfg["engine"], model=model, tokenizer=tok, model_path=cfg["model"],
+                                                seed=cfg["seed"])
+    rows, batch_index = [], 0
+    total = sum(len(p) for p in problems_by_bench.values())
+    bar = tqdm(total=total, desc=f"generate ({cfg['engine']}, n={cfg['n']})", unit="problem")
+    for bench, problems in problems_by_bench.items():
+        template = cfg["templates"][bench]
+        for lo in range(0, len(problems), cfg["batch_size"]):
+            batch = problems[lo:lo + cfg["batch_size"]]
+            texts = [render_prompt(template, p["problem"]) for p in batch]
+            if use_chat:
+                ids = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                               tokenize=True, return_dict=False) for t in texts]
+                ids = [list(x["input_ids"]) if isinstance(x, dict) else list(x) for x in ids]
+            else:
+                ids = [tok(t, add_special_tokens=True)["input_ids"] for t in texts]
+            samples = engine.generate(ids, cfg["n"], temperature=cfg["temperature"], top_p=cfg["top_p"],
+                                      max_new_tokens=cfg["max_new_tokens"], seed=cfg["seed"] + batch_index)
+            batch_index += 1
+            counts = {}
+            for s in samples:
+                p = batch[s.prompt_index]
+                j = counts[s.prompt_index] = counts.get(s.prompt_index, -1) + 1
+                rows.append({"benchmark": bench, "id": p["id"], "sample": j,
+                             "response": tok.decode(s.response_ids, skip_special_tokens=True),
+                             "truncated": bool(s.truncated), "num_tokens": len(s.response_ids), "gold": p["gold"]})
+            bar.update(len(batch))
+    bar.close()
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# GENERATIONS FILES
+#
+# One JSON object per line, either one sample {"id", "response"} or one problem {"id", "responses": [...]}.
+# Optional: "benchmark" (needed when several are scored), "gold" (else taken from --benchmark by id),
+# "sample", "truncated", "num_tokens". eval.py's own samples.jsonl is such a file.
+# ----------------------------------------------------------------------------------------------------
+
+RESPONSE_FIELDS = ("response", "output", "completion", "generation")
+RESPONSES_FIELDS = ("responses", "outputs", "completions", "generations")
+
+
+def read_generations(paths: list[Path], args: Args, golds: dict) -> list[dict]:
+    """Per-sample rows from generation files; `golds` maps (bench, id) -> gold for rows without one."""
+    benches = sorted({b for b, _ in golds})
+    rows, errors = [], []
+    for path in paths:
+        if not path.is_file():
+            raise EvalError(f"generations file not found: {path}")
+        for where, row, _ in read_rows(path):
+            try:
+                if isinstance(row, Exception):
+                    raise row
+                if not isinstance(row, dict):
+                    raise ValueError(f"{where}: not a JSON object")
+                idf = args.id_field or next((f for f in ID_FIELDS if f in row), None)
+                if idf is None or idf not in row:
+                    raise ValueError(f"{where}: no id field (looked for {args.id_field or ', '.join(ID_FIELDS)})")
+                pid = str(row[idf])
+                bench = row.get("benchmark")
+                if bench is None:
+                    if len(benches) != 1:
+                        raise ValueError(f"{where}: no 'benchmark' field and --benchmark names "
+                                         f"{len(benches)} benchmarks; cannot tell which this row belongs to")
+                    bench = benches[0]
+                gold = row.get("gold")
+                if gold is None:
+                    if (bench, pid) not in golds:
+                        raise ValueError(f"{where}: problem {bench}/{pid} is not in --benchmark and the row has no 'gold'")
+                    gold = golds[(bench, pid)]
+                rf = next((f for f in RESPONSES_FIELDS if isinstance(row.get(f), list)), None)
+                if rf is not None:
+                    responses = row[rf]
+                    trunc = row.get("truncated") if isinstance(row.get("truncated"), list) else [None] * len(responses)
+                    ntok = row.get("num_tokens") if isinstance(row.get("num_tokens"), list) else [None] * len(responses)
+                    items = list(zip(range(len(responses)), responses, trunc, ntok))
+                else:
+                    f = next((f for f in RESPONSE_FIELDS if f in row), None)
+                    if f is None:
+                        raise ValueError(f"{where}: no response field (looked for {', '.join(RESPONSE_FIELDS + RESPONSES_FIELDS)})")
+                    items = [(row.get("sample"), row[f], row.get("truncated"), row.get("num_tokens"))]
+                for j, resp, tr, nt in items:
+                    if not isinstance(resp, str):
+                        raise ValueError(f"{where}: response is {type(resp).__name__}, not text")
+                    rows.append({"benchmark": bench, "id": pid, "sample": j, "response": resp,
+                                 "truncated": None if tr is None else bool(tr),
+                                 "num_tokens": None if nt is None else int(nt), "gold": _gold_str(gold),
+                                 "where": where})
+            except ValueError as e:
+                errors.append(str(e))
+    if errors:
+        raise EvalError(f"{len(errors)} bad generation row(s):\n  " + "\n  ".join(errors[:50]))
+    # number the samples of each problem in file order where the file did not
+    counts = {}
+    for r in rows:
+        key = (r["benchmark"], r["id"])
+        counts[key] = counts.get(key, 0) + 1
+        if r["sample"] is None:
+            r["sample"] = counts[key] - 1
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# SCORING AND FIGURES
+# ----------------------------------------------------------------------------------------------------
+
+
+def score(rows: list[dict], kinds: dict) -> None:
+    """Adds 'answer' and 'reward' to every row, with verifier.py (imported here: it pulls sympy)."""
+    import verifier
+
+    for kind in sorted(set(kinds.values())):
+        idx = [i for i, r in enumerate(rows) if kinds[r["benchmark"]] == kind]
+        extract = verifier.sum_task_answer if kind == "sum" else verifier.extract_answer
+        chunk = 256
+        for lo in tqdm(range(0, len(idx), chunk), desc=f"score ({kind})", unit="chunk",
+                       total=(len(idx) + chunk - 1) // chunk):
+            part = [rows[i] for i in idx[lo:lo + chunk]]
+            rewards = verifier.score_batch([r["response"] for r in part], [r["gold"] for r in part], kind=kind)
+            for r, rew in zip(part, rewards):
+                r["reward"] = float(rew)
+                r["answer"] = extract(r["response"])
+
+
+def per_problem(rows: list[dict]) -> dict:
+    """(bench, id) -> list of that problem's rows, samples in order."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["benchmark"], r["id"]), []).append(r)
+    for g in groups.values():
+        g.sort(key=lambda r: r["sample"])
+    return groups
+
+
+def problem_values(samples: list[dict], ks: list[int]) -> dict:
+    """Every per-problem figure of one problem (its samples); benchmark figures are their means.
+    Avg@k is stored as "eval/avg@n" (k = this problem's n samples; summary.json records n)."""
+    n = len(samples)
+    rewards = [r["reward"] for r in samples]
+    correct = [r["reward"] >= 1.0 for r in samples]          # rewards are 0/1 (verifier.py contract)
+    c = sum(correct)
+    texts = [r["response"] for r in samples]
+    v = {"eval/avg@n": avg_at_k(rewards)}
+    for k in ks:
+        v[f"eval/pass@{k}"] = pass_at_k(n, c, k)
+    for m in (1, 2, 3, 4):
+        v[f"eval/distinct-{m}"] = distinct_n(texts, m)
+    v["eval/distinct_answers"] = float(len({r["answer"] for r, ok in zip(samples, correct) if ok}))
+    v["eval/len_words"] = sum(len(tokenize(t)) for t in texts) / n
+    if all(r.get("num_tokens") is not None for r in samples):
+        v["eval/len_tokens"] = sum(r["num_tokens"] for r in samples) / n
+    if all(r.get("truncated") is not None for r in samples):
+        v["eval/truncated"] = sum(bool(r["truncated"]) for r in samples) / n
+    return v
+
+
+def summarise(groups: dict, benches: list[str], ks: list[int], n_boot: int, seed: int) -> dict:
+    """Per-benchmark mean, std over problems and bootstrap 95% interval of every figure, and the macro
+    average over benchmarks (its interval from resampling the problems of every benchmark at once)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out, boots = {}, {}
+    for b in benches:
+        probs = [(pid, s) for (bb, pid), s in groups.items() if bb == b]
+        if not probs:
+            continue
+        ns = sorted({len(s) for _, s in probs})
+        if ns[0] < max(ks):
+            short = next(pid for pid, s in probs if len(s) == ns[0])
+            raise EvalError(f"{b}: problem {short} has n={ns[0]} samples, fewer than k={max(ks)}; "
+                            f"Pass@k needs n >= k (set --k)")
+        vals = [problem_values(s, ks) for _, s in probs]
+        idx = rng.integers(0, len(vals), size=(n_boot, len(vals))) if n_boot else None
+        metrics = {}
+        for name in vals[0]:
+            if not all(name in v for v in vals):
+                continue
+            x = np.array([v[name] for v in vals], dtype=float)
+            entry = {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0}
+            if n_boot:
+                boots[(b, name)] = x[idx].mean(1)
+                entry["ci95"] = [float(np.percentile(boots[(b, name)], q)) for q in (2.5, 97.5)]
+            metrics[name] = entry
+        out[b] = {"problems": len(vals), "samples_per_problem": ns[0] if len(ns) == 1 else ns,
+                  "metrics": metrics}
+    done = list(out)
+    macro = {}
+    for m in (out[done[0]]["metrics"] if done else []):
+        if not all(m in out[b]["metrics"] for b in done):
+            continue
+        macro[m] = {"mean": float(np.mean([out[b]["metrics"][m]["mean"] for b in done]))}
+        if n_boot:
+            bm = np.mean([boots[(b, m)] for b in done], axis=0)
+            macro[m]["ci95"] = [float(np.percentile(bm, q)) for q in (2.5, 97.5)]
+    return {"benchmarks": out, "macro": {"benchmarks": done, "metrics": macro}}
+
+
+# ----------------------------------------------------------------------------------------------------
+# TABLES AND PLOT
+# ----------------------------------------------------------------------------------------------------
+
+def metric_order(names) -> list[str]:
+    def key(m):
+        if m.startswith("eval/avg@"):
+            return (0, 0)
+        if m.startswith("eval/pass@"):
+            return (1, int(m.split("@")[1]))
+        order = ["distinct-1", "distinct-2", "distinct-3", "distinct-4", "distinct_answers",
+                 "len_tokens", "len_words", "truncated"]
+        return (2, order.index(m[5:]) if m[5:] in order else 99)
+    return sorted(set(names), key=key)
+
+
+def fmt(metric: str, x: float | None) -> str:
+    """Accuracies (Avg@, Pass@) and the truncation rate in percent, as in the paper's tables."""
+    if x is None:
+        return "-"
+    if metric.startswith(("eval/avg@", "eval/pass@")) or metric == "eval/truncated":
+        return f"{100 * x:.1f}"
+    if metric.startswith("eval/distinct-"):
+        return f"{x:.3f}"
+    return f"{x:.2f}"
+
+
+def label(metric: str, n=None) -> str:
+    """Table label: eval/pass@4 -> Pass@4; eval/avg@n -> Avg@32 when every problem had n = 32 samples."""
+    m = metric[5:]
+    if m == "avg@n":
+        return f"Avg@{n}" if isinstance(n, int) else "Avg@n"
+    return {"avg": "Avg", "pass": "Pass"}.get(m.split("@")[0], m) + ("@" + m.split("@")[1] if "@" in m else "")
+
+
+def common_n(summaries: list[dict]):
+    """The one number of samples per problem shared by every benchmark of every summary, else None."""
+    ns = {json.dumps(v["samples_per_problem"]) for s in summaries for v in s["benchmarks"].values()}
+    return json.loads(ns.pop()) if len(ns) == 1 else None
+
+
+def summary_table(summary: dict) -> str:
+    """Markdown: one row per benchmark and the macro average; mean [95% interval] per figure."""
+    rows = [(b, v["metrics"], v["problems"]) for b, v in summary["benchmarks"].items()]
+    if len(rows) > 1:
+        rows.append(("macro", summary["macro"]["metrics"], sum(r[2] for r in rows)))
+    names = metric_order(m for _, ms, _ in rows for m in ms)
+    n = common_n([summary])
+    lines = ["| benchmark | problems | " + " | ".join(label(m, n) for m in names) + " |",
+             "|---" * (len(names) + 2) + "|"]
+    for b, ms, np_ in rows:
+        cells = []
+        for m in names:
+            e = ms.get(m)
+            if e is None:
+                cells.append("-")
+            elif "ci95" in e:
+                cells.append(f"{fmt(m, e['mean'])} [{fmt(m, e['ci95'][0])}, {fmt(m, e['ci95'][1])}]")
+            else:
+                cells.append(fmt(m, e["mean"]))
+        lines.append(f"| {b} | {np_} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_table(summaries: list[dict], labels: list[str]) -> str:
+    """Markdown: one row per (benchmark, figure), one column per run, then each run minus the first."""
+    benches = []
+    for s in summaries:
+        benches += [b for b in s["benchmarks"] if b not in benches]
+    scopes = benches + (["macro"] if len(benches) > 1 else [])
+
+    def get(s, scope):
+        return s["macro"]["metrics"] if scope == "macro" else s["benchmarks"].get(scope, {}).get("metrics", {})
+
+    n = common_n(summaries)
+    head = ["benchmark", "metric"] + labels + [f"{lb} - {labels[0]}" for lb in labels[1:]]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for scope in scopes:
+        names = metric_order(m for s in summaries for m in get(s, scope))
+        for m in names:
+            vals = [get(s, scope).get(m, {}).get("mean") for s in summaries]
+            diffs = []
+            for v in vals[1:]:
+                if v is None or vals[0] is None:
+                    diffs.append("-")
+                else:
+                    d = fmt(m, v - vals[0])
+                    diffs.append(d if d.startswith("-") else "+" + d)
+            lines.append(f"| {scope} | {label(m, n)} | " + " | ".join(fmt(m, v) for v in vals) + " | "
+                         + " | ".join(diffs) + (" |" if diffs else "|"))
+    return "\n".join(lines) + "\n"
+
+
+def plot_pass_at_k(summaries: list[dict], labels: list[str], path: Path) -> None:
+    """One panel per benchmark (and macro): Pass@k versus k, log2 axis, shaded 95% interval."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    benches = []
+    for s in summaries:
+        benches += [b for b in s["benchmarks"] if b not in benches]
+    scopes = benches + (["macro"] if len(benches) > 1 else [])
+    fig, axes = plt.subplots(1, len(scopes), figsize=(4.2 * len(scopes), 3.4), squeeze=False)
+    for ax, scope in zip(axes[0], scopes):
+        for s, lb in zip(summaries, labels):
+            ms = s["macro"]["metrics"] if scope == "macro" else s["benchmarks"].get(scope, {}).get("metrics", {})
+            pts = sorted((int(m.split("@")[1]), e) for m, e in ms.items() if m.startswith("eval/pass@"))
+            if not pts:
+                continue
+            ks = [k for k, _ in pts]
+            line, = ax.plot(ks, [100 * e["mean"] for _, e in pts], marker="o", label=lb)
+            if all("ci95" in e for _, e in pts):
+                ax.fill_between(ks, [100 * e["ci95"][0] for _, e in pts], [100 * e["ci95"][1] for _, e in pts],
+                                color=line.get_color(), alpha=0.15, linewidth=0)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_title(scope)
+        ax.set_xlabel("k")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Pass@k (%)")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_compare(args: Args) -> str:
+    summaries, labels = [], []
+    for f in args.compare:
+        p = Path(f)
+        if not p.is_file():
+            raise EvalError(f"--compare: file not found: {p}")
+        try:
+            s = json.loads(p.read_text())
+            s["benchmarks"], s["macro"]  # noqa: B018 -- shape check
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise EvalError(f"--compare: {p} is not an eval.py summary.json ({type(e).__name__}: {e})") from None
+        summaries.append(s)
+        labels.append(s.get("name") or p.parent.name)
+    if len(summaries) < 2:
+        raise EvalError("--compare needs at least two summary.json files")
+    if len(set(labels)) < len(labels):   # the same name twice: disambiguate by folder
+        labels = [f"{lb} ({Path(f).parent.name})" for lb, f in zip(labels, args.compare)]
+    table = compare_table(summaries, labels)
+    # settings that differ between runs make a comparison unfair: say so under the table
+    keys = ("n", "temperature", "top_p", "max_new_tokens", "prompt_template", "chat_template", "benchmark", "k")
+    notes = []
+    for key in keys:
+        vals = [s.get("config", {}).get(key) for s in summaries]
+        if len({json.dumps(v) for v in vals}) > 1:
+            notes.append(f"- settings differ: {key} = " + ", ".join(f"{lb}: {v}" for lb, v in zip(labels, vals)))
+    text = table + ("\n" + "\n".join(notes) + "\n" if notes else "")
+    out_dir = Path(args.out_dir or "runs/eval/compare")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.md").write_text(text)
+    plot = Path(args.plot) if args.plot else out_dir / "pass_at_k.png"
+    plot_pass_at_k(summaries, labels, plot)
+    print(text, end="")
+    print(f"wrote {out_dir / 'compare.md'} and {plot}", file=sys.stderr)
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI (dataclass -> argparse; the help of each flag is the docstring under its field)
+# ----------------------------------------------------------------------------------------------------
+
+
+def field_docs(cls) -> dict:
+    tree = ast.parse(inspect.getsource(cls))
+    body, docs = tree.body[0].body, {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            docs[a.target.id] = b.value.value
+    return docs
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):      # one line, exit 2, no usage dump
+        self.exit(2, f"eval.py: error: {message}\n")
+
+
+def parse_args(argv=None) -> Args:
+    p = _Parser(description="Avg@k, Pass@k and diversity, side by side (see the module docstring).")
+    docs = field_docs(Args)
+    for f in dataclasses.fields(Args):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("list[str]", list[str]):
+            p.add_argument(flag, nargs="+", default=[], help=docs.get(f.name, ""))
+        else:
+            typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            p.add_argument(flag, type=typ, default=f.default, help=docs.get(f.name, "").replace("%", "%%"))
+    return Args(**vars(p.parse_args(argv)))
+
+
+def resolve(args: Args) -> tuple[dict, dict]:
+    """Check the arguments and fill every default that depends on others -> (config, templates)."""
+    if args.kind not in ("auto", "math", "sum"):
+        raise EvalError(f"--kind must be auto, math or sum, got {args.kind!r}")
+    if args.on_bad_row not in ("error", "skip"):
+        raise EvalError(f"--on-bad-row must be error or skip, got {args.on_bad_row!r}")
+    if args.engine not in ("auto", "hf", "vllm"):
+        raise EvalError(f"--engine must be auto, hf or vllm, got {args.engine!r}")
+    if args.chat_template not in ("auto", "yes", "no"):
+        raise EvalError(f"--chat-template must be auto, yes or no, got {args.chat_template!r}")
+    if args.n < 1:
+        raise EvalError(f"--n must be >= 1, got {args.n}")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise EvalError("--temperature must be >= 0 and --top-p in (0, 1]")
+    if args.bootstrap < 0 or args.limit < 0 or args.batch_size < 1:
+        raise EvalError("--bootstrap and --limit must be >= 0, --batch-size >= 1")
+    if (args.prompt_template not in ("auto", *TEMPLATES)) and "{problem}" not in args.prompt_template:
+        raise EvalError(f"--prompt-template must be auto, {', '.join(TEMPLATES)} or contain {{problem}}")
+    shard = None
+    if args.shard:
+        m = re.fullmatch(r"(\d+)/(\d+)", args.shard)
+        if not m or not int(m[1]) < int(m[2]):
+            raise EvalError(f"--shard must be i/N with 0 <= i < N, got {args.shard!r}")
+        shard = (int(m[1]), int(m[2]))
+    cfg = dataclasses.asdict(args)
+    cfg.pop("compare"), cfg.pop("plot")
+    cfg["shard"] = shard
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.compare:
+            run_compare(args)
+            return 0
+        return evaluate(args)
+    except EvalError as e:
+        print(f"eval.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def evaluate(args: Args) -> int:
+    cfg = resolve(args)
+    t0 = time.time()
+    scoring_only = bool(args.generations)
+    specs = [s.strip() for s in (args.benchmark or ("" if scoring_only else "tiny")).split(",") if s.strip()]
+    if len({bench_name(s) for s in specs}) < len(specs):
+        raise EvalError(f"--benchmark names a benchmark twice: {args.benchmark}")
+
+    try:
+        ks = sorted({int(x) for x in args.k.split(",")}) if args.k else None
+    except ValueError:
+        raise EvalError(f"--k must be comma-separated integers, got {args.k!r}") from None
+    if ks and min(ks) < 1:
+        raise EvalError(f"--k values must be >= 1, got {args.k}")
+    if ks and not scoring_only and max(ks) > args.n:
+        raise EvalError(f"Pass@{max(ks)} needs n >= {max(ks)} samples per problem, but --n is {args.n}")
+
+    # ---- load the benchmarks (every bad row is reported with its file and line) ----
+    problems, kinds, sources, bad = {}, {}, {}, []
+    for spec in specs:
+        probs, errors, kind, source = load_benchmark(spec, args)
+        name = bench_name(spec)
+        bad += errors
+        if args.limit:
+            probs = probs[:args.limit]
+        if cfg["shard"]:
+            i, n_sh = cfg["shard"]
+            probs = probs[i::n_sh]
+        problems[name], kinds[name], sources[name] = probs, (kind if args.kind == "auto" else args.kind), source
+        print(f"{name}: {len(probs)} problems from {source}" + (f", {len(errors)} bad rows" if errors else ""),
+              file=sys.stderr)
+    if bad:
+        listing = "\n  ".join(bad)
+        if args.on_bad_row == "error":
+            raise EvalError(f"{len(bad)} benchmark row(s) cannot be loaded (--on-bad-row skip to go on without them):\n  {listing}")
+        print(f"warning: skipping {len(bad)} bad row(s):\n  {listing}", file=sys.stderr)
+
+    # ---- settings that depend on the benchmark kind ----
+    templates = {b: (args.prompt_template if args.prompt_template != "auto" else ("raw" if k == "sum" else "dapo"))
+                 for b, k in kinds.items()}
+    if args.max_new_tokens == 0:
+        cfg["max_new_tokens"] = 16 if kinds and all(k == "sum" for k in kinds.values()) else 8192
+    cfg.update(templates=templates, kinds=kinds, sources=sources, bad_rows=bad,
+               command="python " + " ".join(sys.argv))
+
+    # ---- samples: generated here, or read from files ----
+    if scoring_only:
+        golds = {(b, p["id"]): p["gold"] for b, ps in problems.items() for p in ps}
+        paths = [Path(x.strip()) for x in args.generations.split(",") if x.strip()]
+        rows = read_generations(paths, args, golds)
+        for r in rows:
+            r.pop("where")
+            if r["benchmark"] not in kinds:    # a row with its own gold and benchmark name
+                kinds[r["benchmark"]] = "sum" if args.kind == "sum" else "math"
+        for k in ("model", "engine", "device", "dtype", "temperature", "top_p", "max_new_tokens",
+                  "prompt_template", "chat_template", "batch_size", "n"):
+            cfg[k] = None                       # not ours: the file's producer chose them
+        name = args.name or (paths[0].parent.name if len(paths) > 1 or paths[0].stem == "samples" else paths[0].stem)
+    else:
+        if not specs:
+            raise EvalError("nothing to evaluate: give --benchmark, --generations or --compare")
+        if not args.model:
+            if any(k != "sum" for k in kinds.values()):
+                raise EvalError("--model is required for math benchmarks (an HF model folder)")
+            import tiny
+            cfg["model"] = tiny.default_model_dir(log=lambda m: print(m, file=sys.stderr))
+        elif not Path(args.model).is_dir():
+            raise EvalError(f"--model: no such folder {args.model} (local HF folders only; no downloads)")
+        name = args.name or Path(cfg["model"]).name
+        rows = generate(problems, cfg)
+    cfg["name"] = name
+
+    # ---- problems of the benchmark with no samples are reported, never silently left out ----
+    have = {(r["benchmark"], r["id"]) for r in rows}
+    missing = {b: [p["id"] for p in ps if (b, p["id"]) not in have] for b, ps in problems.items()}
+    missing = {b: ids for b, ids in missing.items() if ids}
+    for b, ids in missing.items():
+        print(f"warning: {b}: {len(ids)} problem(s) have no generations (e.g. {ids[:3]}); figures exclude them",
+              file=sys.stderr)
+    cfg["missing_problems"] = missing
+
+    if not rows:
+        raise EvalError("no samples to score")
+    if ks is None:   # default Pass@k grid: up to the smallest number of samples any problem has
+        ks = default_ks(min(len(g) for g in per_problem(rows).values()) if scoring_only else args.n)
+    cfg["k"] = ks
+    score(rows, kinds)
+    benches = list(dict.fromkeys(list(problems) + [r["benchmark"] for r in rows]))
+    groups = per_problem(rows)
+    summary = summarise(groups, benches, ks, args.bootstrap, args.seed)
+    summary = {"name": name, "config": cfg, **summary, "seconds": round(time.time() - t0, 1)}
+
+    # ---- outputs ----
+    out_dir = Path(args.out_dir or f"runs/eval/{name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "samples.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps({k: r.get(k) for k in ("benchmark", "id", "sample", "response", "answer",
+                                                       "reward", "gold", "truncated", "num_tokens")}) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    table = summary_table(summary)
+    (out_dir / "summary.md").write_text(f"# {name}\n\n{table}\nmean [bootstrap 95% interval over problems]; "
+                                        f"accuracies and truncation in %.\n")
+    print(table, end="")
+    print(f"wrote {out_dir}/samples.jsonl, summary.json, summary.md ({summary['seconds']} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

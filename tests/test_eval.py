@@ -88,3 +88,217 @@ def test_metrics_import_is_light():
     code = "import sys, eval; bad = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------------
+# loaders, on the real shared benchmark files
+# ----------------------------------------------------------------------------------------------------
+
+BENCH_DIR = ROOT / ".." / "shared" / "data" / "bench"
+SHARED = {"aime24": 30, "amc23": 40, "minerva": 272, "olympiadbench": 675}
+
+
+@pytest.mark.parametrize("name,rows", SHARED.items())
+def test_every_row_of_the_shared_benchmarks_loads(name, rows):
+    problems, errors, kind, source = ev.load_benchmark(name, ev.Args(data_dir=str(BENCH_DIR)))
+    assert errors == []                           # a row that cannot load would be listed here with file:line
+    assert kind == "math" and Path(source).is_file()
+    with open(source) as f:
+        assert len(problems) == rows == sum(1 for line in f if line.strip())
+    assert all(p["gold"].strip() and p["problem"].strip() for p in problems)
+    assert len({p["id"] for p in problems}) == len(problems)
+
+
+def test_loader_field_conventions():
+    a = ev.Args(data_dir=str(BENCH_DIR))
+    amc = ev.load_benchmark("amc23", a)[0]
+    assert amc[0]["gold"] == "27"                                    # 27.0 in the file
+    minerva = ev.load_benchmark("minerva", a)[0]
+    assert minerva[0]["gold"] == "1.6"                               # last \boxed{} of the solution
+    oly = {p["id"]: p for p in ev.load_benchmark("olympiadbench", a)[0]}
+    assert oly["1606"]["gold"] == "2"                                # final_answer ['2']
+    multi = [p["gold"] for p in oly.values() if p["meta"].get("is_multiple_answer")]
+    assert "69, 84" in multi                                         # "$69$,$84$"
+    assert any(p["meta"].get("unit") for p in oly.values())
+
+
+def test_last_boxed_matches_braces():
+    assert ev.last_boxed(r"so \boxed{1} and \boxed{\frac{a}{b}} end") == r"\frac{a}{b}"
+    assert ev.last_boxed(r"$\framebox{204}$") == "204"
+    assert ev.last_boxed(r"\boxed{unclosed") is None
+    assert ev.last_boxed("no box") is None
+
+
+def test_bad_rows_are_reported_with_file_and_line(tmp_path):
+    f = tmp_path / "custom.jsonl"
+    f.write_text('{"question": "1+1?", "answer": 2}\n'
+                 '{"question": "no answer"}\n'
+                 'not json\n'
+                 '\n'
+                 '{"question": "", "answer": "3"}\n'
+                 '{"q": "x", "a": "y"}\n')
+    problems, errors, _, _ = ev.load_benchmark(str(f), ev.Args())
+    assert [p["gold"] for p in problems] == ["2"]
+    assert [e.split(": ")[0] for e in errors] == [f"{f}:2", f"{f}:3", f"{f}:5", f"{f}:6"]
+    # custom field names
+    problems, errors, _, _ = ev.load_benchmark(str(f), ev.Args(problem_field="q", answer_field="a"))
+    assert len(problems) == 1 and problems[0]["gold"] == "y" and problems[0]["id"] == "6" and len(errors) == 4
+    # the CLI refuses to go on by default and lists every bad row
+    rc = ev.main(["--benchmark", str(f), "--generations", str(f)])
+    assert rc == 2
+
+
+def test_parquet_loader(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    f = tmp_path / "math500.parquet"
+    pq.write_table(pa.table({"problem": ["a?", "b?"], "answer": ["1", "\\frac12"], "unique_id": ["x/1", "x/2"]}), f)
+    problems, errors, _, _ = ev.load_benchmark("math500", ev.Args(data_dir=str(tmp_path)))
+    assert errors == [] and [p["id"] for p in problems] == ["x/1", "x/2"] and problems[1]["gold"] == "\\frac12"
+
+
+# ----------------------------------------------------------------------------------------------------
+# scoring a synthetic generations file (built-in task: the verdicts are fixed by the contract)
+# ----------------------------------------------------------------------------------------------------
+
+# problem p1 (target 5, avoid 0, 2 terms): 3 of 4 correct, 2 distinct correct answers
+# problem p2 (target 9, avoid 9, 3 terms): 1 of 4 correct
+# problem p3 (target 4, avoid 1, 2 terms): 0 of 4 correct (one truncated)
+SYNTH = {
+    "p1": ("target=5,avoid=0,terms=2", ["1+4", "4+1", "1+4", "5+0"], [False] * 4),
+    "p2": ("target=9,avoid=9,terms=3", ["3+3+3", "9+0+0", "3+3", "4+4+4"], [False] * 4),
+    "p3": ("target=4,avoid=1,terms=2", ["1+3", "3+1", "2+3", "2+"], [False, False, False, True]),
+}
+
+
+def write_synth(path, per_problem_rows=False):
+    import json
+    with open(path, "w") as f:
+        for pid, (gold, responses, trunc) in SYNTH.items():
+            if per_problem_rows:
+                f.write(json.dumps({"benchmark": "synth", "id": pid, "gold": gold, "responses": responses,
+                                    "truncated": trunc}) + "\n")
+            else:
+                for j, (r, t) in enumerate(zip(responses, trunc)):
+                    f.write(json.dumps({"benchmark": "synth", "id": pid, "sample": j, "response": r,
+                                        "gold": gold, "truncated": t, "num_tokens": len(r) + 1}) + "\n")
+
+
+def expected_synth():
+    c = {"p1": 3, "p2": 1, "p3": 0}
+    return {
+        "eval/avg@n": (0.75 + 0.25 + 0.0) / 3,
+        "eval/pass@1": (0.75 + 0.25 + 0.0) / 3,
+        "eval/pass@2": ((1 - 0) + (1 - math.comb(3, 2) / math.comb(4, 2)) + 0) / 3,   # p1: n-c=1 < 2
+        "eval/pass@4": (1 + 1 + 0) / 3,
+        "eval/distinct_answers": (2 + 1 + 0) / 3,
+        "eval/truncated": (0 + 0 + 0.25) / 3,
+        # p1 tokens: 1 + 4 4 + 1 1 + 4 5 + 0 -> unigrams {1,+,4,5,0} = 5 / 12
+        "eval/distinct-1": (5 / 12 + ev.distinct_n(SYNTH["p2"][1], 1) + ev.distinct_n(SYNTH["p3"][1], 1)) / 3,
+        "c": c,
+    }
+
+
+@pytest.mark.parametrize("per_problem_rows", [False, True])
+def test_scoring_synthetic_generations_gives_known_figures(tmp_path, per_problem_rows):
+    import json
+    gens = tmp_path / "gens.jsonl"
+    write_synth(gens, per_problem_rows)
+    out = tmp_path / "out"
+    assert ev.main(["--generations", str(gens), "--kind", "sum", "--out-dir", str(out), "--bootstrap", "200"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    m = s["benchmarks"]["synth"]["metrics"]
+    exp = expected_synth()
+    assert s["config"]["k"] == [1, 2, 4]
+    assert s["benchmarks"]["synth"]["samples_per_problem"] == 4 and s["benchmarks"]["synth"]["problems"] == 3
+    for name, value in exp.items():
+        if name != "c":
+            assert m[name]["mean"] == pytest.approx(value), name
+    assert m["eval/pass@1"]["ci95"][0] <= m["eval/pass@1"]["mean"] <= m["eval/pass@1"]["ci95"][1]
+    assert m["eval/pass@1"]["std"] == pytest.approx(float(__import__("numpy").std([0.75, 0.25, 0], ddof=1)))
+    assert ("eval/len_tokens" in m) == (not per_problem_rows)
+    # one macro entry per figure, equal to the single benchmark's mean
+    assert s["macro"]["metrics"]["eval/pass@2"]["mean"] == pytest.approx(exp["eval/pass@2"])
+    # per-sample output: problem id, sample index, response, extracted answer, reward
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 12
+    by = {(r["id"], r["sample"]): r for r in rows}
+    assert by[("p1", 1)]["answer"] == "4+1" and by[("p1", 1)]["reward"] == 1.0
+    assert by[("p2", 1)]["reward"] == 0.0                             # 9 is the forbidden digit
+    assert sum(r["reward"] for r in rows) == 4
+    assert (out / "summary.md").read_text().count("| synth |") == 1
+
+
+def test_samples_jsonl_round_trips_through_generations(tmp_path):
+    import json
+    gens = tmp_path / "gens.jsonl"
+    write_synth(gens)
+    assert ev.main(["--generations", str(gens), "--kind", "sum", "--out-dir", str(tmp_path / "a"), "--bootstrap", "0"]) == 0
+    assert ev.main(["--generations", str(tmp_path / "a" / "samples.jsonl"), "--kind", "sum",
+                    "--out-dir", str(tmp_path / "b"), "--bootstrap", "0"]) == 0
+    a = json.loads((tmp_path / "a" / "summary.json").read_text())
+    b = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert a["benchmarks"] == b["benchmarks"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad input: clear one-line message, non-zero exit
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_exits_nonzero_with_a_message(tmp_path, capsys):
+    gens = tmp_path / "gens.jsonl"
+    write_synth(gens)
+    cases = [
+        (["--generations", str(tmp_path / "missing.jsonl"), "--kind", "sum"], "not found"),
+        (["--benchmark", "gsm9k", "--model", str(tmp_path)], "unknown benchmark"),
+        (["--generations", str(gens), "--kind", "sum", "--k", "1,8"], "n >= k"),
+        (["--benchmark", "tiny", "--n", "4", "--k", "8"], "needs n >= 8"),
+        (["--benchmark", "aime24", "--data-dir", str(tmp_path)], "no file aime24"),
+        (["--compare", str(gens)], "not an eval.py summary"),
+    ]
+    for argv, msg in cases:
+        assert ev.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, (argv, err)
+
+
+def test_cli_bad_flag_has_no_traceback():
+    import subprocess
+    out = subprocess.run([sys.executable, "eval.py", "--n", "many"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# --compare
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_compare_two_summaries_gives_the_expected_table(tmp_path, capsys):
+    import json
+    gens_a = tmp_path / "a.jsonl"
+    write_synth(gens_a)
+    # run B: every p3 sample made correct (2+2 is not allowed: avoid=1 -> use 0+4 / 4+0 / 2+2)
+    rows = [json.loads(x) for x in gens_a.read_text().splitlines()]
+    for r, new in zip([r for r in rows if r["id"] == "p3"], ["0+4", "4+0", "2+2", "2+2"]):
+        r["response"] = new
+    gens_b = tmp_path / "b.jsonl"
+    gens_b.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for tag, g in (("grpo", gens_a), ("lad", gens_b)):
+        assert ev.main(["--generations", str(g), "--kind", "sum", "--out-dir", str(tmp_path / tag),
+                        "--name", tag, "--bootstrap", "100"]) == 0
+    capsys.readouterr()
+    png = tmp_path / "plot.png"
+    assert ev.main(["--compare", str(tmp_path / "grpo" / "summary.json"), str(tmp_path / "lad" / "summary.json"),
+                    "--out-dir", str(tmp_path / "cmp"), "--plot", str(png)]) == 0
+    table = capsys.readouterr().out
+    lines = table.splitlines()
+    assert lines[0] == "| benchmark | metric | grpo | lad | lad - grpo |"
+    row = {l.split(" | ")[1]: l for l in lines[2:]}
+    # Avg@4: A = (0.75 + 0.25 + 0) / 3 = 33.3 %, B = (0.75 + 0.25 + 1) / 3 = 66.7 %, difference +33.3
+    assert row["Avg@4"] == "| synth | Avg@4 | 33.3 | 66.7 | +33.3 |"
+    assert row["Pass@4"] == "| synth | Pass@4 | 66.7 | 100.0 | +33.3 |"
+    # distinct correct answers: p3 goes from 0 to 3 ({0+4, 4+0, 2+2}) -> mean +1.00
+    assert row["distinct_answers"] == "| synth | distinct_answers | 1.00 | 2.00 | +1.00 |"
+    assert (tmp_path / "cmp" / "compare.md").read_text() == table
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
