@@ -1,0 +1,2269 @@
+"""verifier.py -- rule-based rewards for RLVR: math answers, the built-in task, sandboxed code.
+
+In RLVR the verifier *is* the reward (paper Sec. 2: R(x, y) in {0, 1} from a rule-based checker; the
+advantage A(x, y) of Eq. 8 is built from it). A wrong verdict trains the model toward wrong answers, a
+hang stalls every rank, and a checker that evals model text lets the model run code on the trainer.
+So this file is:
+
+- correct: its own LaTeX/plain-math parser feeds exact rational arithmetic first, then a numeric
+  identity test (mpmath, random points), then sympy to *prove* equality of symbolic answers; every
+  rule and tolerance is listed in the README ("Verifier") and tested in tests/test_verifier.py;
+- safe by construction: model text is tokenised and parsed by a whitelist grammar into plain tuples;
+  sympy only ever sees objects built from those tuples by explicit constructors (no eval, exec,
+  sympify, parse_expr or lambdify anywhere in this file);
+- bounded in time: every math verdict runs in a persistent worker process (`python -I`, memory-capped)
+  with a soft per-verdict timer inside the worker and a hard kill-and-replace by the parent, so the
+  bound holds from any thread and any process (signal.alarm alone does not);
+- fast: exact arithmetic with Python ints/Fractions decides the common answers (integers, fractions,
+  decimals) in tens of microseconds; sympy is only reached for symbolic answers that agree numerically.
+
+Public API (tests, lad.py and eval.py use exactly these names)
+    extract_answer(response) -> str | None         final answer of a response (last \\boxed{...}, fallbacks)
+    math_equal(pred, gold, *, timeout=1.0) -> bool  equivalence of two answer strings
+    math_reward(response, gold) -> float            1.0 / 0.0 (extraction + equivalence)
+    score_batch(responses, golds, *, kind="math", workers=None, timeout=1.0) -> list[float]
+    sum_task_answer(response), sum_task_reward(response, gold)   the built-in task (kind "sum")
+    code_reward(program, tests) -> float, run_code(program, tests) -> CodeResult   sandboxed code
+
+Commands
+    python verifier.py --gold '\\frac{1}{2}' --response 'so the answer is \\boxed{0.5}'
+    python verifier.py --kind sum --gold 'target=17,avoid=3,terms=3' --response '9+6+2'
+    python -m pytest -q tests/test_verifier.py
+    python bench/verifier_speed.py            # throughput and worst-case latency (vs math-verify if installed)
+    (CPU only; there is nothing to run on a GPU, and with torchrun every rank has its own worker pool.)
+
+Deliberately left out
+    - model-based (LLM-as-judge) verification and partial credit: rewards are 0/1;
+    - solving equations or simplifying with assumptions (e.g. sqrt(x^2) = |x|): equivalence is
+      identity of expressions, sets and relations, not "same solution set of an arbitrary equation";
+    - a hardened code sandbox against a determined attacker (seccomp, containers): the sandbox here
+      stops accidents and the usual escapes (loops, forks, memory, files, network); see run_code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import dataclasses
+import json
+import math
+import os
+import pickle
+import re
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+
+
+@dataclass
+class Args:
+    """Command line of `python verifier.py`: score one response against one gold answer."""
+
+    gold: str = "\\frac{1}{2}"
+    """gold answer (math: an answer string; sum: 'target=T,avoid=d,terms=k'; code: JSON list of tests)"""
+    response: str = "The answer is \\boxed{0.5}."
+    """model response (math: full text, the final answer is extracted; code: the program)"""
+    kind: str = "math"
+    """verifier kind: math | sum | code"""
+    timeout: float = 1.0
+    """seconds per verdict (hard bound; README "Verifier")"""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Limits and tolerances (README "Verifier" lists each with its reason)
+# ----------------------------------------------------------------------------------------------------
+
+DEFAULT_TIMEOUT = 1.0
+"""Seconds per math verdict. The parent kills a worker at timeout + KILL_GRACE; the worker's own soft
+timer fires at SOFT_FRACTION * timeout so that the common timeout costs no process restart."""
+KILL_GRACE = 0.05
+SOFT_FRACTION = 0.8
+REL_TOL = 1e-6
+"""Relative tolerance, used only when a side contains a decimal literal (an approximation): then
+|a - b| <= REL_TOL * max(|a|, |b|). Exact answers (integers, fractions, radicals, pi) must be exactly
+equal. There is no absolute tolerance: 1/2^99 != 1/2^98 and 1e-30 != 2e-30."""
+NUMERIC_DPS = 40
+"""Decimal digits of the numeric identity test (mpmath)."""
+NUMERIC_REL = 1e-25
+"""Two expressions agree numerically when |a - b| <= NUMERIC_REL * max(|a|, |b|) at every test point."""
+N_POINTS = 3
+"""Random points per numeric identity test (expressions with variables)."""
+MAX_ANSWER_CHARS = 1000
+"""Longer extracted answers are compared as normalised strings only (never parsed)."""
+MAX_TOKENS = 400
+MAX_DEPTH = 60
+"""Parser limits: more tokens or deeper nesting than this is compared as a string."""
+MAX_EXACT_BITS = 50_000
+"""Exact integer/rational results larger than this (bits) are not computed exactly."""
+MAX_LOG2_MAGNITUDE = 1e7
+"""Numeric evaluation refuses values beyond 2^(+-1e7) (e.g. 9^{9^{9^9}})."""
+MAX_FACTORIAL = 2000
+"""Largest n for which n! / binomials are computed exactly (and handed to sympy)."""
+MAX_EXPAND_POWER = 64
+"""sympy.expand is skipped when a power has a larger integer exponent ((x+1)^{100000})."""
+WORKER_MEMORY_BYTES = 4 << 30
+"""Address-space limit of a math worker process (sympy on hostile input fails with MemoryError)."""
+TAIL_CHARS = 4000
+"""Fallback extraction (no \\boxed) only looks at the last TAIL_CHARS characters of a response."""
+
+
+class _NotExact(Exception):
+    """The exact (rational) evaluator cannot represent this value."""
+
+
+class _TooBig(Exception):
+    """A value or a computation exceeds the limits above."""
+
+
+class _Undefined(Exception):
+    """Division by zero, 0^negative, and the like."""
+
+
+class _ParseError(Exception):
+    pass
+
+
+class _SoftTimeout(BaseException):
+    """Raised by the worker's interval timer; BaseException so that library code cannot swallow it."""
+
+
+def _check_str(name, value):
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be str, got {type(value).__name__}")
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _sanitize(s: str) -> str:
+    """Drop NUL bytes and lone surrogates (they cannot be encoded, and mean nothing in an answer)."""
+    if "\x00" in s:
+        s = s.replace("\x00", "")
+    return _SURROGATES.sub("", s)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Answer extraction
+#
+# Rule: the last complete \boxed{...} / \fbox{...} (balanced braces; "\boxed 5" too). Multi-part: boxes
+# that immediately precede it, separated only by connectives (commas, semicolons, "and", "or", \quad,
+# $), form one answer, joined with ", " (e.g. "\boxed{2} and \boxed{3}" -> "2, 3"). Any other text
+# between two boxes (e.g. "wait, that is wrong") means the last box is a correction and wins alone.
+# Without a box: the latest of "final answer is X" / "the answer is X" / a last line "Answer: X".
+# ----------------------------------------------------------------------------------------------------
+
+_BOX_NAMES = ("\\boxed", "\\fbox")
+_GAP_RE = re.compile(r"(?:\s|,|;|\$|\.|&|\\quad|\\qquad|\\[,;:!]|\\text\{\s*(?:and|or|,)?\s*\}|\band\b|\bor\b)*")
+_MAX_BOX_SCAN = 20_000
+_MAX_BOXES = 16
+
+
+def _box_at(text: str, start: int, name: str):
+    """(content, end) of the box starting at `start`, or None when it is not complete."""
+    j = start + len(name)
+    n = len(text)
+    if j < n and text[j].isalpha():  # e.g. \boxedfoo
+        return None
+    while j < n and text[j] in " \t":
+        j += 1
+    if j >= n:
+        return None
+    if text[j] != "{":
+        m = re.compile(r"[^\s$]+").match(text, j)
+        return (m.group(0), m.end()) if m else None
+    depth = 0
+    k = j
+    stop = min(n, j + _MAX_BOX_SCAN)
+    while k < stop:
+        c = text[k]
+        if c == "\\":
+            k += 2  # \{ and \} are literal braces, not grouping
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[j + 1 : k], k + 1
+        k += 1
+    return None
+
+
+def _last_box_start(text: str, end: int) -> tuple[int, str]:
+    best, best_name = -1, ""
+    for name in _BOX_NAMES:
+        p = text.rfind(name, 0, end)
+        if p > best:
+            best, best_name = p, name
+    return best, best_name
+
+
+def _strip_answer(ans: str) -> str:
+    """Markdown bold, $...$ / \\(...\\) delimiters and a sentence period around a fallback answer."""
+    ans = ans.strip().strip("*").strip()
+    ans = re.sub(r"^\\[(\[]|\\[)\]]$", "", ans).strip().strip("$").strip()
+    return ans.rstrip(".").strip()
+
+
+_FALLBACKS = (
+    re.compile(r"final answer\s*(?:is|:|=)\s*[:：]?\s*(?=([^\n]{1,300}))", re.I),  # lookahead: overlapping
+    re.compile(r"\bthe answer is\s*[:：]?\s*(?=([^\n]{1,300}))", re.I),
+)
+_ANSWER_LINE = re.compile(r"^[\s*#>_]*answer[\s*_]*[:：]\s*(.{1,300})$", re.I)
+_SENTENCE_END = re.compile(r"\.(?=\s|$)")  # a decimal point is followed by a digit, never by a space
+
+
+def _cut_sentence(s: str) -> str:
+    m = _SENTENCE_END.search(s)
+    return s[: m.start()] if m else s
+
+
+def extract_answer(response: str) -> str | None:
+    """The final answer stated in `response` (rules in the section comment above); None if none.
+
+    Linear in len(response) and bounded: at most _MAX_BOXES boxes are examined, each scanned at most
+    _MAX_BOX_SCAN characters; fallbacks only search the last TAIL_CHARS characters.
+    """
+    _check_str("response", response)
+    text = _sanitize(response)
+    end = len(text)
+    tries = 0
+    last = None
+    while tries < _MAX_BOXES:
+        tries += 1
+        start, name = _last_box_start(text, end)
+        if start < 0:
+            break
+        got = _box_at(text, start, name)
+        if got is None:  # unclosed (truncated) box: look at the previous one
+            end = start
+            continue
+        last = (start, got[0])
+        break
+    if last is not None:
+        parts = [last[1].strip()]
+        start = last[0]
+        while tries < _MAX_BOXES:
+            tries += 1
+            prev, name = _last_box_start(text, start)
+            if prev < 0:
+                break
+            got = _box_at(text, prev, name)
+            if got is None or got[1] > start:
+                break
+            gap = text[got[1] : start]
+            if len(gap) > 40 or _GAP_RE.fullmatch(gap) is None:
+                break
+            parts.append(got[0].strip())
+            start = prev
+        parts = [p for p in reversed(parts) if p]
+        return ", ".join(parts) if parts else None
+    # no box: the latest fallback wins (self-corrections come later in the text)
+    tail = text[-TAIL_CHARS:]
+    best_pos, best = -1, None
+    for rx in _FALLBACKS:
+        for m in rx.finditer(tail):
+            if m.start() > best_pos:
+                best_pos, best = m.start(), _cut_sentence(m.group(1))
+    lines = [ln for ln in tail.splitlines() if ln.strip()]
+    if lines:
+        m = _ANSWER_LINE.match(lines[-1])
+        if m and len(tail) - len(lines[-1]) >= best_pos:
+            best = m.group(1)
+    if best is None:
+        return None
+    best = _strip_answer(best)
+    return best or None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Normalisation: LaTeX and plain-text answers -> one canonical character stream for the tokenizer
+# ----------------------------------------------------------------------------------------------------
+
+_UNICODE = {
+    "−": "-", "–": "-", "—": "-", "×": "*", "·": "*", "⋅": "*", "÷": "/", "≤": "<=", "≥": ">=",
+    "≠": "!=", "∞": "\\infty ", "π": "\\pi ", "√": "\\sqrt", "°": "°", "∪": "\\cup ", "∩": "\\cap ",
+    "±": "\\pm ", "∓": "\\mp ", "∈": "\\in ", "∅": "\\emptyset ", "＝": "=", "，": ",", "：": ":",
+}
+_UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
+_SIMPLE_CMDS = [
+    (r"\\[dtc]frac", "\\frac"), (r"\\[dt]binom", "\\binom"),
+    (r"\\(?:displaystyle|textstyle|scriptstyle|limits|nolimits|middle)(?![A-Za-z])", ""),
+    (r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![A-Za-z])\s*\.?", ""),
+    (r"\\(?:leqslant|leq|le)(?![A-Za-z])", "<="), (r"\\(?:geqslant|geq|ge)(?![A-Za-z])", ">="), (r"\\(?:neq|ne)(?![A-Za-z])", "!="),
+    (r"\\lt(?![A-Za-z])", "<"), (r"\\gt(?![A-Za-z])", ">"), (r"\\(?:times|cdot|ast)(?![A-Za-z])", "*"), (r"\\div(?![A-Za-z])", "/"),
+    (r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|\\circ(?![A-Za-z])|\\degree(?![A-Za-z])|\^\s*\{\s*°\s*\}", "°"),
+    (r"\\%|\\text\s*\{\s*%\s*\}", "%"), (r"\\(?:varnothing|emptyset)(?![A-Za-z])", "\\emptyset "),
+    (r"\\mathbb\s*\{\s*R\s*\}|\\R(?![A-Za-z])", "(-\\infty,\\infty)"),
+    (r"\\(?:dots|ldots|cdots)(?![A-Za-z])", "..."), (r"\\(?:lvert|rvert|vert)(?![A-Za-z])", "|"), (r"\\\|", "|"),
+    (r"\\(?:lbrace)(?![A-Za-z])", "\\{"), (r"\\(?:rbrace)(?![A-Za-z])", "\\}"), (r"\\(?:langle)(?![A-Za-z])", "("), (r"\\(?:rangle)(?![A-Za-z])", ")"),
+    (r"\\(?:quad|qquad)(?![A-Za-z])|\\[,;:! ]|~", " "), (r"\\infin(?![A-Za-z])|\binfinity\b", "\\infty "),
+    (r"\\(?:dollar|\$)|\bUSD\b|[€£¥]", " "), (r"\\(?:mathrm|textrm|rm)\s*\{\s*d\s*\}", "d"),
+    (r"\\(?:varepsilon)(?![A-Za-z])", "\\epsilon"), (r"\\(?:varphi)(?![A-Za-z])", "\\phi"),
+    (r"\\(?:Rightarrow|implies|to|rightarrow|Longrightarrow)(?![A-Za-z])", " => "),
+]
+_SIMPLE_CMDS = [(re.compile(a), (lambda m, b=b: b)) for a, b in _SIMPLE_CMDS]
+_TEXT_WRAP = re.compile(
+    r"\\(?:text|textnormal|textrm|textbf|textit|textsf|texttt|mbox|hbox|mathrm|mathbf|mathit|mathsf|mathtt"
+    r"|mathnormal|operatorname|boldsymbol|bm|emph|underline|overline|mathbb|mathcal)\s*\{([^{}]*)\}")
+# Unit words stripped from the end of an answer with a number before them (a single letter such as
+# "m" is only stripped from \text{...}/\mathrm{...}, where it cannot be a variable).
+_UNITS = (
+    "square|sq|cubic|cu|per|meters?|metres?|centimeters?|centimetres?|millimeters?|kilometers?|km|cm|mm|"
+    "inches|inch|feet|foot|ft|yards?|yd|miles?|mph|kph|kg|grams?|g|mg|pounds?|lbs?|ounces?|oz|tons?|"
+    "seconds?|secs?|minutes?|mins|hours?|hrs?|days?|weeks?|months?|years?|yrs?|liters?|litres?|ml|mL|"
+    "gallons?|units?|dollars?|cents?|people|persons?|students?|ways|points?|times|items?|pieces?|"
+    "apples?|marbles?|balls?|cookies?|books?|pages?|cars?|boxes|coins?|stamps?|tickets?|m/s|km/h|rad|radians?"
+)
+_UNIT_TAIL = re.compile(r"(?<=[\d)}\]%°\s])(?:\s*(?:" + _UNITS + r")(?:\^\{?\d\}?|²|³)?\.?)+\s*$")
+_DEGREE_WORD = re.compile(r"\s*\b(?:degrees?|deg)\b\.?\s*$")
+_PERCENT_WORD = re.compile(r"\s*\bpercent\b\.?\s*$")
+_FUNC_WORDS = {
+    "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "asin", "acos", "atan",
+    "sinh", "cosh", "tanh", "ln", "log", "exp", "sqrt", "pi", "max", "min", "gcd", "lcm", "abs", "det",
+    "floor", "ceil", "mod", "or", "and", "oo", "infty", "inf", "frac", "binom",
+}
+_GREEK = {
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
+    "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
+    "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega",
+}
+
+
+def _unwrap_text(s: str) -> str:
+    """\\text{...}-like wrappers: a unit/label after a number is dropped, anything else keeps its content."""
+
+    def repl(m):
+        content = m.group(1)
+        core = content.replace("~", " ").strip()
+        low = core.lower()
+        if low in ("and", "or", ","):
+            return f" {low} "
+        before = s[: m.start()].rstrip()
+        letters = re.sub(r"[^A-Za-z]", "", core)
+        if before and before[-1] in "0123456789)}]%" and letters and re.fullmatch(r"[A-Za-z\s./^\-0-9{}]+", core):
+            if not (len(letters) == 1 and letters in "ie"):  # 3+4\mathrm{i} is a number, not a unit
+                return " "
+        return f" {content} " if len(letters) > 1 else content
+
+    for _ in range(8):
+        new = _TEXT_WRAP.sub(repl, s)
+        if new == s:
+            break
+        s = new
+    return s
+
+
+@lru_cache(maxsize=65536)
+def _normalize(ans: str) -> str:
+    s = _sanitize(ans).strip()
+    s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
+    s = re.sub(r"\\boxed\s*\{(.*)\}", r"\1", s) if "\\boxed" in s else s
+    s = s.replace("$", " ").replace("\\(", " ").replace("\\)", " ").replace("\\[", " ").replace("\\]", " ")
+    s = s.replace("\\\\!", "")
+    for rx, rep in _SIMPLE_CMDS:
+        s = rx.sub(rep, s)
+    s = _unwrap_text(s)
+    s = re.sub(r"^\s*(?:final\s+)?answer\s*[:=]\s*", "", s, flags=re.I)
+    s = re.sub(r"\s+", " ", s).strip()
+    s = re.sub(r"(?<!\d)\.+$|\.$", "", s).strip()  # trailing sentence period ("3." is 3 as well)
+    if _DEGREE_WORD.search(s):
+        s = _DEGREE_WORD.sub("°", s)
+    if _PERCENT_WORD.search(s):
+        s = _PERCENT_WORD.sub("%", s)
+    for _ in range(4):
+        new = _UNIT_TAIL.sub("", s).strip() if re.search(r"\d", s) else s
+        if new == s or not new:
+            break
+        s = new
+    s = re.sub(r"(\d)\{,\}(\d)", r"\1\2", s)  # 1{,}000
+    if re.fullmatch(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s.replace(" ", "")):  # thousands separators
+        s = s.replace(",", "").replace(" ", "")
+    elif re.fullmatch(r"[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?", s):  # 1\,000 -> "1 000"
+        s = s.replace(" ", "")
+    return s
+
+
+def _text_key(s: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", s.lower())
+
+
+def _is_text(norm: str) -> bool:
+    """A prose answer (a word of 3+ letters that is no function, Greek letter or LaTeX command)."""
+    plain = re.sub(r"\\(?:begin|end)\s*\{[A-Za-z*]*\}|\\[A-Za-z]+", " ", norm)
+    for w in re.findall(r"[A-Za-z]{3,}", plain):
+        if w not in _FUNC_WORDS and w not in _GREEK and w.lower() not in _FUNC_WORDS:
+            return True
+    return False
+
+
+_MC_GOLD = re.compile(r"\(?\s*([A-J])\s*\)?")
+_MC_PRED = re.compile(r"\(?\s*([A-J])\s*(?:\)|\.|:|$)(?:\s.*)?|([A-J])", re.S)
+
+
+def _choice_letter(norm: str) -> str | None:
+    m = _MC_GOLD.fullmatch(norm)
+    return m.group(1) if m else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenizer and parser: a whitelist grammar producing plain tuples (the only thing sympy ever sees)
+#
+# node = ("num", Fraction, is_decimal) | ("sym", name) | ("const", "pi"|"e"|"i"|"oo")
+#      | ("add", [nodes]) | ("neg", x) | ("mul", [nodes]) | ("div", a, b) | ("pow", a, b)
+#      | ("fn", name, [args]) | ("pct", x) | ("deg", x) | ("pm", a, b)       a +- b (a may be None)
+#      | ("group", open, close, [items])  bracketed comma list: tuple, interval, or 1-item parenthesis
+#      | ("set", [items]) | ("list", [items]) | ("matrix", [[rows]]) | ("rel", [operands], [ops])
+#      | ("union", [items]) | ("inter", [items]) | ("empty",)
+# ----------------------------------------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(
+    r"\s*(?:"
+    r"(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+(?![\d.]))?)"
+    r"|(?P<cmd>\\[A-Za-z]+|\\[{}])"
+    r"|(?P<word>[A-Za-z]+)"
+    r"|(?P<op><=|>=|!=|=>|\\\\|\.\.\.|[-+*/^_!%°'=<>(),;\[\]{}|&:])"
+    r")"
+)
+_FUNCS = {
+    "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh",
+    "ln", "log", "exp", "max", "min", "gcd", "lcm", "det", "asin", "acos", "atan", "abs",
+}
+_FN_ALIASES = {"asin": "arcsin", "acos": "arccos", "atan": "arctan"}
+
+
+def _tokenize(s: str) -> list[tuple[str, str]]:
+    toks = []
+    pos, n = 0, len(s)
+    while pos < n:
+        m = _TOKEN_RE.match(s, pos)
+        if m is None or m.end() == pos:
+            if s[pos:].strip() == "":
+                break
+            raise _ParseError(f"unexpected character {s[pos]!r}")
+        pos = m.end()
+        kind = m.lastgroup
+        val = m.group(kind)
+        if kind == "word":
+            if val in _FUNCS or val in ("sqrt", "pi", "oo", "or", "and", "infty", "inf") or val in _GREEK:
+                toks.append(("word", val))
+            else:  # a run of letters is a product of one-letter symbols (xy = x*y)
+                toks.extend(("word", c) for c in val)
+        else:
+            toks.append((kind, val))
+        if len(toks) > MAX_TOKENS:
+            raise _ParseError("too many tokens")
+    return toks
+
+
+_REL_OPS = {"=", "<", ">", "<=", ">=", "!=", "\\in"}
+_CMD_FUNCS = {
+    "\\sin", "\\cos", "\\tan", "\\cot", "\\sec", "\\csc", "\\arcsin", "\\arccos", "\\arctan", "\\sinh",
+    "\\cosh", "\\tanh", "\\ln", "\\log", "\\exp", "\\max", "\\min", "\\gcd", "\\lcm", "\\det",
+}
+
+
+class _Parser:
+    def __init__(self, toks):
+        self.t = toks
+        self.i = 0
+        self.depth = 0
+
+    def peek(self, k=0):
+        j = self.i + k
+        return self.t[j] if j < len(self.t) else ("eof", "")
+
+    def next(self):
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def accept(self, val):
+        if self.peek()[1] == val and self.peek()[0] != "eof":
+            self.i += 1
+            return True
+        return False
+
+    def expect(self, val):
+        if not self.accept(val):
+            raise _ParseError(f"expected {val!r}, got {self.peek()[1]!r}")
+
+    def enter(self):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _ParseError("nesting too deep")
+
+    # top: comma / semicolon / "or" / "and" separated list
+    def parse_top(self):
+        items = self.parse_list(("eof",))
+        if self.peek()[0] != "eof":
+            raise _ParseError(f"trailing {self.peek()[1]!r}")
+        return items[0] if len(items) == 1 else ("list", items)
+
+    def parse_list(self, closers):
+        items = []
+        conj = []
+        while True:
+            if self.peek()[1] in closers or self.peek()[0] in closers:
+                break
+            part = [self.parse_rel()]
+            while self.peek()[1] == "and":
+                self.next()
+                part.append(self.parse_rel())
+            items.append(part[0] if len(part) == 1 else ("inter", part))
+            conj.append(len(part))
+            if self.peek()[1] in (",", ";", "or"):
+                self.next()
+                continue
+            break
+        return items
+
+    def parse_rel(self):
+        self.enter()
+        operands = [self.parse_union()]
+        ops = []
+        while self.peek()[1] in _REL_OPS:
+            ops.append(self.next()[1])
+            operands.append(self.parse_union())
+        self.depth -= 1
+        return operands[0] if not ops else ("rel", operands, ops)
+
+    def parse_union(self):
+        items = [self.parse_expr()]
+        while self.peek()[1] in ("\\cup", "U") and self.peek()[0] != "eof":
+            if self.peek()[1] == "U" and self.peek(1)[1] not in ("(", "["):
+                break
+            self.next()
+            items.append(self.parse_expr())
+        return items[0] if len(items) == 1 else ("union", items)
+
+    def parse_expr(self):
+        self.enter()
+        if self.peek()[1] in ("\\pm", "\\mp"):
+            self.next()
+            first = ("pm", None, self.parse_term())
+        else:
+            first = self.parse_term()
+        terms = [first]
+        while True:
+            op = self.peek()[1]
+            if op == "+":
+                self.next()
+                terms.append(self.parse_term())
+            elif op == "-":
+                self.next()
+                terms.append(("neg", self.parse_term()))
+            elif op in ("\\pm", "\\mp"):
+                self.next()
+                rest = self.parse_term()
+                left = terms[0] if len(terms) == 1 else ("add", terms)
+                terms = [("pm", left, rest)]
+            else:
+                break
+        self.depth -= 1
+        return terms[0] if len(terms) == 1 else ("add", terms)
+
+    def starts_atom(self):
+        kind, val = self.peek()
+        if kind in ("num", "word"):
+            return val not in ("or", "and")
+        if kind == "cmd":
+            return val not in _REL_OPS and val not in ("\\cup", "\\cap", "\\pm", "\\mp", "\\}", "\\end")
+        return val in ("(", "[", "{")
+
+    def parse_term(self):
+        self.enter()
+        if self.peek()[1] in ("-", "+"):
+            neg = self.next()[1] == "-"
+            inner = self.parse_term()
+            self.depth -= 1
+            return ("neg", inner) if neg else inner
+        factors = [self.parse_power()]
+        divs = []
+        while True:
+            op = self.peek()[1]
+            if op == "*" and self.peek()[0] == "op":
+                self.next()
+                factors.append(self.parse_power())
+            elif op == "/" and self.peek()[0] == "op":
+                self.next()
+                divs.append(len(factors))
+                factors.append(self.parse_power())
+            elif self.starts_atom():
+                is_frac = self.peek()[1] == "\\frac"
+                nxt = self.parse_power()
+                prev = factors[-1]
+                # mixed number: an integer literal directly followed by \frac{int}{int} (3\frac{1}{2} = 7/2)
+                if (len(factors) == 1 and not divs and prev[0] == "num" and not prev[2] and prev[1].denominator == 1
+                        and is_frac and nxt[0] == "div" and nxt[1][0] == "num" and nxt[2][0] == "num"):
+                    factors[-1] = ("add", [prev, nxt])
+                else:
+                    factors.append(nxt)
+            else:
+                break
+        node = factors[0]
+        for k in range(1, len(factors)):
+            node = ("div", node, factors[k]) if k in divs else ("mul", [node, factors[k]])
+        self.depth -= 1
+        return _flatten(node)
+
+    def parse_power(self):
+        self.enter()
+        base = self.parse_postfix(self.parse_primary())
+        if self.peek()[1] == "^":
+            self.next()
+            if self.peek()[1] == "{":
+                exp = self.parse_group_arg()
+            elif self.peek()[1] in ("-", "+"):
+                neg = self.next()[1] == "-"
+                exp = self.parse_power()
+                exp = ("neg", exp) if neg else exp
+            else:
+                exp = self.parse_power()
+            base = self.parse_postfix(("pow", base, exp))
+        self.depth -= 1
+        return base
+
+    def parse_postfix(self, node):
+        while True:
+            v = self.peek()[1]
+            if v == "!" and self.peek()[0] == "op":
+                self.next()
+                node = ("fn", "factorial", [node])
+            elif v == "%":
+                self.next()
+                node = ("pct", node)
+            elif v == "°":
+                self.next()
+                node = ("deg", node)
+            elif v == "_" and node[0] == "sym":  # subscript: x_1, a_{n+1}
+                self.next()
+                start = self.i
+                if self.peek()[1] == "{":
+                    self.parse_group_arg()
+                else:
+                    self.next()
+                sub = "".join(v for _, v in self.t[start : self.i])
+                node = ("sym", node[1] + "_" + re.sub(r"[^A-Za-z0-9]", "", sub))
+            else:
+                return node
+
+    def parse_group_arg(self):
+        """A LaTeX argument: {...} or a single token (\\frac12 -> 1, 2)."""
+        self.enter()
+        if self.accept("{"):
+            inner = self.parse_rel()
+            self.expect("}")
+        else:
+            kind, val = self.peek()
+            if kind == "num" and len(val) > 1 and val.isdigit():
+                self.t[self.i] = ("num", val[1:])
+                self.t.insert(self.i, ("num", val[0]))
+            inner = self.parse_primary()
+        self.depth -= 1
+        return inner
+
+    def parse_primary(self):
+        self.enter()
+        kind, val = self.next()
+        try:
+            if kind == "num":
+                if "e" in val or "E" in val:
+                    mant, ex = re.split("[eE]", val)
+                    f = Fraction(mant) * Fraction(10) ** int(ex) if abs(int(ex)) <= 400 else None
+                    if f is None:
+                        raise _ParseError("exponent too large")
+                    return ("num", f, True)
+                dec = "." in val
+                return ("num", Fraction(val.rstrip(".")) if val != "." else Fraction(0), dec and not val.endswith("."))
+            if kind == "word":
+                if val in ("pi",):
+                    return ("const", "pi")
+                if val in ("oo", "infty", "inf"):
+                    return ("const", "oo")
+                if val == "sqrt":
+                    return ("fn", "sqrt", [self.parse_group_arg()])
+                if val in _FUNCS:
+                    return self.parse_func(_FN_ALIASES.get(val, val))
+                if val in _GREEK:
+                    return ("sym", val)
+                if val == "i":
+                    return ("const", "i")
+                if val == "e":
+                    return ("const", "e")
+                return ("sym", val)
+            if kind == "cmd":
+                name = val[1:]
+                if val == "\\frac":
+                    a = self.parse_group_arg()
+                    b = self.parse_group_arg()
+                    return ("div", a, b)
+                if val == "\\sqrt":
+                    idx = None
+                    if self.accept("["):
+                        idx = self.parse_expr()
+                        self.expect("]")
+                    arg = self.parse_group_arg()
+                    return ("fn", "sqrt", [arg]) if idx is None else ("fn", "root", [arg, idx])
+                if val == "\\binom":
+                    return ("fn", "binom", [self.parse_group_arg(), self.parse_group_arg()])
+                if val == "\\pi":
+                    return ("const", "pi")
+                if val == "\\infty":
+                    return ("const", "oo")
+                if val == "\\emptyset":
+                    return ("empty",)
+                if val in _CMD_FUNCS:
+                    return self.parse_func(name)
+                if val == "\\{":
+                    items = self.parse_list(("\\}",))
+                    self.expect("\\}")
+                    return ("set", items)
+                if val in ("\\lfloor", "\\lceil"):
+                    inner = self.parse_expr()
+                    self.expect("\\rfloor" if val == "\\lfloor" else "\\rceil")
+                    return ("fn", "floor" if val == "\\lfloor" else "ceiling", [inner])
+                if val == "\\begin":
+                    return self.parse_matrix()
+                if name in _GREEK:
+                    return ("sym", name)
+                if name in ("mathrm", "mathbf", "text", "operatorname"):  # leftovers with nested braces
+                    return self.parse_group_arg()
+                raise _ParseError(f"unknown command {val}")
+            if val == "(" or val == "[":
+                items = self.parse_list((")", "]"))
+                close = self.next()[1]
+                if close not in (")", "]"):
+                    raise _ParseError("unbalanced bracket")
+                if len(items) == 1 and val == "(" and close == ")":
+                    return items[0] if items[0][0] != "group" else ("group", "(", ")", [items[0]])
+                if len(items) == 1 and val == "[" and close == "]":
+                    return items[0]
+                return ("group", val, close, items)
+            if val == "{":
+                items = self.parse_list(("}",))
+                self.expect("}")
+                return items[0] if len(items) == 1 else ("set", items)
+            if val == "|":
+                inner = self.parse_expr()
+                self.expect("|")
+                return ("fn", "abs", [inner])
+            raise _ParseError(f"unexpected {val!r}")
+        finally:
+            self.depth -= 1
+
+    def parse_func(self, name):
+        power = None
+        base = None
+        if name == "log" and self.accept("_"):
+            base = self.parse_group_arg()
+        if self.accept("^"):
+            power = self.parse_group_arg()
+        if self.peek()[1] in ("(", "{") and name in ("max", "min", "gcd", "lcm"):
+            self.next()
+            args = self.parse_list((")", "}"))
+            self.next()
+        elif self.peek()[1] == "(":
+            self.next()
+            args = [self.parse_rel()]
+            self.expect(")")
+        else:
+            args = [self.parse_power()]
+        if name == "log" and base is not None:
+            node = ("fn", "logb", [args[0], base])
+        else:
+            node = ("fn", name, args)
+        return ("pow", node, power) if power is not None else node
+
+    def parse_matrix(self):
+        self.expect("{")
+        env = []
+        while self.peek()[1] != "}" and self.peek()[0] != "eof":
+            env.append(self.next()[1])
+        self.expect("}")
+        env = "".join(env)
+        if env not in ("pmatrix", "bmatrix", "matrix", "Bmatrix", "smallmatrix", "array"):
+            raise _ParseError(f"environment {env}")
+        if env == "array":  # column spec {cc}
+            self.parse_group_arg_raw()
+        rows = [[]]
+        while True:
+            if self.peek()[1] == "\\end":
+                self.next()
+                self.expect("{")
+                while self.peek()[1] != "}" and self.peek()[0] != "eof":
+                    self.next()
+                self.expect("}")
+                break
+            if self.peek()[0] == "eof":
+                raise _ParseError("unterminated matrix")
+            rows[-1].append(self.parse_expr())
+            if self.accept("&"):
+                continue
+            if self.accept("\\\\"):
+                rows.append([])
+                continue
+        rows = [r for r in rows if r]
+        if not rows or len({len(r) for r in rows}) != 1:
+            raise _ParseError("ragged matrix")
+        return ("matrix", rows)
+
+    def parse_group_arg_raw(self):
+        self.expect("{")
+        while self.peek()[1] != "}" and self.peek()[0] != "eof":
+            self.next()
+        self.expect("}")
+
+
+def _flatten(node):
+    if node[0] == "mul":
+        out = []
+        for f in node[1]:
+            out.extend(f[1] if f[0] == "mul" else [f])
+        return ("mul", out)
+    return node
+
+
+@lru_cache(maxsize=65536)
+def _parse(norm: str):
+    """Parsed tuple tree of a normalised answer, or None (too long, not parseable)."""
+    if len(norm) > MAX_ANSWER_CHARS or not norm:
+        return None
+    try:
+        return _Parser(_tokenize(norm)).parse_top()
+    except (_ParseError, RecursionError, ValueError, ZeroDivisionError, IndexError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation: exact (Fractions) and numeric (mpmath), both with size guards
+# ----------------------------------------------------------------------------------------------------
+
+
+def _has(node, pred) -> bool:
+    if not isinstance(node, tuple):
+        return False
+    if pred(node):
+        return True
+    for part in node[1:]:
+        if isinstance(part, tuple) and _has(part, pred):
+            return True
+        if isinstance(part, list):
+            for x in part:
+                if isinstance(x, list):
+                    if any(_has(y, pred) for y in x):
+                        return True
+                elif _has(x, pred):
+                    return True
+    return False
+
+
+def _is_approx(node) -> bool:
+    """Contains a decimal literal with a fractional part (an approximation, so REL_TOL applies)."""
+    return _has(node, lambda n: n[0] == "num" and n[2] and n[1].denominator != 1)
+
+
+def _symbols(node, acc=None) -> set:
+    acc = set() if acc is None else acc
+    _has(node, lambda n: n[0] == "sym" and (acc.add(n[1]) or False))
+    return acc
+
+
+def _bits(f: Fraction) -> int:
+    return max(f.numerator.bit_length(), f.denominator.bit_length())
+
+
+def _exact_root(x: Fraction, q: int):
+    """x^(1/q) as a Fraction when it is rational, else None."""
+    if x < 0:
+        if q % 2 == 0:
+            return None
+        r = _exact_root(-x, q)
+        return -r if r is not None else None
+
+    def iroot(n):
+        if n < 2:
+            return n
+        r = math.isqrt(n) if q == 2 else int(round(n ** (1.0 / q))) if n.bit_length() < 1000 else None
+        if r is None:
+            return None
+        for c in (r - 1, r, r + 1):
+            if c >= 0 and c**q == n:
+                return c
+        return None
+
+    a, b = iroot(x.numerator), iroot(x.denominator)
+    return Fraction(a, b) if a is not None and b is not None else None
+
+
+def _exact(node, pct=True, deg_rad=False) -> Fraction:
+    """Exact rational value of a node, or _NotExact / _TooBig / _Undefined."""
+    t = node[0]
+    if t == "num":
+        return node[1]
+    if t == "neg":
+        return -_exact(node[1], pct, deg_rad)
+    if t == "add":
+        return sum((_exact(x, pct, deg_rad) for x in node[1]), Fraction(0))
+    if t == "mul":
+        out = Fraction(1)
+        for x in node[1]:
+            out *= _exact(x, pct, deg_rad)
+            if _bits(out) > MAX_EXACT_BITS:
+                raise _TooBig("product")
+        return out
+    if t == "div":
+        a, b = _exact(node[1], pct, deg_rad), _exact(node[2], pct, deg_rad)
+        if b == 0:
+            raise _Undefined("division by zero")
+        return a / b
+    if t == "pow":
+        b, e = _exact(node[1], pct, deg_rad), _exact(node[2], pct, deg_rad)
+        if e.denominator == 1:
+            if b == 0 and e < 0:
+                raise _Undefined("0^negative")
+            if b in (0, 1) or e == 0:
+                return b ** int(e) if e != 0 else Fraction(1)
+            if b == -1:
+                return Fraction(-1) if e.numerator % 2 else Fraction(1)
+            if abs(e.numerator) * _bits(b) > MAX_EXACT_BITS:
+                raise _TooBig("power")
+            return b ** int(e)
+        if e.denominator <= 12 and abs(e.numerator) <= 64 and b > 0:
+            r = _exact_root(b, e.denominator)
+            if r is not None:
+                if r == 0 and e < 0:
+                    raise _Undefined("0^negative")
+                return r ** e.numerator
+        raise _NotExact("irrational power")
+    if t == "pct":
+        v = _exact(node[1], pct, deg_rad)
+        return v / 100 if pct else v
+    if t == "deg":
+        if deg_rad:
+            raise _NotExact("radians")
+        return _exact(node[1], pct, deg_rad)
+    if t == "fn":
+        name, args = node[1], node[2]
+        if name == "sqrt":
+            v = _exact(args[0], pct, deg_rad)
+            r = _exact_root(v, 2) if v >= 0 else None
+            if r is None:
+                raise _NotExact("sqrt")
+            return r
+        if name == "root":
+            v, k = _exact(args[0], pct, deg_rad), _exact(args[1], pct, deg_rad)
+            if k.denominator != 1 or not 1 <= k <= 64:
+                raise _NotExact("root")
+            r = _exact_root(v, int(k))
+            if r is None:
+                raise _NotExact("root")
+            return r
+        if name == "factorial":
+            v = _exact(args[0], pct, deg_rad)
+            if v.denominator != 1 or v < 0:
+                raise _NotExact("factorial")
+            if v > MAX_FACTORIAL:
+                raise _TooBig("factorial")
+            return Fraction(math.factorial(int(v)))
+        if name == "binom":
+            n, k = _exact(args[0], pct, deg_rad), _exact(args[1], pct, deg_rad)
+            if n.denominator != 1 or k.denominator != 1 or n < 0:
+                raise _NotExact("binom")
+            if n > MAX_FACTORIAL:
+                raise _TooBig("binom")
+            return Fraction(math.comb(int(n), int(k)) if k >= 0 else 0)
+        if name == "abs":
+            return abs(_exact(args[0], pct, deg_rad))
+        if name in ("floor", "ceiling"):
+            v = _exact(args[0], pct, deg_rad)
+            return Fraction(math.floor(v) if name == "floor" else math.ceil(v))
+        if name in ("max", "min") and args:
+            vals = [_exact(a, pct, deg_rad) for a in args]
+            return max(vals) if name == "max" else min(vals)
+        if name in ("gcd", "lcm") and args:
+            vals = [_exact(a, pct, deg_rad) for a in args]
+            if any(v.denominator != 1 for v in vals):
+                raise _NotExact(name)
+            ints = [int(v) for v in vals]
+            return Fraction(math.gcd(*ints) if name == "gcd" else math.lcm(*ints))
+        raise _NotExact(name)
+    raise _NotExact(t)
+
+
+_MP = None
+
+
+def _mp():
+    global _MP
+    if _MP is None:
+        import mpmath
+
+        _MP = mpmath.MPContext()
+        _MP.dps = NUMERIC_DPS
+    return _MP
+
+
+def _point(sym: str, k: int):
+    """Deterministic pseudo-random value of symbol `sym` at test point k, in (0.3, 1.9)."""
+    h = zlib.crc32(f"{sym}:{k}".encode())
+    return _mp().mpf(3 + (h % 16000)) / 10000 + _mp().mpf(1) / 7
+
+
+def _numeric(node, env, pct=True, deg_rad=False):
+    """Complex mpmath value of a node at the point `env` (symbol -> value)."""
+    mp = _mp()
+    t = node[0]
+    if t == "num":
+        f = node[1]
+        return mp.mpf(f.numerator) / f.denominator
+    if t == "sym":
+        return env[node[1]]
+    if t == "const":
+        return {"pi": mp.pi, "e": mp.e, "i": mp.mpc(0, 1), "oo": mp.inf}[node[1]] + 0
+    if t == "neg":
+        return -_numeric(node[1], env, pct, deg_rad)
+    if t == "add":
+        return mp.fsum(_numeric(x, env, pct, deg_rad) for x in node[1])
+    if t == "mul":
+        out = mp.mpf(1)
+        for x in node[1]:
+            out = out * _numeric(x, env, pct, deg_rad)
+        return out
+    if t == "div":
+        a, b = _numeric(node[1], env, pct, deg_rad), _numeric(node[2], env, pct, deg_rad)
+        if b == 0:
+            raise _Undefined("division by zero")
+        return a / b
+    if t == "pow":
+        b, e = _numeric(node[1], env, pct, deg_rad), _numeric(node[2], env, pct, deg_rad)
+        if b == 0:
+            if mp.re(e) <= 0:
+                raise _Undefined("0^nonpositive")
+            return mp.mpf(0)
+        if mp.isinf(b) or mp.isinf(e):
+            raise _TooBig("infinite power")
+        if abs(e * mp.log(b)) / mp.log(2) > MAX_LOG2_MAGNITUDE:
+            raise _TooBig("power")
+        if mp.im(e) == 0 and mp.re(e) == int(mp.re(e)) and abs(mp.re(e)) < 10**6:
+            return b ** int(mp.re(e))
+        return mp.power(b, e)
+    if t == "pct":
+        v = _numeric(node[1], env, pct, deg_rad)
+        return v / 100 if pct else v
+    if t == "deg":
+        v = _numeric(node[1], env, pct, deg_rad)
+        return v * mp.pi / 180 if deg_rad else v
+    if t == "fn":
+        name = node[1]
+        args = [_numeric(a, env, pct, deg_rad) for a in node[2]]
+        x = args[0] if args else None
+        if name == "factorial":
+            if mp.im(x) != 0 or mp.re(x) < 0 or abs(x) > 10**12:
+                raise _TooBig("factorial")
+            return mp.factorial(mp.re(x))
+        if name == "binom":
+            return mp.binomial(args[0], args[1])
+        if name in ("max", "min"):
+            reals = [mp.re(a) for a in args]
+            return max(reals) if name == "max" else min(reals)
+        if name in ("gcd", "lcm", "det", "floor", "ceiling"):
+            if name in ("floor", "ceiling"):
+                return mp.floor(mp.re(x)) if name == "floor" else mp.ceil(mp.re(x))
+            raise _NotExact(name)  # no numeric meaning for symbolic gcd/det: compare structurally
+        if name == "logb":
+            if args[1] == 1 or args[0] == 0 or args[1] == 0:
+                raise _Undefined("log base")
+            return mp.log(args[0]) / mp.log(args[1])
+        if name in ("log", "ln") and x == 0:
+            raise _Undefined("log 0")
+        fn = {
+            "sqrt": mp.sqrt, "sin": mp.sin, "cos": mp.cos, "tan": mp.tan, "cot": mp.cot, "sec": mp.sec,
+            "csc": mp.csc, "arcsin": mp.asin, "arccos": mp.acos, "arctan": mp.atan, "sinh": mp.sinh,
+            "cosh": mp.cosh, "tanh": mp.tanh, "ln": mp.log, "log": mp.log, "exp": mp.exp, "abs": abs,
+        }.get(name)
+        if name == "root":
+            return mp.root(args[0], int(mp.re(args[1]))) if mp.re(args[1]) == int(mp.re(args[1])) else mp.power(args[0], 1 / args[1])
+        if name == "exp" and abs(x) > MAX_LOG2_MAGNITUDE:
+            raise _TooBig("exp")
+        if fn is None:
+            raise _NotExact(name)
+        return fn(x)
+    raise _NotExact(t)
+
+
+def _close(a, b, rel) -> bool:
+    mp = _mp()
+    if mp.isnan(a) or mp.isnan(b) if not isinstance(a, type(mp.mpc(0))) else False:
+        return False
+    scale = max(abs(a), abs(b))
+    return abs(a - b) <= rel * scale
+
+
+# ----------------------------------------------------------------------------------------------------
+# sympy: building expressions from the tuple tree (explicit constructors, never sympify)
+# ----------------------------------------------------------------------------------------------------
+
+_SP = None
+
+
+def _sympy():
+    global _SP
+    if _SP is None:
+        import sympy
+
+        _SP = sympy
+    return _SP
+
+
+def _to_sympy(node):
+    sp = _sympy()
+    t = node[0]
+    if t == "num":
+        f = node[1]
+        return sp.Rational(f.numerator, f.denominator)
+    if t == "sym":
+        return sp.Symbol(node[1])
+    if t == "const":
+        return {"pi": sp.pi, "e": sp.E, "i": sp.I, "oo": sp.oo}[node[1]]
+    if t == "neg":
+        return -_to_sympy(node[1])
+    if t == "add":
+        return sp.Add(*[_to_sympy(x) for x in node[1]])
+    if t == "mul":
+        return sp.Mul(*[_to_sympy(x) for x in node[1]])
+    if t == "div":
+        b = _to_sympy(node[2])
+        if b == 0:
+            raise _Undefined("division by zero")
+        return _to_sympy(node[1]) / b
+    if t == "pow":
+        b, e = _to_sympy(node[1]), _to_sympy(node[2])
+        if e.is_Number and b.is_number and abs(e) > 4096:
+            raise _TooBig("power")
+        return sp.Pow(b, e)
+    if t == "pct":
+        return _to_sympy(node[1]) / 100
+    if t == "deg":
+        return _to_sympy(node[1])
+    if t == "fn":
+        name = node[1]
+        args = [_to_sympy(a) for a in node[2]]
+        if name in ("factorial", "binom") and any(a.is_Number and abs(a) > MAX_FACTORIAL for a in args):
+            raise _TooBig(name)
+        table = {
+            "sqrt": sp.sqrt, "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "cot": sp.cot, "sec": sp.sec,
+            "csc": sp.csc, "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan, "sinh": sp.sinh,
+            "cosh": sp.cosh, "tanh": sp.tanh, "ln": sp.log, "log": sp.log, "exp": sp.exp, "abs": sp.Abs,
+            "factorial": sp.factorial, "floor": sp.floor, "ceiling": sp.ceiling,
+        }
+        if name in table:
+            return table[name](args[0])
+        if name == "root":
+            return sp.root(args[0], args[1])
+        if name == "logb":
+            return sp.log(args[0], args[1])
+        if name == "binom":
+            return sp.binomial(args[0], args[1])
+        if name in ("max", "min"):
+            return (sp.Max if name == "max" else sp.Min)(*args)
+        raise _NotExact(name)
+    raise _NotExact(t)
+
+
+def _max_int_exponent(node) -> int:
+    best = [0]
+
+    def visit(n):
+        if n[0] == "pow" and n[2][0] == "num":
+            best[0] = max(best[0], abs(int(n[2][1])))
+        return False
+
+    _has(node, visit)
+    return best[0]
+
+
+def _sympy_equal(a, b):
+    """True / False when sympy decides a == b exactly, None when it cannot (or runs out of time)."""
+    sp = _sympy()
+    try:
+        d = _to_sympy(a) - _to_sympy(b)
+        if d == 0:
+            return True
+        if d.is_Number:
+            return False
+        if max(_max_int_exponent(a), _max_int_exponent(b)) <= MAX_EXPAND_POWER:
+            e = sp.expand(d)
+            if e == 0:
+                return True
+            if e.is_Number:
+                return False
+            s = sp.simplify(e)
+            if s == 0:
+                return True
+            if s.is_Number and s != 0:
+                return False
+            if s.is_number and s.is_zero is False:
+                return False
+        return None
+    except _SoftTimeout:
+        return None
+    except (_TooBig, _NotExact, _Undefined):
+        return None
+    except Exception:  # sympy raising on an odd but parsed input: undecided, never a crash
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Equivalence
+# ----------------------------------------------------------------------------------------------------
+
+
+def _scalar_equal(a, b) -> bool:
+    """Equality of two scalar expressions (rules in the README, "Verifier")."""
+    if a == b:
+        return True
+    modes = [(True, False)]
+    ha_p, hb_p = _has(a, lambda n: n[0] == "pct"), _has(b, lambda n: n[0] == "pct")
+    ha_d, hb_d = _has(a, lambda n: n[0] == "deg"), _has(b, lambda n: n[0] == "deg")
+    # 50% also reads as 50 (a percentage question answered without the sign, and vice versa);
+    # 30° also reads as pi/6 (degrees vs radians).
+    a_modes = [(True, False)] + ([(False, False)] if ha_p else []) + ([(True, True)] if ha_d else [])
+    b_modes = [(True, False)] + ([(False, False)] if hb_p else []) + ([(True, True)] if hb_d else [])
+    for ma in a_modes:
+        for mb in b_modes:
+            if _scalar_equal_mode(a, b, ma, mb):
+                return True
+    del modes
+    return False
+
+
+def _scalar_equal_mode(a, b, ma, mb) -> bool:
+    approx = _is_approx(a) or _is_approx(b)
+    try:
+        ea = _exact(a, *ma)
+        eb = _exact(b, *mb)
+        if ea == eb:
+            return True
+        if not approx:
+            return False
+        return abs(ea - eb) <= Fraction(REL_TOL) * max(abs(ea), abs(eb))
+    except (_NotExact, _TooBig):
+        pass
+    except _Undefined:
+        return False
+    # numeric identity test at N_POINTS points (one point when there are no variables)
+    syms = sorted(_symbols(a) | _symbols(b))
+    if any(_has(x, lambda n: n[0] == "const" and n[1] == "oo") for x in (a, b)):
+        return False  # infinities only make sense as interval endpoints (handled there) or identically
+    points = range(N_POINTS) if syms else range(1)
+    try:
+        for k in points:
+            env = {s: _point(s, k) for s in syms}
+            va, vb = _numeric(a, env, *ma), _numeric(b, env, *mb)
+            if not _close(va, vb, REL_TOL if approx else NUMERIC_REL):
+                return False
+    except (_NotExact, _TooBig, _Undefined, ValueError, ZeroDivisionError, OverflowError):
+        return False
+    if approx:
+        return True
+    if ma != (True, False) or mb != (True, False):
+        return True  # alternative readings (percent / degrees) are numeric by nature
+    # exact answers that agree numerically: let sympy prove or refute; undecided -> the numeric verdict
+    verdict = _sympy_equal(a, b)
+    return True if verdict is None else verdict
+
+
+def _pm_expand(node, limit=8):
+    """All sign choices of a node containing +- (1 \\pm \\sqrt 2 -> [1+sqrt2, 1-sqrt2])."""
+    if not _has(node, lambda n: n[0] == "pm"):
+        return [node]
+    out = []
+
+    def sub(n):
+        if not isinstance(n, tuple):
+            return [n]
+        if n[0] == "pm":
+            lefts = sub(n[1]) if n[1] is not None else [None]
+            rights = sub(n[2])
+            res = []
+            for l in lefts:
+                for r in rights:
+                    res.append(r if l is None else ("add", [l, r]))
+                    res.append(("neg", r) if l is None else ("add", [l, ("neg", r)]))
+            return res
+        variants = [[]]
+        for part in n[1:]:
+            if isinstance(part, tuple):
+                opts = sub(part)
+            elif isinstance(part, list):
+                opts = [list(c) for c in _product([sub(x) if isinstance(x, tuple) else [x] for x in part])]
+            else:
+                opts = [part]
+            variants = [v + [o] for v in variants for o in opts]
+            if len(variants) > limit:
+                raise _TooBig("pm")
+        return [(n[0], *v) for v in variants]
+
+    out = sub(node)
+    return out
+
+
+def _product(lists):
+    res = [[]]
+    for lst in lists:
+        res = [r + [x] for r in res for x in lst]
+        if len(res) > 64:
+            raise _TooBig("product")
+    return res
+
+
+def _is_var_head(node) -> bool:
+    """Left side of an assignment: x, f(x), a_1, or a tuple of symbols ((x, y) = (1, 2))."""
+    if node[0] == "sym":
+        return True
+    if node[0] == "mul" and len(node[1]) == 2 and node[1][0][0] == "sym":
+        arg = node[1][1]
+        return arg[0] in ("sym", "group") or True
+    if node[0] == "group" and node[1] == "(" and all(x[0] == "sym" for x in node[3]):
+        return True
+    return False
+
+
+def _strip_assignment(node):
+    if node[0] == "rel" and node[2] == ["="] and _is_var_head(node[1][0]):
+        return node[1][1]
+    return node
+
+
+_INEQ = {"<", ">", "<=", ">="}
+
+
+def _to_intervals(node):
+    """A set of reals as a list of (lo, hi, lo_closed, hi_closed) with node endpoints, or None."""
+    t = node[0]
+    oo = ("const", "oo")
+    if t == "group" and len(node[3]) == 2:
+        return [(node[3][0], node[3][1], node[1] == "[", node[2] == "]")]
+    if t == "union":
+        out = []
+        for x in node[1]:
+            iv = _to_intervals(x)
+            if iv is None:
+                return None
+            out += iv
+        return out
+    if t == "list":
+        out = []
+        for x in node[1]:
+            iv = _to_intervals(x)
+            if iv is None:
+                return None
+            out += iv
+        return out
+    if t == "inter":
+        parts = [_to_intervals(x) for x in node[1]]
+        if any(p is None or len(p) != 1 for p in parts):
+            return None
+        lo, hi, lc, hc = parts[0][0]
+        for plo, phi, plc, phc in parts[1:]:
+            if plo != ("neg", oo):
+                lo, lc = plo, plc
+            if phi != oo:
+                hi, hc = phi, phc
+        return [(lo, hi, lc, hc)]
+    if t == "empty":
+        return []
+    if t == "rel":
+        ops, xs = node[2], node[1]
+        if ops == ["\\in"] and xs[0][0] == "sym":
+            return _to_intervals(xs[1])
+        if not all(o in _INEQ for o in ops):
+            return None
+        var_pos = [k for k, x in enumerate(xs) if x[0] == "sym"]
+        if len(var_pos) != 1 or any(_symbols(x) for k, x in enumerate(xs) if k != var_pos[0]):
+            return None
+        v = var_pos[0]
+        lo, hi, lc, hc = ("neg", oo), oo, False, False
+        for k, op in enumerate(ops):
+            left, right = xs[k], xs[k + 1]
+            if k + 1 == v:  # bound < var  or  bound > var
+                if op in ("<", "<="):
+                    lo, lc = left, op == "<="
+                else:
+                    hi, hc = left, op == ">="
+            elif k == v:  # var < bound  or var > bound
+                if op in ("<", "<="):
+                    hi, hc = right, op == "<="
+                else:
+                    lo, lc = right, op == ">="
+            else:
+                return None
+        return [(lo, hi, lc, hc)]
+    return None
+
+
+def _endpoint_value(node):
+    mp = _mp()
+    if node == ("const", "oo"):
+        return mp.inf
+    if node == ("neg", ("const", "oo")):
+        return -mp.inf
+    v = _numeric(node, {})
+    if mp.im(v) != 0:
+        raise _NotExact("complex endpoint")
+    return mp.re(v)
+
+
+def _intervals_equal(a, b) -> bool:
+    def canon(ivs):
+        rows = sorted(((_endpoint_value(lo), _endpoint_value(hi), lo, hi, lc, hc) for lo, hi, lc, hc in ivs),
+                      key=lambda r: (r[0], r[1]))
+        merged = []
+        for r in rows:
+            if merged and (r[0] < merged[-1][1] or (r[0] == merged[-1][1] and (r[4] or merged[-1][5]))):
+                last = merged[-1]
+                if r[1] > last[1] or (r[1] == last[1] and r[5]):
+                    merged[-1] = (last[0], r[1], last[2], r[3], last[4], r[5])
+            else:
+                merged.append(r)
+        return merged
+
+    try:
+        ca, cb = canon(a), canon(b)
+    except (_NotExact, _TooBig, _Undefined, ValueError):
+        return False
+    if len(ca) != len(cb):
+        return False
+    mp = _mp()
+    for ra, rb in zip(ca, cb):
+        for end in (0, 1):
+            va, vb = ra[end], rb[end]
+            if mp.isinf(va) or mp.isinf(vb):
+                if va != vb:
+                    return False
+                continue
+            if ra[4 + end] != rb[4 + end]:
+                return False
+            if not _scalar_equal(ra[2 + end], rb[2 + end]):
+                return False
+    return True
+
+
+def _unordered_equal(xs, ys) -> bool:
+    if len(xs) != len(ys):
+        return False
+    left = list(ys)
+    for x in xs:
+        for k, y in enumerate(left):
+            if _equiv(x, y):
+                del left[k]
+                break
+        else:
+            return False
+    return True
+
+
+def _dedupe(xs):
+    out = []
+    for x in xs:
+        if not any(_equiv(x, y) for y in out):
+            out.append(x)
+    return out
+
+
+def _equation_equal(a, b) -> bool:
+    """L1 = R1 vs L2 = R2: L1 - R1 = c (L2 - R2) for a constant c != 0 (2x+2y=4 is x+y=2)."""
+    d1 = ("add", [a[1][0], ("neg", a[1][1])])
+    d2 = ("add", [b[1][0], ("neg", b[1][1])])
+    syms = sorted(_symbols(d1) | _symbols(d2))
+    ratio = None
+    try:
+        for k in range(N_POINTS + 1):
+            env = {s: _point(s, k) for s in syms}
+            v1, v2 = _numeric(d1, env), _numeric(d2, env)
+            if v2 == 0 or v1 == 0:
+                if v1 == v2:
+                    continue
+                return False
+            r = v1 / v2
+            if ratio is None:
+                ratio = r
+            elif not _close(r, ratio, 1e-20):
+                return False
+    except (_NotExact, _TooBig, _Undefined, ValueError, ZeroDivisionError):
+        return False
+    return ratio is not None or a == b
+
+
+def _equiv(p, g) -> bool:
+    """Structural equivalence dispatcher over the tuple trees."""
+    if p == g:
+        return True
+    tp, tg = p[0], g[0]
+    # an assignment on one side only: "x = 11" vs "11", "(x, y) = (1, 2)" vs "(1, 2)"
+    if tp == "rel" and tg != "rel":
+        q = _strip_assignment(p)
+        if q is not p:
+            return _equiv(q, g)
+    if tg == "rel" and tp != "rel":
+        q = _strip_assignment(g)
+        if q is not g:
+            return _equiv(p, q)
+    # +- expands to the set of its values
+    has_pm = [_has(x, lambda n: n[0] == "pm") for x in (p, g)]
+    if any(has_pm):
+        try:
+            ps = _pm_expand(p) if tp != "list" else [y for x in p[1] for y in _pm_expand(x)]
+            gs = _pm_expand(g) if tg != "list" else [y for x in g[1] for y in _pm_expand(x)]
+        except _TooBig:
+            return False
+        return _unordered_equal(_dedupe(ps), _dedupe(gs))
+    # sets of reals: inequalities, intervals, unions
+    setlike = lambda n: n[0] in ("union", "inter") or (n[0] == "rel" and (set(n[2]) <= _INEQ or n[2] == ["\\in"])) or (
+        n[0] == "group" and len(n[3]) == 2 and n[1] + n[2] != "()") or (n[0] == "list" and any(
+            x[0] == "rel" and set(x[2]) <= _INEQ for x in n[1]))
+    if setlike(p) or setlike(g):
+        ip, ig = _to_intervals(p), _to_intervals(g)
+        if ip is not None and ig is not None:
+            return _intervals_equal(ip, ig)
+        if tp == "group" and tg == "group" and p[1] + p[2] != g[1] + g[2]:
+            return False
+    if tp == "rel" and tg == "rel":
+        if p[2] == ["="] and g[2] == ["="]:
+            if _is_var_head(p[1][0]) and _is_var_head(g[1][0]) and p[1][0] == g[1][0]:
+                return _equiv(p[1][1], g[1][1])
+            return _equation_equal(p, g)
+        if p[2] == g[2] and len(p[1]) == len(g[1]):
+            return all(_equiv(x, y) for x, y in zip(p[1], g[1]))
+        return False
+    # ordered: tuples (a bare list also matches a tuple in order), matrices
+    if tg == "group" or tp == "group":
+        if tg == "group" and tp == "group":
+            if len(p[3]) != len(g[3]) or p[1] + p[2] != g[1] + g[2]:
+                return False
+            return all(_equiv(x, y) for x, y in zip(p[3], g[3]))
+        other, grp = (p, g) if tg == "group" else (g, p)
+        if other[0] == "list" and grp[1] == "(":
+            return len(other[1]) == len(grp[3]) and all(_equiv(x, y) for x, y in zip(other[1], grp[3]))
+        if other[0] == "matrix":
+            flat = _flat_vector(other)
+            return flat is not None and len(flat) == len(grp[3]) and all(_equiv(x, y) for x, y in zip(flat, grp[3]))
+        return False
+    if tp == "matrix" or tg == "matrix":
+        if tp != tg:
+            return False
+        rp, rg = p[1], g[1]
+        if len(rp) != len(rg) or len(rp[0]) != len(rg[0]):
+            return False
+        return all(_equiv(x, y) for rx, ry in zip(rp, rg) for x, y in zip(rx, ry))
+    # unordered: solution lists and sets
+    if tp in ("list", "set", "empty") or tg in ("list", "set", "empty"):
+        xs = p[1] if tp in ("list", "set") else ([] if tp == "empty" else [p])
+        ys = g[1] if tg in ("list", "set") else ([] if tg == "empty" else [g])
+        if tp == "set" or tg == "set" or tp == "empty" or tg == "empty":
+            xs, ys = _dedupe(xs), _dedupe(ys)
+        if tp == "list" and tg == "list" or len(xs) != len(ys) or len(xs) != 1:
+            # a list of assignments "x = 1, x = 2" vs "1, 2"
+            xs = [_strip_assignment(x) if x[0] == "rel" else x for x in xs]
+            ys = [_strip_assignment(y) if y[0] == "rel" else y for y in ys]
+        return _unordered_equal(xs, ys)
+    if tp in ("rel", "union", "inter") or tg in ("rel", "union", "inter"):
+        return False
+    return _scalar_equal(p, g)
+
+
+def _flat_vector(m):
+    rows = m[1]
+    if len(rows) == 1:
+        return rows[0]
+    if all(len(r) == 1 for r in rows):
+        return [r[0] for r in rows]
+    return None
+
+
+def _equal_core(pred: str, gold: str) -> bool:
+    """math_equal without the time bound (runs inside a worker, or behind the soft timer)."""
+    if len(pred) > 4 * MAX_ANSWER_CHARS or len(gold) > 4 * MAX_ANSWER_CHARS:  # never parsed
+        return re.sub(r"\s", "", _sanitize(pred)) == re.sub(r"\s", "", _sanitize(gold)) != ""
+    np_, ng = _normalize(pred), _normalize(gold)
+    if not np_ or not ng:
+        return False
+    if np_ == ng:
+        return True
+    # multiple-choice letters: "(B)", "B", "\text{(B)} 42"
+    lg, lp = _choice_letter(ng), _choice_letter(np_)
+    if lg or lp:
+        if lg and lp:
+            return lg == lp
+        letter, other = (lg, np_) if lg else (lp, ng)
+        m = _MC_PRED.match(other)
+        if m and (m.group(1) or m.group(2)) and _is_text(other) or m and other.strip("() ") == letter:
+            return (m.group(1) or m.group(2)) == letter
+        if m and re.match(r"\(?\s*[A-J]\s*\)", other):
+            return (m.group(1) or m.group(2)) == letter
+        return False
+    tp, tg = _is_text(np_), _is_text(ng)
+    if tp or tg:
+        return _text_key(np_) == _text_key(ng) and _text_key(ng) != ""
+    p, g = _parse(np_), _parse(ng)
+    if p is None or g is None:
+        return re.sub(r"\s", "", np_) == re.sub(r"\s", "", ng)
+    return _equiv(p, g)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The built-in task (kind "sum"; contract shared with tiny.py, lad.py and eval.py)
+# ----------------------------------------------------------------------------------------------------
+
+_SUM_GOLD = re.compile(r"target=(\d+),avoid=(\d),terms=(\d+)")
+
+
+def sum_task_answer(response: str) -> str | None:
+    """The candidate of a built-in-task response: its first line, whitespace stripped; None if empty."""
+    _check_str("response", response)
+    first = response.split("\n", 1)[0].strip()
+    return first or None
+
+
+@lru_cache(maxsize=4096)
+def _sum_gold(gold: str):
+    m = _SUM_GOLD.fullmatch(gold)
+    if m is None:
+        raise ValueError(f"malformed built-in-task gold {gold!r} (expected 'target=<T>,avoid=<d>,terms=<k>')")
+    t, d, k = int(m.group(1)), m.group(2), int(m.group(3))
+    if k < 1:
+        raise ValueError(f"malformed built-in-task gold {gold!r} (terms must be >= 1)")
+    return t, d, k
+
+
+def sum_task_reward(response: str, gold: str) -> float:
+    """1.0 iff the candidate is k single digits joined by '+', none the forbidden digit, summing to T."""
+    _check_str("gold", gold)
+    target, avoid, k = _sum_gold(gold)
+    cand = sum_task_answer(response)
+    if cand is None or len(cand) != 2 * k - 1:
+        return 0.0
+    digits = cand[0::2]
+    if not all(c in "0123456789" for c in digits) or any(c != "+" for c in cand[1::2]):
+        return 0.0
+    if avoid in digits:
+        return 0.0
+    return 1.0 if sum(int(c) for c in digits) == target else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Code execution in a sandbox
+#
+# Each run: a fresh `python -I` in a new temporary directory, a minimal environment, its own session
+# (process group), and a trusted prologue (_HARNESS) that, before any model code runs, sets resource
+# limits (address space, CPU seconds, file size, processes, open files), leaves the network (a new
+# network namespace where the kernel allows it), drops root to nobody, and installs an audit hook
+# that stops the process on sockets, fork/exec/subprocess and ctypes. The parent kills the whole
+# process group at the wall-clock timeout. Outputs go to files (capped by the file-size limit).
+# ----------------------------------------------------------------------------------------------------
+
+_HARNESS = r'''
+import json, os, resource, sys
+mode, timeout, mem = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+def lim(r, v):
+    try:
+        resource.setrlimit(r, (v, v))
+    except (ValueError, OSError):
+        pass
+lim(resource.RLIMIT_AS, mem)
+lim(resource.RLIMIT_CPU, int(timeout) + 1)
+lim(resource.RLIMIT_FSIZE, 16 << 20)
+lim(resource.RLIMIT_NOFILE, 64)
+lim(resource.RLIMIT_CORE, 0)
+try:  # leave the network: a new, empty network namespace (needs CAP_SYS_ADMIN; best effort)
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).unshare(0x40000000)
+except Exception:
+    pass
+if os.geteuid() == 0:  # drop root so that RLIMIT_NPROC applies and files outside the sandbox are read-only
+    try:
+        os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    except OSError:
+        pass
+lim(resource.RLIMIT_NPROC, 64 if os.geteuid() != 0 else 4096)
+_BLOCK = ("socket.", "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+          "subprocess.Popen", "ctypes.", "os.kill", "os.killpg", "pty.spawn", "shutil.rmtree", "os.setuid")
+def _hook(event, args):
+    if event.startswith(_BLOCK):
+        os.write(2, ("\nSANDBOX-BLOCKED " + event + "\n").encode())
+        os._exit(86)
+sys.addaudithook(_hook)
+import runpy
+if mode == "stdio":
+    runpy.run_path("solution.py", run_name="__main__")
+else:
+    with open("calls.json") as f:
+        calls = json.load(f)
+    out = open("results.jsonl", "w")
+    g = runpy.run_path("solution.py", run_name="solution")
+    for c in calls:
+        fn = g.get(c["fn"])
+        if fn is None:
+            res = {"error": "no function " + repr(c["fn"])}
+        else:
+            try:
+                val = fn(*c.get("args", []), **c.get("kwargs", {}))
+                try:
+                    res = {"result": json.loads(json.dumps(val))}
+                except (TypeError, ValueError):
+                    res = {"repr": repr(val)}
+            except Exception as e:
+                res = {"error": type(e).__name__ + ": " + str(e)[:200]}
+        out.write(json.dumps(res) + "\n")
+        out.flush()
+'''
+
+
+@dataclass
+class CodeResult:
+    """Verdict of run_code: reward 1.0 iff every test passed; reason says why not (or 'ok')."""
+
+    reward: float
+    passed: int
+    total: int
+    reason: str
+
+
+def _lines(s: str) -> list[str]:
+    out = [ln.rstrip() for ln in s.replace("\r\n", "\n").split("\n")]
+    while out and out[-1] == "":
+        out.pop()
+    return out
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or a == b and type(a) is type(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _failure_reason(rc: int, stderr: str, timed_out: bool, timeout: float) -> str:
+    m = re.search(r"SANDBOX-BLOCKED (\S+)", stderr)
+    if m:
+        return f"blocked: {m.group(1)}"
+    if timed_out:
+        return f"timeout: wall clock {timeout:g}s, process group killed"
+    if "MemoryError" in stderr or "Cannot allocate memory" in stderr:
+        return "memory limit"
+    if "File too large" in stderr or rc == -signal.SIGXFSZ:
+        return "file size limit"
+    if rc in (-signal.SIGXCPU, -signal.SIGKILL):
+        return f"cpu time limit ({signal.Signals(-rc).name})"
+    if "Network is unreachable" in stderr or "Errno 101" in stderr:
+        return "blocked: network unreachable"
+    if rc < 0:
+        return f"killed by {signal.Signals(-rc).name}"
+    last = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    return f"runtime error (exit {rc}): {last[-1][:200] if last else ''}"
+
+
+def _run_sandboxed(tmp: str, mode: str, stdin: str, timeout: float, memory_bytes: int):
+    """(returncode, stdout, stderr, timed_out) of the harness in `tmp`."""
+    with open(os.path.join(tmp, "stdin.txt"), "w") as f:
+        f.write(stdin)
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp, "PYTHONHASHSEED": "0"}
+    with open(os.path.join(tmp, "stdin.txt"), "rb") as fin, open(os.path.join(tmp, "stdout.txt"), "wb") as fout, \
+            open(os.path.join(tmp, "stderr.txt"), "wb") as ferr:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-X", "utf8", "harness.py", mode, str(timeout), str(memory_bytes)],
+            cwd=tmp, env=env, stdin=fin, stdout=fout, stderr=ferr, start_new_session=True, close_fds=True)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        try:  # the whole group, also when the program exited but left children behind
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+    def read(name):
+        with open(os.path.join(tmp, name), "rb") as f:
+            return f.read(1 << 20).decode("utf-8", "replace")
+    return proc.returncode, read("stdout.txt"), read("stderr.txt"), timed_out
+
+
+def run_code(program: str, tests, *, timeout: float = 5.0, memory_mb: int = 512) -> CodeResult:
+    """Run `program` against `tests` in the sandbox; reward 1.0 iff all pass.
+
+    tests: a list of dicts, each either {"input": str, "output": str} (stdin -> stdout, compared line
+    by line with trailing whitespace and trailing empty lines ignored) or {"fn": name, "args": [...],
+    "kwargs": {...}, "expected": value} (a function call; results compared after a JSON round trip,
+    floats with relative tolerance 1e-9). `timeout` is the wall-clock limit per process in seconds.
+    """
+    _check_str("program", program)
+    if not isinstance(tests, (list, tuple)) or not all(isinstance(t, dict) for t in tests):
+        raise TypeError("tests must be a list of dicts")
+    for k, t in enumerate(tests):
+        if not (("input" in t and "output" in t) or ("fn" in t and "expected" in t)):
+            raise ValueError(f"test {k} needs 'input'+'output' or 'fn'+'expected', got keys {sorted(t)}")
+    total = len(tests)
+    if total == 0:
+        raise ValueError("run_code needs at least one test")
+    tmp = tempfile.mkdtemp(prefix="lad-sandbox-")
+    try:
+        with open(os.path.join(tmp, "solution.py"), "w", encoding="utf-8", errors="replace") as f:
+            f.write(_sanitize(program))
+        with open(os.path.join(tmp, "harness.py"), "w") as f:
+            f.write(_HARNESS)
+        calls = [t for t in tests if "fn" in t]
+        with open(os.path.join(tmp, "calls.json"), "w") as f:
+            json.dump([{"fn": t["fn"], "args": list(t.get("args", [])), "kwargs": dict(t.get("kwargs", {}))}
+                       for t in calls], f)
+        if os.geteuid() == 0:
+            for name in ("", "solution.py", "harness.py", "calls.json"):
+                os.chown(os.path.join(tmp, name), 65534, 65534)
+        os.chmod(tmp, 0o777)
+        passed = 0
+        mem = memory_mb << 20
+        for k, t in enumerate(t for t in tests if "input" in t):
+            rc, out, err, timed_out = _run_sandboxed(tmp, "stdio", str(t["input"]), timeout, mem)
+            if timed_out or rc != 0 or "SANDBOX-BLOCKED" in err:
+                return CodeResult(0.0, passed, total, _failure_reason(rc, err, timed_out, timeout))
+            if _lines(out) != _lines(str(t["output"])):
+                return CodeResult(0.0, passed, total, f"wrong output on stdin test {k}")
+            passed += 1
+        if calls:
+            rc, out, err, timed_out = _run_sandboxed(tmp, "call", "", timeout, mem)
+            if timed_out or rc != 0 or "SANDBOX-BLOCKED" in err:
+                return CodeResult(0.0, passed, total, _failure_reason(rc, err, timed_out, timeout))
+            try:
+                with open(os.path.join(tmp, "results.jsonl"), "rb") as f:
+                    rows = [json.loads(ln) for ln in f.read(1 << 20).decode("utf-8", "replace").splitlines()]
+            except (OSError, ValueError):
+                return CodeResult(0.0, passed, total, "function-call results unreadable")
+            for k, (t, row) in enumerate(zip(calls, rows + [None] * (len(calls) - len(rows)))):
+                if row is None or "result" not in row or not _same_value(row["result"], json.loads(json.dumps(t["expected"]))):
+                    why = row.get("error", "wrong result") if isinstance(row, dict) else "no result"
+                    return CodeResult(0.0, passed, total, f"function test {k} ({t['fn']}): {why}")
+                passed += 1
+        return CodeResult(1.0, passed, total, "ok")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def code_reward(program: str, tests) -> float:
+    """1.0 iff `program` passes every test in the sandbox (see run_code), else 0.0."""
+    return run_code(program, tests).reward
+
+
+# ----------------------------------------------------------------------------------------------------
+# Worker processes: every math verdict is time-bounded
+#
+# A worker is `python -I -c "...verifier._serve()"`: it imports sympy once, caps its address space,
+# and answers length-prefixed pickled batches from its parent over pipes, one result per verdict as
+# soon as it is done. Inside, an interval timer (the worker's main thread, so signals work) stops a
+# verdict at SOFT_FRACTION * timeout: the symbolic stage then falls back to the numeric verdict, any
+# other stage returns 0. Outside, the parent tracks when each verdict started and kills the whole
+# worker (SIGKILL) at timeout + KILL_GRACE -- the hard bound, which holds even inside a C extension
+# -- records 0, and starts a replacement. Only the parent's own trusted messages are unpickled.
+# ----------------------------------------------------------------------------------------------------
+
+_IN_WORKER = False
+_HDR = struct.Struct(">I")
+
+
+def _verdict(kind: str, a: str, b):
+    if kind == "math":
+        ans = extract_answer(a)
+        return 1.0 if ans is not None and _equal_core(ans, _gold_answer(b)) else 0.0
+    if kind == "equal":
+        return 1.0 if _equal_core(a, b) else 0.0
+    # Test hooks (tests/test_verifier.py; not reachable through the public API): a hang in Python
+    # code (stopped by the worker's soft timer) and one inside C code (only the parent's kill stops it).
+    if kind == "_hang_python":
+        while True:
+            pass
+    if kind == "_hang_c":
+        import itertools
+
+        return float(sum(itertools.repeat(1, 10**13)))
+    raise ValueError(f"unknown verdict kind {kind!r}")
+
+
+def _gold_answer(gold: str) -> str:
+    """A gold given as a worked solution (e.g. Minerva) is reduced to its last box."""
+    if "\\boxed" in gold or "\\fbox" in gold:
+        ans = extract_answer(gold)
+        return ans if ans is not None else gold
+    return gold
+
+
+def _serve():
+    """Worker main loop (started by _Worker; reads batches on stdin, writes results on stdout)."""
+    global _IN_WORKER
+    _IN_WORKER = True
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+    except (ValueError, OSError):
+        pass
+    sys.setrecursionlimit(4000)
+    _sympy(), _mp()  # import now, not inside the first verdict's time budget
+
+    def on_alarm(signum, frame):
+        raise _SoftTimeout()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    rfd, wfd = sys.stdin.buffer, sys.stdout.buffer
+
+    def send(obj):
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        wfd.write(_HDR.pack(len(data)) + data)
+        wfd.flush()
+
+    send(("ready", os.getpid()))
+    while True:
+        hdr = rfd.read(_HDR.size)
+        if len(hdr) < _HDR.size:
+            return  # parent gone
+        (n,) = _HDR.unpack(hdr)
+        timeout, items = pickle.loads(rfd.read(n))
+        for idx, kind, a, b in items:
+            t0 = time.perf_counter()
+            note = ""
+            try:
+                signal.setitimer(signal.ITIMER_REAL, max(1e-3, SOFT_FRACTION * timeout))
+                score = _verdict(kind, a, b)
+            except _SoftTimeout:
+                score, note = 0.0, "soft timeout"
+            except (Exception, RecursionError) as e:  # noqa: B014 -- a verdict never takes the worker down
+                score, note = 0.0, f"error: {type(e).__name__}"
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            send((idx, score, time.perf_counter() - t0, note))
+
+
+class _Worker:
+    def __init__(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        code = f"import sys; sys.path.insert(0, {here!r}); import verifier; verifier._serve()"
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     start_new_session=True, bufsize=0)
+        self.buf = b""
+        self.ready = False
+        self.started = time.monotonic()
+        self.items = deque()      # items of the batch in flight, in order
+        self.item_start = 0.0     # when the item at items[0] started (parent's clock)
+        self.timeout = DEFAULT_TIMEOUT
+
+    def fileno(self):
+        return self.proc.stdout.fileno()
+
+    def send(self, timeout, items):
+        data = pickle.dumps((timeout, items), protocol=pickle.HIGHEST_PROTOCOL)
+        self.items = deque(items)
+        self.timeout = timeout
+        self.proc.stdin.write(_HDR.pack(len(data)) + data)
+        self.proc.stdin.flush()
+        self.item_start = time.monotonic()
+
+    def messages(self):
+        """Read what is available; return complete messages (None at EOF)."""
+        chunk = os.read(self.fileno(), 1 << 20)
+        if not chunk:
+            return None
+        self.buf += chunk
+        out = []
+        while len(self.buf) >= _HDR.size:
+            (n,) = _HDR.unpack(self.buf[: _HDR.size])
+            if len(self.buf) < _HDR.size + n:
+                break
+            out.append(pickle.loads(self.buf[_HDR.size : _HDR.size + n]))
+            self.buf = self.buf[_HDR.size + n :]
+        return out
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.proc.wait()
+
+
+class _Pool:
+    """Persistent worker processes shared by math_equal, math_reward and score_batch in this process."""
+
+    STARTUP_TIMEOUT = 120.0
+
+    def __init__(self):
+        self.workers: list[_Worker] = []
+        self.lock = threading.Lock()
+        self.stats = {"kills": 0, "max_latency_s": 0.0, "soft_timeouts": 0, "errors": 0}
+
+    def _grow(self, n):
+        self.workers = [w for w in self.workers if w.proc.poll() is None]
+        while len(self.workers) < n:
+            self.workers.append(_Worker())
+
+    def run(self, items, timeout, n_workers):
+        """Scores of items [(idx, kind, a, b)], each bounded by timeout (+ KILL_GRACE)."""
+        results = {}
+        with self.lock:
+            n_workers = max(1, min(n_workers, len(items)))
+            self._grow(n_workers)
+            pool = self.workers[:n_workers]
+            chunk = max(1, min(64, -(-len(items) // (4 * n_workers))))
+            queue = deque(items)
+            busy: list[_Worker] = []
+            idle = [w for w in pool if w.ready]
+            starting = [w for w in pool if not w.ready]
+            while queue or busy:
+                for w in list(idle):
+                    if not queue:
+                        break
+                    batch = [queue.popleft() for _ in range(min(chunk, len(queue)))]
+                    try:
+                        w.send(timeout, batch)
+                    except (BrokenPipeError, OSError):
+                        queue.extendleft(reversed(batch))
+                        idle.remove(w)
+                        self._replace(w, pool, starting)
+                        continue
+                    idle.remove(w)
+                    busy.append(w)
+                now = time.monotonic()
+                deadlines = [w.item_start + w.timeout + KILL_GRACE for w in busy]
+                deadlines += [w.started + self.STARTUP_TIMEOUT for w in starting]
+                wait = max(0.0, min(deadlines) - now) if deadlines else 0.0
+                ready, _, _ = select.select(busy + starting, [], [], wait)
+                for w in ready:
+                    msgs = w.messages()
+                    if msgs is None:  # died (e.g. killed by the kernel): current item scores 0
+                        if w in busy:
+                            busy.remove(w)
+                            self._fail(w, queue, results, "worker died")
+                        else:
+                            starting.remove(w)
+                            if not idle and not busy and not starting and queue:
+                                raise RuntimeError("verifier worker failed to start")
+                        self._replace(w, pool, starting)
+                        continue
+                    for msg in msgs:
+                        if msg[0] == "ready":
+                            w.ready = True
+                            starting.remove(w)
+                            idle.append(w)
+                            continue
+                        idx, score, elapsed, note = msg
+                        results[idx] = score
+                        lat = time.monotonic() - w.item_start
+                        self.stats["max_latency_s"] = max(self.stats["max_latency_s"], lat)
+                        self.stats["soft_timeouts"] += note == "soft timeout"
+                        self.stats["errors"] += note.startswith("error")
+                        w.items.popleft()
+                        w.item_start = time.monotonic()
+                    if w in busy and not w.items:
+                        busy.remove(w)
+                        idle.append(w)
+                now = time.monotonic()
+                for w in list(busy):
+                    if now >= w.item_start + w.timeout + KILL_GRACE:
+                        busy.remove(w)
+                        self.stats["max_latency_s"] = max(self.stats["max_latency_s"], now - w.item_start)
+                        self._fail(w, queue, results, "timeout")
+                        self._replace(w, pool, starting)
+                for w in list(starting):
+                    if now >= w.started + self.STARTUP_TIMEOUT:
+                        raise RuntimeError("verifier worker did not start within "
+                                           f"{self.STARTUP_TIMEOUT:.0f}s")
+        return [results[idx] for idx, *_ in items]
+
+    def _fail(self, w, queue, results, why):
+        """The item in flight on w scores 0; the rest of w's batch goes back to the queue."""
+        self.stats["kills"] += 1
+        if w.items:
+            idx = w.items.popleft()[0]
+            results[idx] = 0.0
+        queue.extendleft(reversed(list(w.items)))
+        w.items.clear()
+        w.kill()
+
+    def _replace(self, w, pool, starting):
+        w.kill()
+        new = _Worker()
+        pool[pool.index(w)] = new
+        self.workers[self.workers.index(w)] = new
+        starting.append(new)
+
+    def close(self):
+        for w in self.workers:
+            w.kill()
+        self.workers = []
+
+
+_POOL: _Pool | None = None
+_POOL_PID = None
+
+
+def _pool() -> _Pool:
+    global _POOL, _POOL_PID
+    if _POOL is None or _POOL_PID != os.getpid():  # a forked child gets its own workers
+        _POOL = _Pool()
+        _POOL_PID = os.getpid()
+    return _POOL
+
+
+@atexit.register
+def _shutdown():
+    if _POOL is not None and _POOL_PID == os.getpid():
+        _POOL.close()
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_timeout(timeout):
+    if not isinstance(timeout, (int, float)) or not timeout > 0 or not math.isfinite(timeout):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------
+
+
+def math_equal(pred: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """Whether answer strings `pred` and `gold` are equivalent (README "Verifier": rules, tolerances).
+
+    Never raises on str input; returns within `timeout` + KILL_GRACE seconds (False on timeout),
+    from any thread or process: the work runs in a worker process that is killed when it overruns.
+    """
+    _check_str("pred", pred)
+    _check_str("gold", gold)
+    _check_timeout(timeout)
+    if _IN_WORKER:  # already inside a time-bounded worker
+        return _equal_core(pred, gold)
+    return _pool().run([(0, "equal", pred, gold)], timeout, 1)[0] > 0
+
+
+def math_reward(response: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT) -> float:
+    """1.0 if the final answer of `response` (extract_answer) is equivalent to `gold`, else 0.0."""
+    _check_str("response", response)
+    _check_str("gold", gold)
+    _check_timeout(timeout)
+    if _IN_WORKER:
+        return _verdict("math", response, gold)
+    return _pool().run([(0, "math", response, gold)], timeout, 1)[0]
+
+
+def score_batch(responses, golds, *, kind: str = "math", workers: int | None = None,
+                timeout: float = DEFAULT_TIMEOUT) -> list[float]:
+    """Rewards of many (response, gold) pairs; the training loop calls this every step.
+
+    kind="math": math_reward on the persistent worker pool (`workers` processes, default: the usable
+    cores), each verdict bounded by `timeout` (+ KILL_GRACE). kind="sum": sum_task_reward inline (a
+    regex and a sum, microseconds, so no processes). kind="code": golds are test lists, run_code per
+    program in parallel sandboxes (threads waiting on subprocesses).
+    """
+    if isinstance(responses, str) or isinstance(golds, str):
+        raise TypeError("score_batch takes sequences of strings, not a single string")
+    responses, golds = list(responses), list(golds)
+    if len(responses) != len(golds):
+        raise ValueError(f"score_batch: {len(responses)} responses but {len(golds)} golds")
+    for k, r in enumerate(responses):
+        if not isinstance(r, str):
+            raise TypeError(f"responses[{k}] must be str, got {type(r).__name__}")
+    if kind == "sum":
+        return [sum_task_reward(r, g) for r, g in zip(responses, golds)]
+    n = workers if workers is not None else _default_workers()
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    if kind == "code":
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=n) as ex:
+            return list(ex.map(code_reward, responses, golds))
+    if kind != "math":
+        raise ValueError(f"unknown kind {kind!r} (expected 'math', 'sum' or 'code')")
+    for k, g in enumerate(golds):
+        if not isinstance(g, str):
+            raise TypeError(f"golds[{k}] must be str, got {type(g).__name__}")
+    _check_timeout(timeout)
+    if not responses:
+        return []
+    if _IN_WORKER:
+        return [_verdict("math", r, g) for r, g in zip(responses, golds)]
+    items = [(k, "math", r, g) for k, (r, g) in enumerate(zip(responses, golds))]
+    return _pool().run(items, timeout, n)
+
+
+def pool_stats() -> dict:
+    """Counters of this process's worker pool: kills, soft timeouts, errors, max verdict latency (s)."""
+    return dict(_pool().stats)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------
+
+
+def _parse_args(cls, argv=None):
+    """A dataclass -> argparse CLI: one --flag per field, help from the field's docstring."""
+    import ast
+    import inspect
+
+    doc = {}
+    src = inspect.getsource(cls)
+    tree = ast.parse(src)
+    body = tree.body[0].body
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            doc[a.target.id] = b.value.value
+    p = argparse.ArgumentParser(description=cls.__doc__)
+    for f in dataclasses.fields(cls):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=doc.get(f.name))
+    return cls(**vars(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    args = _parse_args(Args)
+    print(json.dumps(dataclasses.asdict(args)))
+    try:
+        if args.kind == "sum":
+            print(f"candidate: {sum_task_answer(args.response)!r}")
+            print(f"reward: {sum_task_reward(args.response, args.gold)}")
+        elif args.kind == "code":
+            print(run_code(args.response, json.loads(args.gold)))
+        elif args.kind == "math":
+            print(f"extracted: {extract_answer(args.response)!r}")
+            print(f"reward: {math_reward(args.response, args.gold, timeout=args.timeout)}")
+        else:
+            raise ValueError(f"unknown --kind {args.kind!r} (math | sum | code)")
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
