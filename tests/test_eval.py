@@ -344,3 +344,26 @@ def test_generation_through_the_vllm_engine(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "v" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(1 <= r["num_tokens"] <= 5 for r in rows)
     assert all(r["num_tokens"] == 5 or not r["truncated"] for r in rows)
+
+
+def test_scoring_math_generations_against_a_benchmark_file(tmp_path):
+    """Golds come from the benchmark file by id (AMC-style float answers); verdicts by verifier.py."""
+    import json
+    bench = tmp_path / "mini.jsonl"
+    bench.write_text('{"id": 1, "problem": "p1", "answer": 27.0}\n{"id": 2, "problem": "p2", "answer": "\\\\frac{1}{2}"}\n')
+    gens = tmp_path / "gens.jsonl"
+    gens.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": 1, "responses": ["so \\boxed{27}", "Answer: 27", "\\boxed{27.0}", "\\boxed{28}"]},
+        {"id": 2, "responses": ["\\boxed{0.5}", "the answer is 1/3", "no idea", "\\boxed{\\dfrac{1}{2}}"]},
+    ]))
+    out = tmp_path / "out"
+    assert ev.main(["--benchmark", str(bench), "--generations", str(gens), "--out-dir", str(out), "--bootstrap", "0"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    m = s["benchmarks"]["mini"]["metrics"]
+    assert m["eval/avg@n"]["mean"] == pytest.approx((3 / 4 + 2 / 4) / 2)
+    assert m["eval/pass@2"]["mean"] == pytest.approx((1 + (1 - math.comb(2, 2) / math.comb(4, 2))) / 2)
+    # distinct correct answers are distinct extracted strings: {27, 27.0} and {0.5, \dfrac{1}{2}}
+    assert m["eval/distinct_answers"]["mean"] == 2.0
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in rows][:4] == ["27", "27", "27.0", "28"] and rows[6]["answer"] is None
+    assert "eval/truncated" not in m                                  # unknown for a foreign file: not made up
