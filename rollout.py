@@ -40,7 +40,7 @@ class Sample:
 class VLLMEngine:
     """One vLLM engine per rank, colocated with the trainer; weights pushed in place after every step.
 
-    Under torchrun (WORLD_SIZE set) the engine uses `distributed_executor_backend="external_launcher"`:
+    Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) the engine uses `distributed_executor_backend="external_launcher"`:
     vLLM joins the process group the trainer already created instead of spawning workers, so rank r's
     engine lives in rank r's process, on its GPU. Consecutive groups of `tensor_parallel_size` ranks form
     one vLLM tensor-parallel group (vLLM's layout); every other set of ranks samples independently. Without
@@ -70,9 +70,9 @@ class VLLMEngine:
 
         self.on_gpu = torch.cuda.is_available()
         self.tp = tensor_parallel_size
-        self.torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.distributed.is_initialized()
-        self.rank = int(os.environ.get("RANK", "0")) if self.torchrun else 0
-        world = int(os.environ.get("WORLD_SIZE", "1")) if self.torchrun else 1
+        self.torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+        self.rank = int(os.environ["RANK"]) if self.torchrun else 0
+        world = int(os.environ["WORLD_SIZE"]) if self.torchrun else 1
         if world % self.tp:
             raise ValueError(f"tensor_parallel_size {self.tp} does not divide the world size {world}")
         if self.tp > 1 and not self.torchrun:
