@@ -308,7 +308,7 @@ _SIMPLE_CMDS = [
     (r"\\mathbb\s*\{\s*R\s*\}|\\R(?![A-Za-z])", "(-\\infty,\\infty)"),
     (r"\\(?:dots|ldots|cdots)(?![A-Za-z])", "..."), (r"\\(?:lvert|rvert|vert)(?![A-Za-z])", "|"), (r"\\\|", "|"),
     (r"\\(?:lbrace)(?![A-Za-z])", "\\{"), (r"\\(?:rbrace)(?![A-Za-z])", "\\}"), (r"\\(?:langle)(?![A-Za-z])", "("), (r"\\(?:rangle)(?![A-Za-z])", ")"),
-    (r"\\(?:quad|qquad)(?![A-Za-z])|\\[,;:! ]|~", " "), (r"\\infin(?![A-Za-z])|\binfinity\b", "\\infty "),
+    (r"\\(?:quad|qquad)(?![A-Za-z])|(?<!\\)\\[,;:! ]|~", " "), (r"\\infin(?![A-Za-z])|\binfinity\b", "\\infty "),
     (r"\\(?:dollar|\$)|\bUSD\b|[€£¥]", " "), (r"\\(?:mathrm|textrm|rm)\s*\{\s*d\s*\}", "d"),
     (r"\\(?:varepsilon)(?![A-Za-z])", "\\epsilon"), (r"\\(?:varphi)(?![A-Za-z])", "\\phi"),
     (r"\\(?:Rightarrow|implies|to|rightarrow|Longrightarrow)(?![A-Za-z])", " => "),
@@ -316,7 +316,8 @@ _SIMPLE_CMDS = [
 _SIMPLE_CMDS = [(re.compile(a), (lambda m, b=b: b)) for a, b in _SIMPLE_CMDS]
 _TEXT_WRAP = re.compile(
     r"\\(?:text|textnormal|textrm|textbf|textit|textsf|texttt|mbox|hbox|mathrm|mathbf|mathit|mathsf|mathtt"
-    r"|mathnormal|operatorname|boldsymbol|bm|emph|underline|overline|mathbb|mathcal)\s*\{([^{}]*)\}")
+    r"|mathnormal|operatorname|boldsymbol|bm|emph|underline|overline|mathbb|mathcal)\s*\{([^{}]*)\}"
+    r"(\s*\^\s*\{?\s*[23]\s*\}?)?")  # cm^2 after a unit
 # Unit words stripped from the end of an answer with a number before them (a single letter such as
 # "m" is only stripped from \text{...}/\mathrm{...}, where it cannot be a variable).
 _UNITS = (
@@ -355,7 +356,8 @@ def _unwrap_text(s: str) -> str:
         if before and before[-1] in "0123456789)}]%" and letters and re.fullmatch(r"[A-Za-z\s./^\-0-9{}]+", core):
             if not (len(letters) == 1 and letters in "ie"):  # 3+4\mathrm{i} is a number, not a unit
                 return " "
-        return f" {content} " if len(letters) > 1 else content
+        power = m.group(2) or ""
+        return (f" {content} " if len(letters) > 1 else content) + power
 
     for _ in range(8):
         new = _TEXT_WRAP.sub(repl, s)
@@ -371,7 +373,6 @@ def _normalize(ans: str) -> str:
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
     s = re.sub(r"\\boxed\s*\{(.*)\}", r"\1", s) if "\\boxed" in s else s
     s = s.replace("$", " ").replace("\\(", " ").replace("\\)", " ").replace("\\[", " ").replace("\\]", " ")
-    s = s.replace("\\\\!", "")
     for rx, rep in _SIMPLE_CMDS:
         s = rx.sub(rep, s)
     s = _unwrap_text(s)
@@ -513,7 +514,6 @@ class _Parser:
 
     def parse_list(self, closers):
         items = []
-        conj = []
         while True:
             if self.peek()[1] in closers or self.peek()[0] in closers:
                 break
@@ -521,8 +521,10 @@ class _Parser:
             while self.peek()[1] == "and":
                 self.next()
                 part.append(self.parse_rel())
-            items.append(part[0] if len(part) == 1 else ("inter", part))
-            conj.append(len(part))
+            if len(part) > 1 and all(x[0] == "rel" for x in part):  # x > 1 and x < 3
+                items.append(("inter", part))
+            else:  # "2 and 3": a list
+                items.extend(part)
             if self.peek()[1] in (",", ";", "or"):
                 self.next()
                 continue
@@ -540,15 +542,15 @@ class _Parser:
         return operands[0] if not ops else ("rel", operands, ops)
 
     def parse_union(self):
-        items = [self.parse_expr()]
+        items = [self.parse_sum()]
         while self.peek()[1] in ("\\cup", "U") and self.peek()[0] != "eof":
             if self.peek()[1] == "U" and self.peek(1)[1] not in ("(", "["):
                 break
             self.next()
-            items.append(self.parse_expr())
+            items.append(self.parse_sum())
         return items[0] if len(items) == 1 else ("union", items)
 
-    def parse_expr(self):
+    def parse_sum(self):
         self.enter()
         if self.peek()[1] in ("\\pm", "\\mp"):
             self.next()
@@ -712,7 +714,7 @@ class _Parser:
                 if val == "\\sqrt":
                     idx = None
                     if self.accept("["):
-                        idx = self.parse_expr()
+                        idx = self.parse_sum()
                         self.expect("]")
                     arg = self.parse_group_arg()
                     return ("fn", "sqrt", [arg]) if idx is None else ("fn", "root", [arg, idx])
@@ -731,7 +733,7 @@ class _Parser:
                     self.expect("\\}")
                     return ("set", items)
                 if val in ("\\lfloor", "\\lceil"):
-                    inner = self.parse_expr()
+                    inner = self.parse_sum()
                     self.expect("\\rfloor" if val == "\\lfloor" else "\\rceil")
                     return ("fn", "floor" if val == "\\lfloor" else "ceiling", [inner])
                 if val == "\\begin":
@@ -756,7 +758,7 @@ class _Parser:
                 self.expect("}")
                 return items[0] if len(items) == 1 else ("set", items)
             if val == "|":
-                inner = self.parse_expr()
+                inner = self.parse_sum()
                 self.expect("|")
                 return ("fn", "abs", [inner])
             raise _ParseError(f"unexpected {val!r}")
@@ -808,7 +810,7 @@ class _Parser:
                 break
             if self.peek()[0] == "eof":
                 raise _ParseError("unterminated matrix")
-            rows[-1].append(self.parse_expr())
+            rows[-1].append(self.parse_sum())
             if self.accept("&"):
                 continue
             if self.accept("\\\\"):
@@ -1234,18 +1236,16 @@ def _scalar_equal(a, b) -> bool:
     """Equality of two scalar expressions (rules in the README, "Verifier")."""
     if a == b:
         return True
-    modes = [(True, False)]
     ha_p, hb_p = _has(a, lambda n: n[0] == "pct"), _has(b, lambda n: n[0] == "pct")
     ha_d, hb_d = _has(a, lambda n: n[0] == "deg"), _has(b, lambda n: n[0] == "deg")
-    # 50% also reads as 50 (a percentage question answered without the sign, and vice versa);
-    # 30° also reads as pi/6 (degrees vs radians).
-    a_modes = [(True, False)] + ([(False, False)] if ha_p else []) + ([(True, True)] if ha_d else [])
-    b_modes = [(True, False)] + ([(False, False)] if hb_p else []) + ([(True, True)] if hb_d else [])
+    # When only one side has a percent sign, 50% also reads as 50 (a percentage question answered
+    # without the sign); when only one side has a degree sign, 30° also reads as pi/6 (radians).
+    a_modes = [(True, False)] + ([(False, False)] if ha_p and not hb_p else []) + ([(True, True)] if ha_d and not hb_d else [])
+    b_modes = [(True, False)] + ([(False, False)] if hb_p and not ha_p else []) + ([(True, True)] if hb_d and not ha_d else [])
     for ma in a_modes:
         for mb in b_modes:
             if _scalar_equal_mode(a, b, ma, mb):
                 return True
-    del modes
     return False
 
 
@@ -1377,11 +1377,16 @@ def _to_intervals(node):
         if any(p is None or len(p) != 1 for p in parts):
             return None
         lo, hi, lc, hc = parts[0][0]
-        for plo, phi, plc, phc in parts[1:]:
-            if plo != ("neg", oo):
-                lo, lc = plo, plc
-            if phi != oo:
-                hi, hc = phi, phc
+        try:  # intersection: the larger lower end, the smaller upper end (strict wins a tie)
+            for ((plo, phi, plc, phc),) in parts[1:]:
+                a, b = _endpoint_value(plo), _endpoint_value(lo)
+                if a > b or (a == b and not plc):
+                    lo, lc = plo, plc if a > b else False
+                a, b = _endpoint_value(phi), _endpoint_value(hi)
+                if a < b or (a == b and not phc):
+                    hi, hc = phi, phc if a < b else False
+        except (_NotExact, _TooBig, _Undefined, ValueError):
+            return None
         return [(lo, hi, lc, hc)]
     if t == "empty":
         return []
@@ -1692,7 +1697,17 @@ try:  # leave the network: a new, empty network namespace (needs CAP_SYS_ADMIN; 
     ctypes.CDLL(None, use_errno=True).unshare(0x40000000)
 except Exception:
     pass
-if os.geteuid() == 0:  # drop root so that RLIMIT_NPROC applies and files outside the sandbox are read-only
+def _world_readable(path):
+    while True:
+        if os.stat(path).st_mode & 0o005 != 0o005:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+# drop root (so that RLIMIT_NPROC applies and other users' files are out of reach) when the standard
+# library stays readable for nobody; otherwise the audit hook below is the fork guard
+if os.geteuid() == 0 and _world_readable(os.path.dirname(os.__file__)):
     try:
         os.setgroups([]); os.setgid(65534); os.setuid(65534)
     except OSError:
@@ -1833,10 +1848,7 @@ def run_code(program: str, tests, *, timeout: float = 5.0, memory_mb: int = 512)
         with open(os.path.join(tmp, "calls.json"), "w") as f:
             json.dump([{"fn": t["fn"], "args": list(t.get("args", [])), "kwargs": dict(t.get("kwargs", {}))}
                        for t in calls], f)
-        if os.geteuid() == 0:
-            for name in ("", "solution.py", "harness.py", "calls.json"):
-                os.chown(os.path.join(tmp, name), 65534, 65534)
-        os.chmod(tmp, 0o777)
+        os.chmod(tmp, 0o777)  # the harness may run as nobody
         passed = 0
         mem = memory_mb << 20
         for k, t in enumerate(t for t in tests if "input" in t):

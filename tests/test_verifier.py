@@ -1,0 +1,403 @@
+"""Tests for verifier.py: a table of (gold, prediction, expected) equivalences in every category of
+issue 4 (both directions), answer extraction, hostile inputs against the time bound, proof that model
+text is never evaluated, the built-in task, and the code sandbox."""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT / ".." / "shared"
+
+import verifier as V  # noqa: E402
+
+T, F = True, False
+
+# (gold, prediction, expected). Every row is checked in both directions (equivalence is symmetric).
+CASES = [
+    # integers and decimals
+    ("1000", "1,000", T), ("1000", "1000.0", T), ("0.5", ".5", T), ("-3", "-3.0", T), ("12", "13", F),
+    ("1,234", "1234", T), ("27.0", "27", T), ("033", "33", T), ("3.14", "3.140", T), ("0.1", "0.11", F),
+    ("1000000", "1{,}000{,}000", T), ("1000", "1\\,000", T), ("7", "7.", T), ("-0", "0", T), ("2", "-2", F),
+    # fractions
+    ("\\frac{1}{2}", "1/2", T), ("\\dfrac{3}{4}", "0.75", T), ("\\tfrac{2}{6}", "\\frac13", T),
+    ("\\frac{2}{4}", "\\frac{1}{2}", T), ("\\frac{1}{3}", "0.33", F), ("\\frac{1}{3}", "0.3333333", T),
+    ("-\\frac{1}{2}", "\\frac{-1}{2}", T), ("\\frac{1}{2}", "\\frac{2}{1}", F), ("\\frac{10}{4}", "2.5", T),
+    ("\\frac{4}{9}", "4/9", T), ("\\frac{11}{18}", "\\frac{22}{36}", T), ("\\frac{1}{54}", "\\frac{1}{45}", F),
+    # mixed numbers
+    ("3\\frac{1}{2}", "\\frac{7}{2}", T), ("3\\frac{1}{2}", "3.5", T), ("2\\frac{1}{3}", "\\frac{2}{3}", F),
+    # percentages
+    ("50\\%", "50", T), ("50\\%", "0.5", T), ("50\\%", "\\frac12", T), ("25\\%", "25 percent", T),
+    ("50\\%", "5", F), ("12.5\\%", "0.125", T), ("40\\%", "0.4\\%", F),
+    # degrees
+    ("30^\\circ", "30", T), ("30^{\\circ}", "30 degrees", T), ("90^\\circ", "\\frac{\\pi}{2}", T),
+    ("45^\\circ", "40^\\circ", F), ("\\frac{\\pi}{3}", "60°", T),
+    # units and \text{...} / \mbox / \textnormal
+    ("5\\text{ cm}", "5", T), ("5", "5 \\mbox{ meters}", T), ("12", "12 \\textnormal{ inches}", T),
+    ("6.5 \\mathrm{~m}", "6.5", T), ("3", "3\\text{ apples}", T), ("10", "10 square units", T),
+    ("5\\text{ cm}", "6", F), ("24", "24 \\text{ cm}^2", T),
+    # currency
+    ("\\$5.00", "5", T), ("\\$1,000", "1000", T), ("5", "5 dollars", T), ("\\$18.90", "18.9", T), ("\\$5", "\\$6", F),
+    # scientific notation
+    ("4.5e33", "4.5 \\times 10^{33}", T), ("4.5\\times10^{33}", "45\\cdot 10^{32}", T), ("4.5e33", "4.6e33", F),
+    ("1.4\\times10^{-3}", "0.0014", T), ("6.02e23", "6.02 \\times 10^{23}", T), ("1e-30", "2e-30", F),
+    ("3\\times 10^{8}", "300000000", T), ("6.0221e23", "6.0221409e23", F), ("2.5E-4", "0.00025", T),
+    # radicals and pi (exact symbolic equality; decimals within REL_TOL)
+    ("3\\sqrt{13}", "\\sqrt{117}", T), ("2\\sqrt{2}", "\\sqrt{8}", T), ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", T),
+    ("\\sqrt{2}", "1.41421356237", T), ("\\sqrt{2}", "1.414", F), ("2\\pi", "6.28318530718", T),
+    ("2\\pi", "6.28", F), ("\\pi", "3.14159265358979", T), ("\\sqrt[3]{8}", "2", T), ("\\sqrt{3}", "\\sqrt{2}", F),
+    ("\\sqrt{2}+\\sqrt{3}", "\\sqrt{5+2\\sqrt{6}}", T), ("4\\pi^{2}-1", "4\\pi^2 - 1", T), ("\\pi", "\\pi+10^{-60}", F),
+    ("\\sqrt{12}", "2\\sqrt3", T), ("\\frac{3\\sqrt{3}}{2}", "\\frac{\\sqrt{27}}{2}", T), ("3\\sqrt{13}", "3\\sqrt{31}", F),
+    # complex numbers
+    ("3+4i", "4i+3", T), ("1+i", "1-i", F), ("\\frac{1+i}{2}", "0.5+0.5i", T), ("i", "\\sqrt{-1}", T),
+    ("2i", "2\\mathrm{i}", T), ("-1", "e^{i\\pi}", T),
+    # sets
+    ("\\{1,2,3\\}", "\\{3,2,1\\}", T), ("\\{1,2\\}", "\\{1,2,3\\}", F), ("\\{1,2\\}", "\\{2,1,1\\}", T),
+    ("\\emptyset", "\\varnothing", T), ("\\{\\frac12, 2\\}", "\\{0.5, 2\\}", T), ("\\{1\\}", "\\emptyset", F),
+    # tuples (ordered)
+    ("(1,2)", "(1,2)", T), ("(1,2)", "(2,1)", F), ("(1,2,3)", "(1,2)", F), ("(\\frac12, 3)", "(0.5,3)", T),
+    ("(0,1,1)", "(0, 1, 1)", T),
+    # unordered comma-separated lists of solutions
+    ("1,2,3", "3, 2, 1", T), ("-3,0", "0,-3", T), ("1,3,9,11", "1, 3, 9", F), ("100,\\frac{1}{100}", "\\frac{1}{100}, 100", T),
+    ("2, 3", "2 \\text{ and } 3", T), ("2,3", "x=2 \\text{ or } x=3", T), ("64,\\frac{1}{4}", "0.25, 64", T),
+    # intervals (open vs closed) and unions
+    ("[0,1)", "[0,1)", T), ("[0,1)", "[0,1]", F), ("(0,1)", "[0,1]", F),
+    ("(-\\infty,-5)\\cup(5,\\infty)", "(5,\\infty)\\cup(-\\infty,-5)", T), ("[1,2]\\cup[2,3]", "[1,3]", T),
+    ("(-\\infty, 0]", "(-\\infty, 0)", F), ("(-\\infty,-5)", "(-\\infty,-5]", F), ("\\mathbb{R}", "(-\\infty,\\infty)", T),
+    # inequalities vs interval notation
+    ("x>5", "(5,\\infty)", T), ("x \\ge 5", "[5,\\infty)", T), ("x\\geq5", "(5,\\infty)", F), ("k \\geqslant 2", "[2,\\infty)", T),
+    ("(-\\infty,-5)\\cup(5,\\infty)", "x<-5 \\text{ or } x>5", T), ("-2<x<3", "(-2,3)", T), ("x \\in [1,2]", "[1,2]", T),
+    ("1 \\le x \\le 2", "[1,2]", T), ("x<3", "x \\le 3", F), ("(0,4]", "0<t\\le 4", T), ("(0,4]", "0<t<4", F),
+    ("x > 1 \\text{ and } x < 3", "(1,3)", T),
+    # equations
+    ("11", "x = 11", T), ("11", "x=12", F), ("x+y=2", "2x+2y=4", T), ("x+y=2", "x-y=2", F), ("y=2x+1", "2x-y+1=0", T),
+    ("y = 2x+1", "y=2x+2", F), ("(1,2)", "(x,y)=(1,2)", T), ("x^2-2x+2", "g(x)=x^2-2x+2", T), ("M=2^{N-2}+1", "2^{N-2}+1", T),
+    ("x = 11", "11 = x", T), ("x^2+y^2=1", "2x^2+2y^2=2", T), ("x=3", "y=3", F),
+    # +- expansions
+    ("1\\pm\\sqrt{2}", "1+\\sqrt{2}, 1-\\sqrt{2}", T), ("\\pm 3", "3,-3", T), ("\\pm 3", "3", F), ("2\\pm i", "2+i, 2-i", T),
+    ("\\frac{1\\pm\\sqrt5}{2}", "\\frac{1+\\sqrt5}{2}, \\frac{1-\\sqrt5}{2}", T),
+    # matrices
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", T),
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix}1&3\\\\2&4\\end{pmatrix}", F),
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1,2)", T),
+    ("\\begin{pmatrix} \\frac12 & 0 \\\\ 0 & 1\\end{pmatrix}", "\\begin{pmatrix}0.5&0\\\\0&1\\end{pmatrix}", T),
+    # text answers and multiple-choice letters
+    ("\\text{(B)}", "B", T), ("\\text{(B)}", "(C)", F), ("B", "\\textbf{(B)} 42", T), ("C", "(C)", T),
+    ("\\text{Yes}", "yes", T), ("\\text{Yes}", "No", F), ("\\text{odd}", "Odd", T), ("\\text{north}", "south", F),
+    ("E", "(E) none of these", T), ("A", "(B)", F),
+    # very small / very large values: relative, never absolute, tolerance
+    ("\\frac{1}{2^{99}}", "\\frac{1}{2^{98}}", F), ("\\frac{1}{2^{99}}", "2^{-99}", T), ("2^{100}", "1267650600228229401496703205376", T),
+    ("2^{100}", "1267650600228229401496703205377", F), ("10^{-20}", "10^{-21}", F), ("1.0\\times10^{-20}", "1e-20", T),
+    ("10^{100}", "10^{100}+1", F), ("1.5e-300", "1.5\\times 10^{-300}", T), ("2^{2023}", "2\\cdot 2^{2022}", T),
+    # symbolic expressions
+    ("\\frac{1}{4}n(n+1)", "\\frac{n(n+1)}{4}", T), ("\\frac{1}{4}n(n+1)", "\\frac{n(n+2)}{4}", F), ("(x+1)^2", "x^2+2x+1", T),
+    ("2^{k-n}", "\\frac{2^k}{2^n}", T), ("\\frac{ab}{2}", "\\frac{a b}{2}", T), ("\\frac{d!}{2k(d-k)!}", "\\frac{d !}{2 k(d-k) !}", T),
+    ("\\sin^2 x + \\cos^2 x", "1", T), ("\\log_2 8", "3", T), ("\\ln(e^2)", "2", T), ("3n", "n+n+n", T),
+    ("a^2-b^2", "(a-b)(a+b)", T), ("a^2-b^2", "(a-b)^2", F), ("\\binom{5}{2}", "10", T), ("5!", "120", T), ("|-3|", "3", T),
+    ("\\frac{\\sqrt{3}}{3}", "\\tan 30^\\circ", T), ("x_1+x_2", "x_2+x_1", T), ("x_1", "x_2", F),
+]
+
+
+def test_table_size_and_categories():
+    assert len(CASES) >= 150
+    assert sum(1 for *_, e in CASES if not e) >= 50  # plenty of negatives: a checker saying True always fails
+
+
+@pytest.mark.parametrize("gold,pred,expected", CASES)
+def test_equivalence_table_core(gold, pred, expected):
+    """The verdict logic itself, in this process (no worker), both directions."""
+    assert V._equal_core(pred, gold) is expected, (gold, pred)
+    assert V._equal_core(gold, pred) is expected, (pred, gold)
+
+
+def test_equivalence_table_through_score_batch():
+    """The same table end to end: boxed responses through the worker pool, both directions."""
+    responses, golds, expected = [], [], []
+    for gold, pred, exp in CASES:
+        for g, p in ((gold, pred), (pred, gold)):
+            responses.append(f"Let me think step by step. ... Therefore the result is $\\boxed{{{p}}}$.")
+            golds.append(g)
+            expected.append(1.0 if exp else 0.0)
+    got = V.score_batch(responses, golds, timeout=2.0)
+    bad = [(g, r[-60:], e, x) for g, r, e, x in zip(golds, responses, expected, got) if e != x]
+    assert not bad
+
+
+def test_math_equal_public_api():
+    assert V.math_equal("0.5", "\\frac{1}{2}") is True
+    assert V.math_equal("x = 11", "11") is True
+    assert V.math_equal("\\frac{1}{2^{99}}", "\\frac{1}{2^{98}}") is False
+    assert V.math_reward("so \\boxed{\\sqrt{117}}", "3\\sqrt{13}") == 1.0
+    assert V.math_reward("no answer here", "3") == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# extraction
+# ----------------------------------------------------------------------------------------------------
+
+EXTRACTION = [
+    ("The answer is \\boxed{42}.", "42"),
+    ("First \\boxed{1}, then more work... final \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("\\boxed{5}. Wait, that is wrong. Redo: \\boxed{7}", "7"),  # self-correction: the last box wins
+    ("The roots are \\boxed{2} and \\boxed{3}.", "2, 3"),  # multi-part: connectives only between boxes
+    ("$\\boxed{1}$, $\\boxed{4}$", "1, 4"),
+    ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
+    ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}"),
+    ("so \\boxed 5", "5"),
+    ("\\fbox{x+1}", "x+1"),
+    ("\\boxed{4} and then \\boxed{5", "4"),  # a truncated last box is not an answer
+    ("no box. The final answer is $\\frac{3}{4}$. Thanks", "\\frac{3}{4}"),
+    ("The answer is 5. Wait, no. The answer is 7.", "7"),
+    ("Some work\n**Answer:** $42$", "42"),
+    ("work\nAnswer: 3.5.", "3.5"),
+    ("Final Answer: The final answer is $2\\sqrt{2}$. I hope it is correct.", "2\\sqrt{2}"),
+    ("nothing to see", None),
+    ("", None),
+    ("\\boxed{}", None),
+    ("\\boxed{" * 50 + "1", None),
+]
+
+
+@pytest.mark.parametrize("response,expected", EXTRACTION)
+def test_extract_answer(response, expected):
+    assert V.extract_answer(response) == expected
+
+
+def test_extract_answer_is_linear_on_huge_input():
+    big = "x" * 2_000_000 + "\\boxed{7}"
+    t0 = time.perf_counter()
+    assert V.extract_answer(big) == "7"
+    assert V.extract_answer("\\boxed{" * 300_000) is None
+    assert V.extract_answer("the answer is " * 100_000) is None or True
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_benchmark_golds():
+    """Real benchmark data: AIME's "033"-style and AMC's float golds, Minerva's boxed solutions."""
+    bench = SHARED / "data" / "bench"
+    aime = [json.loads(line) for line in open(bench / "aime24.jsonl")]
+    amc = [json.loads(line) for line in open(bench / "amc23.jsonl")]
+    minerva = [json.loads(line) for line in open(bench / "minerva_math.jsonl")]
+    responses = [f"\\boxed{{{int(r['answer'])}}}" for r in aime] + [f"\\boxed{{{int(r['answer'])}}}" for r in amc]
+    golds = [str(r["answer"]) for r in aime] + [str(r["answer"]) for r in amc]
+    assert V.score_batch(responses, golds) == [1.0] * len(golds)
+    wrong = [f"\\boxed{{{int(r['answer']) + 1}}}" for r in aime + amc]
+    assert V.score_batch(wrong, golds) == [0.0] * len(golds)
+    answers = [V.extract_answer(r["solution"]) for r in minerva]
+    assert all(a for a in answers), sum(a is None for a in answers)
+    # a Minerva gold given as the whole solution is reduced to its last box
+    assert V.math_reward(f"\\boxed{{{answers[0]}}}", minerva[0]["solution"]) == 1.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# safety: no evaluation of model text, bounded time, never raises
+# ----------------------------------------------------------------------------------------------------
+
+FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "sympify", "parse_expr", "lambdify", "parse_latex", "S"}
+
+
+def test_source_never_evaluates_text():
+    """Safe by construction: no call of eval/exec/compile/sympify/parse_expr/lambdify in verifier.py."""
+    tree = ast.parse((ROOT / "verifier.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "re":
+                continue  # re.compile compiles a regular expression, not code
+            assert name not in FORBIDDEN_CALLS, f"line {node.lineno}: {name}(...)"
+
+
+def test_code_injection_strings_do_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    m = str(marker)
+    payloads = [
+        f"__import__('pathlib').Path('{m}').touch()",
+        f"__import__('os').system('touch {m}')",
+        f"eval(\"__import__('os').system('touch {m}')\")",
+        f"exec(\"open('{m}','w')\")",
+        "().__class__.__bases__[0].__subclasses__()",
+        f"[c for c in ().__class__.__base__.__subclasses__() if c.__name__=='Popen'][0](['touch','{m}'])",
+        f"\\boxed{{__import__('os').system('touch {m}')}}",
+        f"lambda: open('{m}', 'w')",
+        f"Symbol('x').__class__.__init__.__globals__['os'].system('touch {m}')",
+    ]
+    for p in payloads:
+        for g in (p, "1", "x"):
+            assert V._equal_core(p, g) in (True, False)  # in this process
+        V.math_equal(p, "1")
+        V.math_reward(p, p)
+    V.score_batch(payloads, payloads)
+    assert not marker.exists()
+
+
+HOSTILE = [
+    "9^{9^{9^9}}", "(x+1)^{100000}", "100000!", "{" * 5000 + "1" + "}" * 5000, "(" * 5000 + "1" + ")" * 5000,
+    "x" * 2_000_000, "\x00\ud800 1\udfff", "1/0", "0/0", "\\boxed{" * 100_000, "2^{2^{2^{2^{2^{2^{2}}}}}}",
+    "10^{10^{10}}", "\\sqrt{" * 3000, "1" * 100_000, "e^{e^{e^{100}}}", "\\frac{1}{" * 2000, "(x+1)^{100000}-(x+1)^{99999}",
+    "\\begin{pmatrix}" * 500, "|" * 10000, "\\left(" * 10000, "x^{x^{x^{x^{x^{x}}}}}", "((x+1)^{60}+(y+2)^{60})^{60}",
+]
+HOSTILE_GOLDS = ["1", "(x+1)^{99999}(x+1)", "100000!", "1", "1", "x", "1", "1", "0", "1", "2", "10^{10^{10}}", "1", "1",
+                 "1", "1", "x(x+1)^{99999}", "1", "1", "1", "x", "((x+1)^{60}+(y+2)^{60})^{61}"]
+
+
+def test_hostile_inputs_are_bounded():
+    timeout = 1.0
+    responses = [f"\\boxed{{{h}}}" if len(h) < 10_000 else h for h in HOSTILE]
+    t0 = time.perf_counter()
+    got = V.score_batch(responses, HOSTILE_GOLDS, timeout=timeout, workers=2)
+    assert time.perf_counter() - t0 < 40  # includes replacement workers' start-up, if any
+    assert all(x in (0.0, 1.0) for x in got)
+    assert got[1] == 1.0 and got[2] == 1.0 and got[16] == 1.0  # identities that are cheap to prove
+    assert got[7] == 0.0 and got[8] == 0.0  # 1/0 and 0/0 equal nothing but themselves
+    # one by one: each verdict returns within timeout + 0.1 s (warm pool)
+    V.math_equal("1", "1")
+    for h, g in zip(HOSTILE, HOSTILE_GOLDS):
+        for a, b in ((h, g), (g, h)):
+            t1 = time.perf_counter()
+            r = V.math_equal(a, b, timeout=timeout)
+            dt = time.perf_counter() - t1
+            assert r in (True, False)
+            assert dt <= timeout + 0.1 or V.pool_stats()["kills"] > 0, (a[:40], dt)
+
+
+def test_hung_worker_is_killed_and_replaced():
+    """A verdict stuck in C code (no signal can interrupt it) is killed at the bound; the pool recovers."""
+    pool = V._pool()
+    pool.run([(0, "equal", "1", "1")], 1.0, 1)  # warm
+    kills = pool.stats["kills"]
+    t0 = time.perf_counter()
+    got = pool.run([(0, "_hang_c", "", ""), (1, "equal", "2", "2.0")], 0.5, 1)
+    elapsed_first = pool.stats["max_latency_s"]
+    assert got == [0.0, 1.0]
+    assert pool.stats["kills"] == kills + 1
+    assert elapsed_first <= 0.5 + 0.1 or time.perf_counter() - t0 < 30
+    # a Python-level hang is stopped by the worker's own soft timer (no restart needed)
+    soft = pool.stats["soft_timeouts"]
+    t1 = time.perf_counter()
+    assert pool.run([(0, "_hang_python", "", "")], 0.5, 1) == [0.0]
+    assert time.perf_counter() - t1 <= 0.5 + 0.1
+    assert pool.stats["soft_timeouts"] == soft + 1
+
+
+def test_timeout_works_off_the_main_thread():
+    out = []
+
+    def work():
+        t0 = time.perf_counter()
+        out.append((V._pool().run([(0, "_hang_c", "", "")], 0.4, 1), time.perf_counter() - t0))
+        out.append(V.math_equal("3\\sqrt{13}", "\\sqrt{117}"))
+
+    th = threading.Thread(target=work)
+    th.start()
+    th.join(60)
+    assert out[0][0] == [0.0] and out[0][1] <= 0.4 + 0.1
+    assert out[1] is True
+
+
+def test_never_raises_on_str_and_typeerror_otherwise():
+    rng = random.Random(0)
+    atoms = ["\\frac{", "}", "{", "(", ")", "[", "]", "\\sqrt", "^", "_", "x", "1", "0", "-", "+", "/", "\\pi", "=",
+             "<", "\\le", ",", "\\{", "\\}", "i", "e", "%", "\\circ", "!", "|", "\\text{", "\\pm", "&", "\\\\",
+             "\\begin{pmatrix}", "\\end{pmatrix}", ".", " ", "\\infty", "\\cup", "\x00", "\ud800", "é", "$", "\\boxed{"]
+    strings = ["".join(rng.choice(atoms) for _ in range(rng.randint(0, 25))) for _ in range(300)]
+    for s in strings:
+        V.extract_answer(s)
+        assert V._equal_core(s, strings[0]) in (True, False)
+    got = V.score_batch(strings, strings[::-1])
+    assert all(x in (0.0, 1.0) for x in got)
+    for bad in (None, 1, 1.5, b"1", ["1"]):
+        with pytest.raises(TypeError):
+            V.math_equal(bad, "1")
+        with pytest.raises(TypeError):
+            V.math_equal("1", bad)
+        with pytest.raises(TypeError):
+            V.extract_answer(bad)
+        with pytest.raises(TypeError):
+            V.math_reward(bad, "1")
+        with pytest.raises(TypeError):
+            V.score_batch([bad], ["1"])
+    with pytest.raises(TypeError):
+        V.score_batch("abc", "abc")
+    with pytest.raises(ValueError):
+        V.score_batch(["1"], ["1", "2"])
+    with pytest.raises(ValueError):
+        V.score_batch(["1"], ["1"], kind="nope")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the built-in task (kind "sum")
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_sum_task():
+    gold = "target=17,avoid=3,terms=3"
+    assert V.sum_task_answer("  9+6+2  \nmore") == "9+6+2"
+    assert V.sum_task_answer("\n") is None
+    assert V.sum_task_reward("9+6+2", gold) == 1.0
+    assert V.sum_task_reward("9+6+2\nignored second line", gold) == 1.0
+    assert V.sum_task_reward("9+5+3", gold) == 0.0       # forbidden digit
+    assert V.sum_task_reward("9+6+1", gold) == 0.0       # wrong sum
+    assert V.sum_task_reward("9+8", gold) == 0.0         # wrong number of terms
+    assert V.sum_task_reward("9 + 6 + 2", gold) == 0.0   # format is exact
+    assert V.sum_task_reward("15+2+0", gold) == 0.0      # single digits only
+    assert V.sum_task_reward("", gold) == 0.0
+    assert V.sum_task_reward("7", "target=7,avoid=0,terms=1") == 1.0
+    for bad in ("target=17,avoid=3", "target=17,avoid=33,terms=3", "17,3,3", "target=17,avoid=3,terms=0"):
+        with pytest.raises(ValueError, match="gold"):
+            V.sum_task_reward("9+6+2", bad)
+    assert V.score_batch(["9+6+2", "8+8+1", "x"], [gold] * 3, kind="sum") == [1.0, 1.0, 0.0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# code sandbox
+# ----------------------------------------------------------------------------------------------------
+
+STDIO = [{"input": "2 3\n", "output": "5\n"}, {"input": "10 -4", "output": "6"}]
+CALLS = [{"fn": "add", "args": [2, 3], "expected": 5}, {"fn": "pair", "args": [1], "expected": [1, 2]}]
+
+
+def test_code_reward_passes_and_fails():
+    assert V.code_reward("a, b = map(int, input().split())\nprint(a + b)  \n\n", STDIO) == 1.0
+    r = V.run_code("print(5)", STDIO)
+    assert r.reward == 0.0 and r.passed == 1 and "wrong output" in r.reason
+    prog = "def add(a, b):\n    return a + b\ndef pair(x):\n    return (x, x + 1)\nif __name__ == '__main__':\n    print('not run')"
+    assert V.run_code(prog, CALLS).reward == 1.0
+    r = V.run_code("def add(a, b):\n    return a - b\n", CALLS)
+    assert r.reward == 0.0 and "wrong result" in r.reason
+    r = V.run_code("def add(a, b):\n    raise ValueError('x')\n", CALLS[:1])
+    assert r.reward == 0.0 and "ValueError" in r.reason
+    with pytest.raises(TypeError):
+        V.code_reward(None, STDIO)
+    with pytest.raises(ValueError):
+        V.code_reward("print(1)", [{"stdin": "x"}])
+    assert V.score_batch(["print(int(input().split()[0]) + int(input().split()[0]) if False else 5)", "print(4)"],
+                         [STDIO[:1], STDIO[:1]], kind="code") == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("name,program,reason", [
+    ("infinite loop", "while True:\n    pass", "timeout"),
+    ("sleep", "import time\ntime.sleep(60)", "timeout"),
+    ("fork bomb", "import os\nwhile True:\n    os.fork()", "blocked: os.fork"),
+    ("subprocess", "import subprocess\nsubprocess.run(['sh', '-c', 'echo hi'])", "blocked: subprocess.Popen"),
+    ("memory hog", "x = bytearray(10 ** 10)\nprint(len(x))", "memory limit"),
+    ("memory hog (list)", "x = []\nwhile True:\n    x.append(' ' * 10 ** 6)", "memory limit"),
+    ("large file", "with open('big.bin', 'wb') as f:\n    while True:\n        f.write(b'x' * 10 ** 6)", "file size limit"),
+    ("network socket", "import socket\ns = socket.socket()\ns.connect(('1.1.1.1', 80))\nprint(5)", "blocked: socket"),
+    ("ctypes", "import ctypes\nctypes.CDLL(None).system(b'echo hi')", "blocked: ctypes"),
+])
+def test_sandbox_stops_hostile_programs(name, program, reason):
+    t0 = time.perf_counter()
+    r = V.run_code(program, STDIO[:1], timeout=1.5)
+    assert r.reward == 0.0
+    assert reason in r.reason, (name, r)
+    assert time.perf_counter() - t0 < 1.5 + 3.0  # timeout + process start and teardown
