@@ -1,0 +1,596 @@
+"""bandit.py -- the LAD paper's controlled 50-arm bandit (Li & Li 2026, Sec. 4.1, Figures 1 and 2).
+
+A policy pi_theta = softmax(theta / T) over K = 50 arms (theta: a 1 x 50 logit vector) is trained
+against a known advantage A(y) whose induced distribution P_A (Eq. 5) has three modes. Every method
+trains from the same uniform start with the same samples, vectorised over methods and seeds, and we
+measure how well the policy-induced distribution P_pi = (pi_theta / pi_old) / Z_pi (Eq. 4) matches
+P_A. Methods (--methods, comma-separated, or "all"):
+
+    grpo         PPO clipped surrogate on group-normalised advantages + KL(pi || pi_old), weight 1
+                 (lad.grpo_loss); with eta = 1 its exact optimum is LAD's, pi* ~ pi_old e^{A/eta}.
+    flowrl       trajectory balance with a learned log Z (lad.flowrl_loss; Appendix B.5, Eq. 18).
+    lad-<f>      practical LAD (Eq. 8, lad.lad_loss) for f in kl rkl jf tv hd js (Table 5).
+    lad-theory   theoretical LAD (Eq. 7) with exact normalisers Z_A and Z_pi over all 50 arms,
+                 divergence --theory-div (f from lad.DIVERGENCES).
+
+The construction (the paper gives only its outline; every choice below is an Args field):
+    P_A(y) ~ sum_m w_m N(y; mu_m, sigma_m^2), y = 0..K-1, normalised over the arms; modes at
+      arms 10, 25, 40 with weights 0.5, 0.3, 0.2 and sigma 3 (three modes of different heights).
+    A(y) = eta * (log P_A(y) - c); by default c = mean_y log P_A(y), so A has mean 0 under the
+      uniform start (an advantage is relative to the behaviour policy). --adv-const norm instead
+      picks c with sum_y e^{A/eta} = K, for which Eq. 7 and Eq. 8 coincide while pi_old is uniform.
+    Temperature: pi_old is sampled at T = 1.5 and, as in verl, log-probs of pi_theta and pi_old are
+      taken at the same T, so the sampler *is* pi_old and "the policy" means softmax(theta / T).
+    Steps: one Adam step (betas 0.9/0.999, eps 1e-8, no weight decay, lr 5e-3) per batch of 32
+      arms drawn from pi_old; pi_old <- pi_theta twice, after 1/3 and 2/3 of the steps (Adam state
+      kept). GRPO and LAD use the raw A except that GRPO group-normalises it (its own recipe).
+    Exact mode (--exact): no sampling; every expectation over pi_old is a sum over the 50 arms.
+    Seeds share their random numbers across methods (common random numbers): seed s of every
+      method sees the same uniforms, so differences between methods are not sampling luck.
+
+Commands (CPU only; the whole thing runs in seconds):
+    python bandit.py                                   # all methods, paper settings, 5 seeds
+    python bandit.py --methods grpo,lad-js,lad-theory --seeds 1
+    python bandit.py --exact                           # exact expectations instead of 32 samples
+    python bandit.py --ablation                        # which GRPO ingredient produces the collapse
+Outputs go to runs/bandit/<time>/ (printed): config.json, results.json, bandit.png (Figure 1),
+bandit_fig2.png (Figure 2), ablation.json with --ablation.
+
+Deliberately left out: contexts / prompts (one state, as in the paper), entropy bonuses, learning-rate
+schedules, gradient clipping; GPU (the tensors are 9 x 5 x 50).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+import lad
+
+
+@dataclass
+class Args:
+    methods: str = "all"
+    """comma-separated methods: grpo, flowrl, lad-{kl,rkl,jf,tv,hd,js}, lad-theory; or all"""
+    arms: int = 50
+    """number of arms K (paper: 50)"""
+    steps: int = 4000
+    """optimiser steps (paper: 4000)"""
+    batch: int = 32
+    """arms sampled from pi_old per step (paper: 32)"""
+    temperature: float = 1.5
+    """sampling temperature T of pi_old (paper: 1.5)"""
+    score_at_temperature: bool = True
+    """log-probs of pi_theta and pi_old at T too (verl); off: scored at T = 1, sampled at T, no correction"""
+    n_refresh: int = 2
+    """times pi_old <- pi_theta, evenly spaced (paper: twice)"""
+    lr: float = 5e-3
+    """Adam learning rate (paper: 5e-3; the optimiser is our choice)"""
+    reset_adam: bool = False
+    """clear Adam's moment estimates whenever pi_old is refreshed"""
+    eta: float = 1.0
+    """eta, temperature of the advantage distribution P_A ~ e^{A/eta} (Eq. 5; paper: 1)"""
+    seeds: int = 5
+    """independent runs per method (seed, seed+1, ...)"""
+    seed: int = 0
+    """first seed"""
+    exact: bool = False
+    """exact expectations over pi_old (sum over all arms) instead of sampling"""
+    mode_centers: str = "10,25,40"
+    """arm index of the three Gaussian modes of P_A"""
+    mode_stds: str = "3,3,3"
+    """standard deviation of each mode, in arms"""
+    mode_weights: str = "0.5,0.3,0.2"
+    """mixture weight of each mode (different heights)"""
+    adv_const: str = "mean"
+    """constant c in A = eta (log P_A - c): mean (A has mean 0 over arms) or norm (sum e^{A/eta} = K)"""
+    theory_div: str = "js"
+    """divergence f of lad-theory and of the Figure 2 landscape (Table 5)"""
+    grpo_clip_low: float = 0.2
+    """GRPO ratio clip below, 1 - eps (PPO: 0.2); inf disables"""
+    grpo_clip_high: float = 0.2
+    """GRPO ratio clip above, 1 + eps (PPO: 0.2; DAPO: 0.28); inf disables"""
+    grpo_adv: str = "group"
+    """GRPO advantage: group ((A - mean) / std over the 32 samples, GRPO) or raw (A itself)"""
+    grpo_kl: str = "exact"
+    """GRPO KL(pi || pi_old): exact (sum over arms), k3 (verl low_var_kl on the samples) or none"""
+    grpo_kl_coef: float = 1.0
+    """weight of GRPO's KL term (paper: 1, so that its optimum equals LAD's)"""
+    flowrl_beta: float = 0.0
+    """FlowRL's beta multiplying A; 0 means 1/eta (Eq. 18; FlowRL's LLM default is 15)"""
+    flowrl_w_cap: float = 10.0
+    """FlowRL's cap on the importance weight pi / pi_old (FlowRL's default)"""
+    out: str = "runs/bandit"
+    """parent folder of the run folder"""
+    fig2: bool = True
+    """also draw Figure 2 (trajectories on the practical-LAD loss landscape)"""
+    ablation: bool = False
+    """run the GRPO ablation (which ingredient collapses it) instead of the method comparison"""
+    workers: int = 2
+    """processes; methods are split among them (results are identical to 1 process)"""
+    threads: int = 1
+    """torch CPU threads per process (the tensors are tiny: 1 is fastest)"""
+    progress: bool = True
+    """show a tqdm progress bar"""
+
+
+def score_t(args: Args) -> float:
+    """Temperature at which log pi_theta and log pi_old are scored."""
+    return args.temperature if args.score_at_temperature else 1.0
+
+
+METHODS = ["grpo", "flowrl"] + [f"lad-{d}" for d in lad.DIVERGENCES] + ["lad-theory"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI: Args -> argparse, help text from the field docstrings
+# ----------------------------------------------------------------------------------------------------
+
+def _field_docs(cls):
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            docs[a.target.id] = b.value.value
+    return docs
+
+
+def parse_args(argv=None) -> Args:
+    p = argparse.ArgumentParser(prog="bandit.py", description=__doc__.split("\n")[0])
+    docs = _field_docs(Args)
+    for f in dataclasses.fields(Args):
+        flag, h = "--" + f.name.replace("_", "-"), f"{docs.get(f.name, '')} (default: {f.default})"
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=h)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default, help=h)
+    return Args(**vars(p.parse_args(argv)))
+
+
+def _floats(s, name):
+    try:
+        return [float(v) for v in s.split(",")]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated numbers, got {s!r}") from None
+
+
+def check_args(args: Args) -> list[str]:
+    """Validate args; return the method list. Raises ValueError with a one-line message."""
+    methods = METHODS if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"unknown method(s) {bad or args.methods!r}; choose from {', '.join(METHODS)} or all")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"method listed twice in {args.methods!r}")
+    for name in ("steps", "batch", "arms", "seeds", "workers", "threads"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    for name in ("eta", "lr", "temperature"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name} must be > 0, got {getattr(args, name)}")
+    if not 0 <= args.n_refresh < args.steps:
+        raise ValueError(f"--n-refresh must be in [0, steps), got {args.n_refresh}")
+    c, s, w = (_floats(getattr(args, n), n.replace("_", "-")) for n in ("mode_centers", "mode_stds", "mode_weights"))
+    if not len(c) == len(s) == len(w) or min(s) <= 0 or min(w) <= 0:
+        raise ValueError("--mode-centers, --mode-stds, --mode-weights need equal lengths, stds > 0, weights > 0")
+    if args.adv_const not in ("mean", "norm"):
+        raise ValueError(f"--adv-const must be mean or norm, got {args.adv_const!r}")
+    if args.theory_div not in lad.DIVERGENCES:
+        raise ValueError(f"--theory-div must be one of {', '.join(lad.DIVERGENCES)}, got {args.theory_div!r}")
+    if args.grpo_adv not in ("group", "raw"):
+        raise ValueError(f"--grpo-adv must be group or raw, got {args.grpo_adv!r}")
+    if args.grpo_kl not in ("exact", "k3", "none"):
+        raise ValueError(f"--grpo-kl must be exact, k3 or none, got {args.grpo_kl!r}")
+    if not (args.grpo_clip_low >= 0 and args.grpo_clip_high >= 0 and args.flowrl_w_cap > 0 and args.flowrl_beta >= 0):
+        raise ValueError("GRPO clips must be >= 0, --flowrl-w-cap > 0, --flowrl-beta >= 0")
+    return methods
+
+
+# ----------------------------------------------------------------------------------------------------
+# The problem: P_A (Eq. 5) from a mixture of three Gaussians, and A = eta * log P_A + const
+# ----------------------------------------------------------------------------------------------------
+
+def advantage(args: Args):
+    """Return (A (K,), P_A (K,)) in float64."""
+    k = torch.arange(args.arms, dtype=torch.float64)
+    c, s, w = (torch.tensor(_floats(getattr(args, n), n), dtype=torch.float64)
+               for n in ("mode_centers", "mode_stds", "mode_weights"))
+    dens = (w / (s * math.sqrt(2 * math.pi)) * torch.exp(-0.5 * ((k[:, None] - c) / s) ** 2)).sum(-1)
+    log_pa = torch.log(dens / dens.sum())
+    # Eq. 5: P_A = e^{A/eta} / Z_A, so A = eta * log P_A up to a constant, which we choose:
+    const = log_pa.mean() if args.adv_const == "mean" else log_pa.new_tensor(-math.log(args.arms))
+    return args.eta * (log_pa - const), log_pa.exp()
+
+
+def metrics(logp, old_logp, p_a, args: Args):
+    """Final-state metrics, vectorised over leading dims. logp, old_logp: (..., K) log pi_theta, log pi_old.
+
+    train/tv: 0.5 sum |P_pi - P_A|; train/kl: KL(P_A || P_pi) (mass of P_A that P_pi misses);
+    train/kl_rev: KL(P_pi || P_A); train/modes: modes m with P_pi(window_m) >= 0.5 P_A(window_m),
+    window_m = arms within one sigma_m of mu_m; train/entropy: H(pi_theta) in nats;
+    train/pi_best: pi_theta(argmax A); train/ppi_max: max_y P_pi(y).
+    """
+    # Eq. 4: P_pi = (pi_theta / pi_old) / Z_pi, Z_pi = sum_y pi_theta / pi_old
+    log_ppi = torch.log_softmax(logp - old_logp, -1)
+    ppi, log_pa = log_ppi.exp(), p_a.log()
+    k = torch.arange(args.arms, dtype=torch.float64)
+    centers, stds = _floats(args.mode_centers, "mode-centers"), _floats(args.mode_stds, "mode-stds")
+    modes = torch.zeros(logp.shape[:-1], dtype=torch.float64)
+    for c, s in zip(centers, stds):
+        win = ((k - c).abs() <= s).to(torch.float64)
+        modes += ((ppi * win).sum(-1) >= 0.5 * (p_a * win).sum()).to(torch.float64)
+    pi = logp.exp()
+    return {
+        "train/tv": 0.5 * (ppi - p_a).abs().sum(-1),
+        "train/kl": (p_a * (log_pa - log_ppi)).sum(-1),
+        "train/kl_rev": (ppi * (log_ppi - log_pa)).sum(-1),
+        "train/modes": modes,
+        "train/entropy": -(pi * logp).sum(-1),
+        "train/pi_best": pi[..., int(p_a.argmax())],
+        "train/ppi_max": ppi.max(-1).values,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Theoretical LAD (Eq. 7). lad.lad_loss cannot express it: its weight e^{A/eta} is detached, while
+# Eq. 7's argument depends on theta through Z_pi (the centring term of Appendix B.4), so we build it
+# from lad.DIVERGENCES (the same f) and let autograd differentiate through Z_pi.
+# ----------------------------------------------------------------------------------------------------
+
+def lad_theory_per_arm(logp_all, old_all, adv, eta, divergence):
+    """Per-arm terms of Eq. 7, (..., K): (e^{A/eta} / Z_A) f( (pi/pi_old) e^{-A/eta} Z_A / Z_pi )."""
+    u = adv / eta
+    log_r = logp_all - old_all
+    log_za = torch.logsumexp(u, -1, keepdim=True)                     # Z_A = sum_y e^{A/eta}
+    log_zpi = torch.logsumexp(log_r, -1, keepdim=True)                # Z_pi = sum_y pi / pi_old
+    # Eq. 7: sum_y (e^{A/eta} / Z_A) f(r e^{-A/eta} Z_A / Z_pi), f taken in log space
+    fx, _ = lad.DIVERGENCES[divergence](log_r - u + log_za - log_zpi)
+    return (u - log_za).exp() * fx
+
+
+def practical_loss_landscape(thetas, old_logp, adv, q, args: Args, divergence):
+    """Exact practical LAD loss (Eq. 8) at each row of thetas (N, K), via lad.lad_loss."""
+    out = []
+    for th in thetas:
+        logp = torch.log_softmax(th / score_t(args), -1)
+        loss, _ = lad.lad_loss(logp[:, None], old_logp[:, None], adv, q[:, None],
+                               divergence=divergence, eta=args.eta, denom=1.0)
+        out.append(float(loss))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training: all methods x seeds at once. theta (M, S, K); each method's loss is the sum over its
+# seeds of that seed's own loss, so one backward gives every run its own gradient, and Adam (an
+# elementwise optimiser) makes each run identical to running it alone.
+# ----------------------------------------------------------------------------------------------------
+
+def train(args: Args, methods: list[str], *, record_traj=(), traj_every=10):
+    torch.set_num_threads(args.threads)
+    M, S, K, B = len(methods), args.seeds, args.arms, args.batch
+    adv, p_a = advantage(args)                                           # (K,), (K,)
+    theta = torch.zeros(M, S, K, dtype=torch.float64, requires_grad=True)  # uniform start
+    log_z = torch.zeros(S, dtype=torch.float64, requires_grad=True)        # FlowRL's learned log Z
+    opt = torch.optim.Adam([theta, log_z], lr=args.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    beta = args.flowrl_beta or 1.0 / args.eta
+    refresh_at = {round(args.steps * j / (args.n_refresh + 1)) for j in range(1, args.n_refresh + 1)}
+    # common random numbers: seed s draws the same uniforms for every method
+    uniforms = torch.stack([torch.rand(args.steps, B, dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(args.seed + s))
+                            for s in range(S)], 1)                           # (steps, S, B)
+    denom = 1.0 if args.exact else float(B)
+    ones = torch.ones(S * (K if args.exact else B), 1, dtype=torch.float64)
+    traj = {m: [] for m in record_traj if m in methods}
+    fwd_s = dict.fromkeys(methods, 0.0)
+
+    def refresh():
+        th = theta.detach().clone()
+        old_all = torch.log_softmax(th / score_t(args), -1)                  # log pi_old, as scored
+        q = torch.softmax(th / args.temperature, -1)                       # the sampler, pi_old at T
+        return th, old_all, q, q.cumsum(-1)
+
+    theta_old, old_all, q, cdf = refresh()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for step in tqdm(range(args.steps), desc="bandit", mininterval=0.5, disable=not args.progress):
+        if step in refresh_at:
+            theta_old, old_all, q, cdf = refresh()
+            if args.reset_adam:
+                opt.state.clear()
+        for m in traj:
+            if step % traj_every == 0 and step < min(refresh_at, default=args.steps):
+                traj[m].append(theta.detach()[methods.index(m), 0].clone())
+        logp_all = torch.log_softmax(theta / score_t(args), -1)             # (M, S, K)
+        if args.exact:                                                     # every arm, weight q
+            idx = None
+            lp, old, a, w = logp_all, old_all, adv.expand(M, S, K), q
+        else:                                                              # B arms ~ pi_old (inverse CDF)
+            idx = torch.searchsorted(cdf, uniforms[step].expand(M, S, B).contiguous()).clamp_max(K - 1)
+            lp, old, a = logp_all.gather(-1, idx), old_all.gather(-1, idx), adv[idx]
+            w = None
+        n = lp.shape[-1]                                                   # B, or K in exact mode
+        total = 0.0
+        for i, m in enumerate(methods):
+            tm = time.perf_counter()
+            lp_m, old_m, a_m = lp[i].reshape(-1, 1), old[i].reshape(-1, 1), a[i].reshape(-1)
+            mask = ones if w is None else w[i].reshape(-1, 1)              # exact: mask = pi_old weights
+            if m.startswith("lad-") and m != "lad-theory":
+                # Eq. 8 (lad.lad_loss): sum over seeds of E_{y~pi_old} e^{A/eta} f(r e^{-A/eta})
+                loss, _ = lad.lad_loss(lp_m, old_m, a_m, mask, divergence=m[4:], eta=args.eta, denom=denom)
+            elif m == "lad-theory":
+                per_arm = lad_theory_per_arm(logp_all[i], old_all[i], adv, args.eta, args.theory_div)  # (S, K)
+                if args.exact:
+                    loss = per_arm.sum()                                   # Eq. 7 summed over all arms
+                else:                                                      # sum_y g(y) = E_{pi_old}[g / pi_old]
+                    loss = (per_arm.gather(-1, idx[i]) / q[i].gather(-1, idx[i])).mean(-1).sum()
+            elif m == "grpo":
+                if args.grpo_adv == "raw":
+                    g_adv = a_m
+                elif args.exact:                                           # group = pi_old itself
+                    mu = (q[i] * adv).sum(-1, keepdim=True)
+                    sd = ((q[i] * (adv - mu) ** 2).sum(-1, keepdim=True)).sqrt()
+                    g_adv = ((adv - mu) / (sd + 1e-6)).reshape(-1)
+                else:
+                    g_adv, _ = lad.group_advantages(a_m, B)
+                k3 = args.grpo_kl == "k3"
+                loss, _ = lad.grpo_loss(lp_m, old_m, g_adv, mask, clip_low=args.grpo_clip_low,
+                                        clip_high=args.grpo_clip_high, ref_logp=old_m if k3 else None,
+                                        kl_coef=args.grpo_kl_coef if k3 else 0.0, denom=denom)
+                if args.grpo_kl == "exact":                                # Eq. 2's KL(pi || pi_old), all arms
+                    loss = loss + args.grpo_kl_coef * (logp_all[i].exp() * (logp_all[i] - old_all[i])).sum()
+            elif m == "flowrl":
+                z = log_z.repeat_interleave(n)
+                if args.exact:
+                    # E_q[w delta^2] as a mean over the K arms: fold K q into the IS weight through
+                    # old_logp (ref stays pi_old); the cap is off here since w = K q r, not r
+                    loss, _ = lad.flowrl_loss(lp_m, old_m - (K * q[i]).log().reshape(-1, 1), a_m, ones,
+                                              z, beta=beta, ref_logp=old_m, w_cap=math.inf)
+                else:
+                    loss, _ = lad.flowrl_loss(lp_m, old_m, a_m, ones, z, beta=beta, ref_logp=old_m,
+                                              w_cap=args.flowrl_w_cap)
+                loss = loss * S                                            # flowrl_loss means over seeds
+            total = total + loss
+            fwd_s[m] += time.perf_counter() - tm
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+
+    with torch.no_grad():
+        logp_all = torch.log_softmax(theta / score_t(args), -1)
+        met = metrics(logp_all, old_all, p_a, args)
+    return {"methods": methods, "adv": adv, "p_a": p_a, "logp": logp_all, "old_logp": old_all,
+            "metrics": met, "wall_s": wall, "cpu_s": cpu, "fwd_s": fwd_s, "traj": traj, "log_z": log_z.detach()}
+
+
+def _train_part(args, methods, record_traj, progress):
+    torch.set_num_threads(args.threads)
+    return train(dataclasses.replace(args, progress=progress), methods, record_traj=record_traj)
+
+
+def run(args: Args, methods: list[str], *, record_traj=()):
+    """train() with the methods split round-robin over args.workers forked processes.
+
+    Runs are independent (own parameters, own Adam state, per-seed random numbers), so the split
+    changes nothing but the wall time, which is measured here, forks and transfers included.
+    """
+    W = min(args.workers, len(methods))
+    if W == 1 or "fork" not in mp.get_all_start_methods():
+        return train(args, methods, record_traj=record_traj)
+    t0 = time.perf_counter()
+    chunks = [methods[w::W] for w in range(W)]
+    with mp.get_context("fork").Pool(W) as pool:
+        parts = pool.starmap(_train_part, [(args, c, record_traj, args.progress and w == 0)
+                                           for w, c in enumerate(chunks)])
+    wall = time.perf_counter() - t0
+    order = [m for c in chunks for m in c]
+    pick = torch.tensor([order.index(m) for m in methods])
+    cat = lambda key: torch.cat([p[key] for p in parts])[pick]  # noqa: E731
+    res = dict(parts[0], methods=methods, logp=cat("logp"), old_logp=cat("old_logp"), wall_s=wall,
+               metrics={k: torch.cat([p["metrics"][k] for p in parts])[pick] for k in parts[0]["metrics"]},
+               cpu_s=sum(p["cpu_s"] for p in parts),
+               fwd_s={m: v for p in parts for m, v in p["fwd_s"].items()},
+               traj={m: v for p in parts for m, v in p["traj"].items()})
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reporting: table, JSON, Figure 1, Figure 2
+# ----------------------------------------------------------------------------------------------------
+
+COLUMNS = [("train/tv", "TV", 3), ("train/kl", "KL(PA||Ppi)", 3), ("train/modes", "modes", 1),
+           ("train/entropy", "H(pi)", 2), ("train/pi_best", "pi(best)", 3), ("train/ppi_max", "max Ppi", 3)]
+
+
+def summarise(res):
+    out = {}
+    for i, m in enumerate(res["methods"]):
+        row = {}
+        for key, v in res["metrics"].items():
+            vals = v[i]
+            row[key] = {"mean": float(vals.mean()), "std": float(vals.std(unbiased=False)),
+                        "values": [round(float(x), 6) for x in vals]}
+        row["perf/loss_fwd_ms_per_step"] = 1e3 * res["fwd_s"][m] / res["steps"]
+        out[m] = row
+    return out
+
+
+def table(summary, label="method"):
+    w = max(22, 2 + max(map(len, summary)))
+    head = f"{label:<{w}}" + "".join(f"{name:>16}" for _, name, _ in COLUMNS) + f"{'fwd ms/step':>13}"
+    lines = [head, "-" * len(head)]
+    for m, row in summary.items():
+        cells = "".join(f"{row[k]['mean']:>{9}.{d}f}±{row[k]['std']:<6.{d}f}" for k, _, d in COLUMNS)
+        lines.append(f"{m:<{w}}{cells}{row['perf/loss_fwd_ms_per_step']:>13.3f}")
+    return "\n".join(lines)
+
+
+def figure1(res, summary, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    methods, K = res["methods"], res["p_a"].numel()
+    ncol = min(3, len(methods))
+    nrow = math.ceil(len(methods) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.5 * nrow), sharex=True, squeeze=False)
+    arms = range(K)
+    p_a = res["p_a"].numpy()
+    for ax, (i, m) in zip(axes.flat, enumerate(methods)):
+        ppi = torch.softmax(res["logp"][i, 0] - res["old_logp"][i, 0], -1).numpy()
+        pi = res["logp"][i, 0].exp().numpy()
+        ax.bar(arms, ppi, width=0.85, color="tab:blue", alpha=0.75, label=r"$P_{\pi_\theta}$ (Eq. 4)")
+        ax.plot(arms, p_a, color="tab:orange", lw=2, label=r"$P_A$ (Eq. 5)")
+        ax.plot(arms, pi, color="0.3", lw=1, ls="--", label=r"$\pi_\theta$")
+        r = summary[m]
+        ax.set_title(f"{m}: TV {r['train/tv']['mean']:.3f}, modes {r['train/modes']['mean']:.1f}", fontsize=9)
+        ax.set_ylim(0, max(0.2, 1.1 * max(p_a.max(), ppi.max())))
+    for ax in axes.flat[len(methods):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("arm")
+    axes.flat[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("50-arm bandit (seed 0): advantage distribution $P_A$ vs policy-induced $P_{\\pi}$", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def figure2(res, args: Args, path):
+    """Trajectories (first pi_old phase, seed 0) on the practical-LAD loss landscape (Figure 2)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    traj = {m: torch.stack(t) for m, t in res["traj"].items() if t}
+    if not traj:
+        return
+    centred = {m: t - t.mean(-1, keepdim=True) for m, t in traj.items()}   # softmax ignores shifts
+    pts = torch.cat(list(centred.values()))
+    _, _, vt = torch.linalg.svd(pts, full_matrices=False)                  # plane through the uniform start
+    d = vt[:2]                                                             # (2, K)
+    xy = {m: t @ d.T for m, t in centred.items()}
+    allxy = torch.cat(list(xy.values()))
+    lo, hi = allxy.min(0).values, allxy.max(0).values
+    pad = 0.25 * (hi - lo) + 0.1
+    g = 31
+    ga, gb = torch.linspace(lo[0] - pad[0], hi[0] + pad[0], g), torch.linspace(lo[1] - pad[1], hi[1] + pad[1], g)
+    A_, B_ = torch.meshgrid(ga, gb, indexing="ij")
+    grid = (A_.reshape(-1, 1).double() * d[0] + B_.reshape(-1, 1).double() * d[1])
+    K = args.arms
+    old = torch.full((K,), -math.log(K), dtype=torch.float64)              # phase 1: pi_old uniform
+    q = torch.full((K,), 1.0 / K, dtype=torch.float64)
+    land = torch.tensor(practical_loss_landscape(grid, old, res["adv"], q, args, args.theory_div)).reshape(g, g)
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    cs = ax.contourf(A_.numpy(), B_.numpy(), land.numpy(), levels=30, cmap="viridis")
+    fig.colorbar(cs, ax=ax, label=f"practical LAD loss (Eq. 8, {args.theory_div})")
+    style = {"grpo": ("tab:red", "-"), "lad-theory": ("white", "--")}
+    for m, p in xy.items():
+        c, ls = style.get(m, ("tab:orange", "-"))
+        ax.plot(p[:, 0], p[:, 1], color=c, ls=ls, lw=2, label=m)
+        ax.plot(p[-1, 0], p[-1, 1], "o", color=c)
+    ax.plot([0], [0], "k^", label="start (uniform)")
+    # phase-1 optimum of every method: pi ~ pi_old e^{A/eta}, i.e. theta* = T A / eta (Lemma 3.1)
+    opt = score_t(args) * res["adv"] / args.eta
+    p = (opt - opt.mean()) @ d.T
+    ax.plot([p[0]], [p[1]], "w*", ms=12, mec="k", label="optimum (projected)")
+    ax.set_xlabel("direction 1 (SVD of trajectories)")
+    ax.set_ylabel("direction 2")
+    ax.legend(fontsize=7)
+    ax.set_title("first pi_old phase, seed 0", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# GRPO ablation: which ingredient makes GRPO+KL (same exact optimum as LAD) miss P_A
+# ----------------------------------------------------------------------------------------------------
+
+INF = math.inf
+NOCLIP = {"grpo_clip_low": INF, "grpo_clip_high": INF}
+ABLATION = [  # (label, overrides of Args, methods); lad-js rows: LAD under the same shared change
+    ("grpo (paper setting)", {}, ["grpo", "lad-js"]),
+    ("exact expectation", {"exact": True}, ["grpo", "lad-js"]),
+    ("no clip", NOCLIP, ["grpo"]),
+    ("raw A (no group norm)", {"grpo_adv": "raw"}, ["grpo"]),
+    ("no clip, raw A", {**NOCLIP, "grpo_adv": "raw"}, ["grpo"]),
+    ("no clip, raw A, exact", {**NOCLIP, "grpo_adv": "raw", "exact": True}, ["grpo"]),
+    ("KL estimator k3", {"grpo_kl": "k3"}, ["grpo"]),
+    ("no KL", {"grpo_kl": "none"}, ["grpo"]),
+    ("no pi_old refresh", {"n_refresh": 0}, ["grpo", "lad-js"]),
+    ("10 pi_old phases", {"n_refresh": 9}, ["grpo", "lad-js"]),
+    ("10 phases, no clip", {"n_refresh": 9, **NOCLIP}, ["grpo"]),
+    ("10 phases, no clip, raw A", {"n_refresh": 9, **NOCLIP, "grpo_adv": "raw"}, ["grpo"]),
+]
+
+
+def run_ablation(args: Args):
+    summary = {}
+    for label, over, methods in tqdm(ABLATION, desc="ablation", disable=not args.progress):
+        a = dataclasses.replace(args, progress=False, **over)
+        res = run(a, methods)
+        res["steps"] = a.steps
+        for m, row in summarise(res).items():
+            row["overrides"] = {k: (str(v) if v == INF else v) for k, v in over.items()}
+            summary[f"{label} [{m}]"] = row
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        methods = check_args(args)
+    except ValueError as e:
+        sys.exit(f"bandit.py: error: {e}")
+    run_dir = os.path.join(args.out, time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(run_dir, exist_ok=True)
+    print(f"run folder: {run_dir}")
+    config = dataclasses.asdict(args)
+    print("config:", json.dumps(config))
+    with open(os.path.join(run_dir, "config.json"), "w") as fh:
+        json.dump(config, fh, indent=1)
+    load = os.getloadavg()
+
+    if args.ablation:
+        summary = run_ablation(args)
+        print(table(summary, label="GRPO variant"))
+        with open(os.path.join(run_dir, "ablation.json"), "w") as fh:
+            json.dump({"config": config, "load_avg_1m": load[0], "ablation": summary}, fh, indent=1)
+        return
+
+    res = run(args, methods, record_traj=("grpo", f"lad-{args.theory_div}", "lad-theory") if args.fig2 else ())
+    res["steps"] = args.steps
+    summary = summarise(res)
+    mode = "exact expectation" if args.exact else f"{args.batch} samples/step"
+    print(f"\n{len(methods)} methods x {args.seeds} seeds x {args.steps} steps ({mode}): {res['wall_s']:.2f} s wall, "
+          f"{res['cpu_s']:.2f} s CPU in {min(args.workers, len(methods))} process(es) x {args.threads} thread(s); "
+          f"load average {load[0]:.2f} at start on {os.cpu_count()} cores")
+    print(f"reference: H(P_A) = {float(-(res['p_a'] * res['p_a'].log()).sum()):.2f}, "
+          f"max P_A = {float(res['p_a'].max()):.3f}, H(uniform) = {math.log(args.arms):.2f}")
+    print(table(summary))
+    with open(os.path.join(run_dir, "results.json"), "w") as fh:
+        json.dump({"config": config, "perf/wall_s": res["wall_s"], "perf/cpu_s": res["cpu_s"], "load_avg_1m": load[0],
+                   "cpu_count": os.cpu_count(), "p_a": res["p_a"].tolist(), "adv": res["adv"].tolist(),
+                   "methods": summary}, fh, indent=1)
+    figure1(res, summary, os.path.join(run_dir, "bandit.png"))
+    if args.fig2:
+        figure2(res, args, os.path.join(run_dir, "bandit_fig2.png"))
+    print(f"wrote {run_dir}/results.json, bandit.png" + (", bandit_fig2.png" if args.fig2 else ""))
+
+
+if __name__ == "__main__":
+    main()
