@@ -1018,9 +1018,20 @@ def _mp():
 
 
 def _point(sym: str, k: int):
-    """Deterministic pseudo-random value of symbol `sym` at test point k, in (0.3, 1.9)."""
+    """Deterministic pseudo-random value of symbol `sym` at test point k.
+
+    Magnitude in (0.44, 2.04); point 0 positive real, point 1 negative real, the others complex
+    (second, then first quadrant), so that |x| != x and sqrt(x^2) != x are caught (identity as
+    functions on the whole domain, not only for positive x).
+    """
+    mp = _mp()
     h = zlib.crc32(f"{sym}:{k}".encode())
-    return _mp().mpf(3 + (h % 16000)) / 10000 + _mp().mpf(1) / 7
+    r = mp.mpf(3 + (h % 16000)) / 10000 + mp.mpf(1) / 7
+    if k == 0:
+        return r
+    if k == 1:
+        return -r
+    return r * mp.expj(mp.mpf(2) if k == 2 else mp.mpf("0.7"))
 
 
 def _numeric(node, env, pct=True, deg_rad=False):
@@ -1071,10 +1082,12 @@ def _numeric(node, env, pct=True, deg_rad=False):
         name = node[1]
         args = [_numeric(a, env, pct, deg_rad) for a in node[2]]
         x = args[0] if args else None
-        if name == "factorial":
-            if mp.im(x) != 0 or mp.re(x) < 0 or abs(x) > 10**12:
+        if name == "factorial":  # Gamma(x + 1): also defined at the complex test points
+            if abs(x) > 10**12:
                 raise _TooBig("factorial")
-            return mp.factorial(mp.re(x))
+            if mp.im(x) == 0 and mp.re(x) == int(mp.re(x)) and mp.re(x) < 0:
+                raise _Undefined("factorial of a negative integer")
+            return mp.gamma(x + 1)
         if name == "binom":
             return mp.binomial(args[0], args[1])
         if name in ("max", "min"):

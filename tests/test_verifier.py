@@ -104,6 +104,8 @@ CASES = [
     ("\\sin^2 x + \\cos^2 x", "1", T), ("\\log_2 8", "3", T), ("\\ln(e^2)", "2", T), ("3n", "n+n+n", T),
     ("a^2-b^2", "(a-b)(a+b)", T), ("a^2-b^2", "(a-b)^2", F), ("\\binom{5}{2}", "10", T), ("5!", "120", T), ("|-3|", "3", T),
     ("\\frac{\\sqrt{3}}{3}", "\\tan 30^\\circ", T), ("x_1+x_2", "x_2+x_1", T), ("x_1", "x_2", F),
+    ("n!", "n(n-1)!", T), ("\\binom{n}{2}", "\\frac{n(n-1)}{2}", T), ("\\sqrt{x}", "x^{1/2}", T),
+    ("|x|", "x", F), ("\\sqrt{x^2}", "x", F),  # identity on the whole (complex) domain, not only x > 0
 ]
 
 
