@@ -581,7 +581,8 @@ class _Parser:
         if kind in ("num", "word"):
             return val not in ("or", "and")
         if kind == "cmd":
-            return val not in _REL_OPS and val not in ("\\cup", "\\cap", "\\pm", "\\mp", "\\}", "\\end")
+            return val not in _REL_OPS and val not in ("\\cup", "\\cap", "\\pm", "\\mp", "\\}", "\\end", "\\rfloor",
+                                                       "\\rceil")
         return val in ("(", "[", "{")
 
     def parse_term(self):
@@ -652,8 +653,15 @@ class _Parser:
             elif v == "_" and node[0] == "sym":  # subscript: x_1, a_{n+1}
                 self.next()
                 start = self.i
-                if self.peek()[1] == "{":
-                    self.parse_group_arg()
+                if self.peek()[1] == "{":  # the subscript is a name, not math: take its tokens as they are
+                    depth = 0
+                    while True:
+                        kind, v = self.next()
+                        if kind == "eof":
+                            raise _ParseError("unbalanced subscript")
+                        depth += (v == "{") - (v == "}")
+                        if depth == 0:
+                            break
                 else:
                     self.next()
                 sub = "".join(v for _, v in self.t[start : self.i])
@@ -2088,10 +2096,11 @@ class _Pool:
                         if w in busy:
                             busy.remove(w)
                             self._fail(w, queue, results, "worker died")
-                        else:
-                            starting.remove(w)
-                            if not idle and not busy and not starting and queue:
-                                raise RuntimeError("verifier worker failed to start")
+                        else:  # died before "ready": a broken install, not a hostile input
+                            code = w.proc.wait()
+                            raise RuntimeError(
+                                f"verifier worker exited during start-up (exit code {code}); see "
+                                f"`{sys.executable} -c 'import verifier; verifier._serve()'` for the error")
                         self._replace(w, pool, starting)
                         continue
                     for msg in msgs:

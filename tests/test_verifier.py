@@ -106,6 +106,7 @@ CASES = [
     ("\\frac{\\sqrt{3}}{3}", "\\tan 30^\\circ", T), ("x_1+x_2", "x_2+x_1", T), ("x_1", "x_2", F),
     ("n!", "n(n-1)!", T), ("\\binom{n}{2}", "\\frac{n(n-1)}{2}", T), ("\\sqrt{x}", "x^{1/2}", T),
     ("|x|", "x", F), ("\\sqrt{x^2}", "x", F),  # identity on the whole (complex) domain, not only x > 0
+    ("\\lceil 7/2 \\rceil", "4", T), ("\\lfloor 7/2 \\rfloor", "4", F), ("m_{\\max}=n^2-n-1", "n^2-n-1", T),
 ]
 
 
@@ -198,6 +199,15 @@ def test_benchmark_golds():
     assert all(a for a in answers), sum(a is None for a in answers)
     # a Minerva gold given as the whole solution is reduced to its last box
     assert V.math_reward(f"\\boxed{{{answers[0]}}}", minerva[0]["solution"]) == 1.0
+    # OlympiadBench: every gold parses or is prose, and no gold matches another problem's (different) gold
+    olymp = [json.loads(line) for line in open(bench / "olympiadbench.jsonl")]
+    golds = [", ".join(r["final_answer"]) for r in olymp]
+    norms = [V._normalize(g) for g in golds]
+    unparsed = [g for g, n in zip(golds, norms) if not V._is_text(n) and V._parse(n) is None]
+    assert len(unparsed) <= 2, unparsed
+    pairs = [(i, (i + k) % len(golds)) for i in range(len(golds)) for k in (1, 7, 50) if norms[i] != norms[(i + k) % len(golds)]]
+    got = V.score_batch([f"\\boxed{{{golds[i]}}}" for i, _ in pairs], [golds[j] for _, j in pairs])
+    assert [(golds[i], golds[j]) for (i, j), r in zip(pairs, got) if r] == []
 
 
 # ----------------------------------------------------------------------------------------------------
