@@ -2174,11 +2174,21 @@ def _shutdown():
         _POOL.close()
 
 
+MAX_DEFAULT_WORKERS = 16
+"""Cap of the default pool size (each worker holds sympy, ~100 MB)."""
+
+
 def _default_workers() -> int:
+    """Usable cores / local ranks (torchrun's LOCAL_WORLD_SIZE), in [1, MAX_DEFAULT_WORKERS]."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cores // local))
 
 
 def _check_timeout(timeout):
@@ -2219,8 +2229,8 @@ def score_batch(responses, golds, *, kind: str = "math", workers: int | None = N
                 timeout: float = DEFAULT_TIMEOUT) -> list[float]:
     """Rewards of many (response, gold) pairs; the training loop calls this every step.
 
-    kind="math": math_reward on the persistent worker pool (`workers` processes, default: the usable
-    cores), each verdict bounded by `timeout` (+ KILL_GRACE). kind="sum": sum_task_reward inline (a
+    kind="math": math_reward on the persistent worker pool (`workers` processes, default: usable cores
+    / torchrun's LOCAL_WORLD_SIZE, at most MAX_DEFAULT_WORKERS), each verdict bounded by `timeout` (+ KILL_GRACE). kind="sum": sum_task_reward inline (a
     regex and a sum, microseconds, so no processes). kind="code": golds are test lists, run_code per
     program in parallel sandboxes (threads waiting on subprocesses).
     """
