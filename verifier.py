@@ -410,7 +410,7 @@ def _is_text(norm: str) -> bool:
 
 
 _MC_GOLD = re.compile(r"\(?\s*([A-J])\s*\)?")
-_MC_PRED = re.compile(r"\(?\s*([A-J])\s*(?:\)|\.|:|$)(?:\s.*)?|([A-J])", re.S)
+_MC_PRED = re.compile(r"\(\s*([A-J])\s*\)|([A-J])(?=$|[\s.:)])")
 
 
 def _choice_letter(norm: str) -> str | None:
@@ -1128,7 +1128,7 @@ def _numeric(node, env, pct=True, deg_rad=False):
 
 def _close(a, b, rel) -> bool:
     mp = _mp()
-    if mp.isnan(a) or mp.isnan(b) if not isinstance(a, type(mp.mpc(0))) else False:
+    if mp.isnan(a) or mp.isnan(b):
         return False
     scale = max(abs(a), abs(b))
     return abs(a - b) <= rel * scale
@@ -1310,7 +1310,6 @@ def _pm_expand(node, limit=8):
     """All sign choices of a node containing +- (1 \\pm \\sqrt 2 -> [1+sqrt2, 1-sqrt2])."""
     if not _has(node, lambda n: n[0] == "pm"):
         return [node]
-    out = []
 
     def sub(n):
         if not isinstance(n, tuple):
@@ -1337,8 +1336,7 @@ def _pm_expand(node, limit=8):
                 raise _TooBig("pm")
         return [(n[0], *v) for v in variants]
 
-    out = sub(node)
-    return out
+    return sub(node)
 
 
 def _product(lists):
@@ -1354,9 +1352,9 @@ def _is_var_head(node) -> bool:
     """Left side of an assignment: x, f(x), a_1, or a tuple of symbols ((x, y) = (1, 2))."""
     if node[0] == "sym":
         return True
-    if node[0] == "mul" and len(node[1]) == 2 and node[1][0][0] == "sym":
+    if node[0] == "mul" and len(node[1]) == 2 and node[1][0][0] == "sym":  # f(x) parses as f*x
         arg = node[1][1]
-        return arg[0] in ("sym", "group") or True
+        return arg[0] == "sym" or (arg[0] == "group" and all(x[0] == "sym" for x in arg[3]))
     if node[0] == "group" and node[1] == "(" and all(x[0] == "sym" for x in node[3]):
         return True
     return False
@@ -1634,12 +1632,8 @@ def _equal_core(pred: str, gold: str) -> bool:
         if lg and lp:
             return lg == lp
         letter, other = (lg, np_) if lg else (lp, ng)
-        m = _MC_PRED.match(other)
-        if m and (m.group(1) or m.group(2)) and _is_text(other) or m and other.strip("() ") == letter:
-            return (m.group(1) or m.group(2)) == letter
-        if m and re.match(r"\(?\s*[A-J]\s*\)", other):
-            return (m.group(1) or m.group(2)) == letter
-        return False
+        m = _MC_PRED.match(other)  # the other side may be "(B) 42" or "B. 42"
+        return m is not None and (m.group(1) or m.group(2)) == letter
     tp, tg = _is_text(np_), _is_text(ng)
     if tp or tg:
         return _text_key(np_) == _text_key(ng) and _text_key(ng) != ""
