@@ -851,6 +851,8 @@ def evaluate(args: Args) -> int:
     cfg = resolve(args)
     t0 = time.time()
     scoring_only = bool(args.generations)
+    if scoring_only and args.shard:
+        raise EvalError("--shard splits generation; score all shards at once with --generations a,b,...")
     specs = [s.strip() for s in (args.benchmark or ("" if scoring_only else "tiny")).split(",") if s.strip()]
     if len({bench_name(s) for s in specs}) < len(specs):
         raise EvalError(f"--benchmark names a benchmark twice: {args.benchmark}")

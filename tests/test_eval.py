@@ -109,6 +109,15 @@ def test_every_row_of_the_shared_benchmarks_loads(name, rows):
     assert len({p["id"] for p in problems}) == len(problems)
 
 
+def test_every_shared_gold_verifies_against_itself():
+    """A response boxing the gold must score 1.0: the loaded golds are in a form verifier.py reads."""
+    import verifier
+    for name in SHARED:
+        problems = ev.load_benchmark(name, ev.Args(data_dir=str(BENCH_DIR)))[0]
+        rewards = verifier.score_batch([f"so \\boxed{{{p['gold']}}}" for p in problems], [p["gold"] for p in problems])
+        assert [p["id"] for p, r in zip(problems, rewards) if r != 1.0] == [], name
+
+
 def test_loader_field_conventions():
     a = ev.Args(data_dir=str(BENCH_DIR))
     amc = ev.load_benchmark("amc23", a)[0]
