@@ -23,12 +23,16 @@ The construction (the paper gives only its outline; every choice below is an Arg
       taken at the same T, so the sampler *is* pi_old and "the policy" means softmax(theta / T).
     Steps: one Adam step (betas 0.9/0.999, eps 1e-8, no weight decay, lr 5e-3) per batch of 32
       arms drawn from pi_old; pi_old <- pi_theta twice, after 1/3 and 2/3 of the steps (Adam state
-      kept). GRPO and LAD use the raw A except that GRPO group-normalises it (its own recipe).
+      kept; --reset-adam clears it at each refresh).
+    Advantages: LAD, lad-theory and FlowRL (beta = 1/eta, Eq. 18) see A itself; GRPO sees its own
+      recipe, (A - mean) / std over the 32 samples (lad.group_advantages; exact mode: under pi_old).
+      GRPO's KL(pi || pi_old) is summed exactly over the arms (--grpo-kl k3: verl's sampled k3).
     Exact mode (--exact): no sampling; every expectation over pi_old is a sum over the 50 arms.
     Seeds share their random numbers across methods (common random numbers): seed s of every
       method sees the same uniforms, so differences between methods are not sampling luck.
+    Methods are split over --workers processes (default 2); results do not depend on the split.
 
-Commands (CPU only; the whole thing runs in seconds):
+Commands (CPU only: there is no GPU path, the tensors are 9 x 5 x 50; no torchrun):
     python bandit.py                                   # all methods, paper settings, 5 seeds
     python bandit.py --methods grpo,lad-js,lad-theory --seeds 1
     python bandit.py --exact                           # exact expectations instead of 32 samples
@@ -37,7 +41,8 @@ Outputs go to runs/bandit/<time>/ (printed): config.json, results.json, bandit.p
 bandit_fig2.png (Figure 2), ablation.json with --ablation.
 
 Deliberately left out: contexts / prompts (one state, as in the paper), entropy bonuses, learning-rate
-schedules, gradient clipping; GPU (the tensors are 9 x 5 x 50).
+schedules, gradient-norm clipping, a GPU path. Findings (GRPO does not collapse under the paper's
+stated settings; what does collapse it) are in README.md, section "Bandit".
 """
 
 from __future__ import annotations
@@ -320,11 +325,14 @@ def train(args: Args, methods: list[str], *, record_traj=(), traj_every=10):
             lp, old, a = logp_all.gather(-1, idx), old_all.gather(-1, idx), adv[idx]
             w = None
         n = lp.shape[-1]                                                   # B, or K in exact mode
+        # rows = (seed, sample) pairs, one "token" each: the (B, T) = (S * n, 1) layout of lad.py
+        lp, old, a = lp.reshape(M, S * n, 1), old.reshape(M, S * n, 1), a.reshape(M, S * n)
+        w = None if w is None else w.reshape(M, S * n, 1)                  # exact: mask = pi_old weights
         total = 0.0
         for i, m in enumerate(methods):
             tm = time.perf_counter()
-            lp_m, old_m, a_m = lp[i].reshape(-1, 1), old[i].reshape(-1, 1), a[i].reshape(-1)
-            mask = ones if w is None else w[i].reshape(-1, 1)              # exact: mask = pi_old weights
+            lp_m, old_m, a_m = lp[i], old[i], a[i]
+            mask = ones if w is None else w[i]
             if m.startswith("lad-") and m != "lad-theory":
                 # Eq. 8 (lad.lad_loss): sum over seeds of E_{y~pi_old} e^{A/eta} f(r e^{-A/eta})
                 loss, _ = lad.lad_loss(lp_m, old_m, a_m, mask, divergence=m[4:], eta=args.eta, denom=denom)
@@ -344,6 +352,7 @@ def train(args: Args, methods: list[str], *, record_traj=(), traj_every=10):
                 else:
                     g_adv, _ = lad.group_advantages(a_m, B)
                 k3 = args.grpo_kl == "k3"
+                # Appendix B.4: PPO-clip surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) (lad.grpo_loss)
                 loss, _ = lad.grpo_loss(lp_m, old_m, g_adv, mask, clip_low=args.grpo_clip_low,
                                         clip_high=args.grpo_clip_high, ref_logp=old_m if k3 else None,
                                         kl_coef=args.grpo_kl_coef if k3 else 0.0, denom=denom)
@@ -460,7 +469,8 @@ def figure1(res, summary, path):
     for ax in axes[-1]:
         ax.set_xlabel("arm")
     axes.flat[0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("50-arm bandit (seed 0): advantage distribution $P_A$ vs policy-induced $P_{\\pi}$", fontsize=10)
+    fig.suptitle("50-arm bandit: advantage distribution $P_A$ vs policy-induced $P_{\\pi}$ "
+                 f"(bars and lines: seed 0; TV, modes: mean of {res['logp'].shape[1]} seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=72)
     plt.close(fig)
@@ -499,14 +509,10 @@ def figure2(res, args: Args, path):
         ax.plot(p[:, 0], p[:, 1], color=c, ls=ls, lw=2, label=m)
         ax.plot(p[-1, 0], p[-1, 1], "o", color=c)
     ax.plot([0], [0], "k^", label="start (uniform)")
-    # phase-1 optimum of every method: pi ~ pi_old e^{A/eta}, i.e. theta* = T A / eta (Lemma 3.1)
-    opt = score_t(args) * res["adv"] / args.eta
-    p = (opt - opt.mean()) @ d.T
-    ax.plot([p[0]], [p[1]], "w*", ms=12, mec="k", label="optimum (projected)")
     ax.set_xlabel("direction 1 (SVD of trajectories)")
     ax.set_ylabel("direction 2")
-    ax.legend(fontsize=7)
-    ax.set_title("first pi_old phase, seed 0", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("trajectories over the first pi_old phase, seed 0", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=72)
     plt.close(fig)
