@@ -388,6 +388,16 @@ def render_prompt(template: str, problem: str) -> str:
     return text.replace("{problem}", problem)      # not str.format: problems and templates contain braces
 
 
+def prompt_ids(tok, text: str, use_chat: bool) -> list[int]:
+    """Token ids of one prompt: a single user turn in the chat template (with the assistant prefix), or
+    the plain text with the tokenizer's own special tokens (e.g. a BOS)."""
+    if use_chat:
+        x = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                    tokenize=True, return_dict=False)
+        return list(x["input_ids"]) if isinstance(x, dict) else list(x)
+    return list(tok(text, add_special_tokens=True)["input_ids"])
+
+
 def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
     """Sample cfg['n'] responses per problem through rollout.py's engines -> per-sample rows (unscored)."""
     import torch
@@ -398,6 +408,8 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
     tok = AutoTokenizer.from_pretrained(cfg["model"])
     use_chat = {"yes": True, "no": False}.get(cfg["chat_template"], bool(getattr(tok, "chat_template", None)))
     cfg["chat_template_used"] = use_chat
+    import transformers
+    cfg["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     model = None
     if cfg["engine"] == "auto":
         cfg["engine"] = "vllm" if rollout.vllm_usable() else "hf"
@@ -411,7 +423,9 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
     engine, cfg["engine"] = rollout.make_engine(cfg["engine"], model=model, tokenizer=tok, model_path=cfg["model"],
                                                 seed=cfg["seed"], **extra)
     if cfg["engine"] == "vllm":
+        import vllm
         cfg["device"], cfg["dtype"] = ("cuda" if torch.cuda.is_available() else "cpu"), engine.dtype
+        cfg["versions"]["vllm"] = vllm.__version__
     rows, batch_index = [], 0
     total = sum(len(p) for p in problems_by_bench.values())
     bar = tqdm(total=total, desc=f"generate ({cfg['engine']}, n={cfg['n']})", unit="problem")
@@ -419,13 +433,7 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
         template = cfg["templates"][bench]
         for lo in range(0, len(problems), cfg["batch_size"]):
             batch = problems[lo:lo + cfg["batch_size"]]
-            texts = [render_prompt(template, p["problem"]) for p in batch]
-            if use_chat:
-                ids = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                               tokenize=True, return_dict=False) for t in texts]
-                ids = [list(x["input_ids"]) if isinstance(x, dict) else list(x) for x in ids]
-            else:
-                ids = [tok(t, add_special_tokens=True)["input_ids"] for t in texts]
+            ids = [prompt_ids(tok, render_prompt(template, p["problem"]), use_chat) for p in batch]
             samples = engine.generate(ids, cfg["n"], temperature=cfg["temperature"], top_p=cfg["top_p"],
                                       max_new_tokens=cfg["max_new_tokens"], seed=cfg["seed"] + batch_index)
             batch_index += 1

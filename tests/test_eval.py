@@ -376,3 +376,15 @@ def test_scoring_math_generations_against_a_benchmark_file(tmp_path):
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert [r["answer"] for r in rows][:4] == ["27", "27", "27.0", "28"] and rows[6]["answer"] is None
     assert "eval/truncated" not in m                                  # unknown for a foreign file: not made up
+
+
+def test_prompt_templates_and_chat_wrapping():
+    import tiny
+    tok = tiny.make_tokenizer()
+    assert ev.prompt_ids(tok, "T=5 avoid=0 k=2:", False) == tok("T=5 avoid=0 k=2:")["input_ids"]
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert tok.decode(ev.prompt_ids(tok, "hi", True)) == "<user>hi<assistant>"
+    text = ev.render_prompt("dapo", "What is {x}?")                  # braces in problems survive
+    assert "What is {x}?" in text and text.startswith("Solve the following math problem")
+    assert ev.render_prompt("Q: {problem}\nA:", "1+1") == "Q: 1+1\nA:"
