@@ -100,7 +100,7 @@ class Args:
     batch_size: int = 16
     """problems per engine.generate call (times n sequences)"""
     seed: int = 0
-    """sampling seed; batch b uses seed + b, so a run is reproducible and batches differ"""
+    """sampling seed (and bootstrap seed); batch b of shard i samples with seed + b + 100003 i: reproducible, and no two batches share a stream"""
     generations: str = ""
     """score existing generations instead of sampling: comma-separated JSONL files (see README "eval")"""
     out_dir: str = ""
@@ -427,6 +427,7 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
         cfg["device"], cfg["dtype"] = ("cuda" if torch.cuda.is_available() else "cpu"), engine.dtype
         cfg["versions"]["vllm"] = vllm.__version__
     rows, batch_index = [], 0
+    seed0 = cfg["seed"] + 100003 * (cfg["shard"][0] if cfg["shard"] else 0)
     total = sum(len(p) for p in problems_by_bench.values())
     bar = tqdm(total=total, desc=f"generate ({cfg['engine']}, n={cfg['n']})", unit="problem")
     for bench, problems in problems_by_bench.items():
@@ -435,7 +436,7 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
             batch = problems[lo:lo + cfg["batch_size"]]
             ids = [prompt_ids(tok, render_prompt(template, p["problem"]), use_chat) for p in batch]
             samples = engine.generate(ids, cfg["n"], temperature=cfg["temperature"], top_p=cfg["top_p"],
-                                      max_new_tokens=cfg["max_new_tokens"], seed=cfg["seed"] + batch_index)
+                                      max_new_tokens=cfg["max_new_tokens"], seed=seed0 + batch_index)
             batch_index += 1
             counts = {}
             for s in samples:

@@ -388,3 +388,20 @@ def test_prompt_templates_and_chat_wrapping():
     text = ev.render_prompt("dapo", "What is {x}?")                  # braces in problems survive
     assert "What is {x}?" in text and text.startswith("Solve the following math problem")
     assert ev.render_prompt("Q: {problem}\nA:", "1+1") == "Q: 1+1\nA:"
+
+
+def test_shards_merge_into_one_evaluation(tmp_path):
+    import json
+    import tiny
+    model_dir = tiny.init_model_dir(tmp_path / "model", seed=0)
+    for i in (0, 1):
+        assert ev.main(["--model", model_dir, "--n", "2", "--limit", "5", "--max-new-tokens", "4", "--engine", "hf",
+                        "--bootstrap", "0", "--shard", f"{i}/2", "--out-dir", str(tmp_path / f"s{i}")]) == 0
+    shards = [json.loads(x) for i in (0, 1) for x in (tmp_path / f"s{i}" / "samples.jsonl").read_text().splitlines()]
+    assert len(shards) == 10 and len({r["id"] for r in shards}) == 5
+    assert ev.main(["--benchmark", "tiny", "--limit", "5", "--bootstrap", "0", "--out-dir", str(tmp_path / "all"),
+                    "--generations", f"{tmp_path / 's0' / 'samples.jsonl'},{tmp_path / 's1' / 'samples.jsonl'}"]) == 0
+    s = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert s["benchmarks"]["tiny"]["problems"] == 5 and s["config"]["missing_problems"] == {}
+    assert s["benchmarks"]["tiny"]["metrics"]["eval/avg@n"]["mean"] == pytest.approx(
+        sum(r["reward"] for r in shards) / 10)
