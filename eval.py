@@ -604,8 +604,11 @@ def summarise(groups: dict, benches: list[str], ks: list[int], n_boot: int, seed
                 boots[(b, name)] = x[idx].mean(1)
                 entry["ci95"] = [float(np.percentile(boots[(b, name)], q)) for q in (2.5, 97.5)]
             metrics[name] = entry
+        # per-problem values let --compare compute paired intervals of differences between runs
         out[b] = {"problems": len(vals), "samples_per_problem": ns[0] if len(ns) == 1 else ns,
-                  "metrics": metrics}
+                  "metrics": metrics,
+                  "per_problem": {"ids": [pid for pid, _ in probs],
+                                  "values": {m: [v[m] for v in vals] for m in metrics}}}
     done = list(out)
     macro = {}
     for m in (out[done[0]]["metrics"] if done else []):
@@ -682,8 +685,35 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_table(summaries: list[dict], labels: list[str]) -> str:
-    """Markdown: one row per (benchmark, figure), one column per run, then each run minus the first."""
+def paired_diff_interval(base: dict, other: dict, benches: list[str], metric: str, n_boot: int, seed: int):
+    """95% paired bootstrap interval of mean(other - base) over the problems both runs scored (macro when
+    several benchmarks: the mean of the per-benchmark differences, all resampled jointly); None when the
+    runs did not score the same problems or a summary lacks per-problem values."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    reps = []
+    for b in benches:
+        pa = base["benchmarks"].get(b, {}).get("per_problem", {})
+        pb = other["benchmarks"].get(b, {}).get("per_problem", {})
+        if metric not in pa.get("values", {}) or metric not in pb.get("values", {}) or set(pa["ids"]) != set(pb["ids"]):
+            return None
+        va = dict(zip(pa["ids"], pa["values"][metric]))
+        d = np.array([v - va[i] for i, v in zip(pb["ids"], pb["values"][metric])], dtype=float)
+        reps.append(d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1))
+    m = np.mean(reps, axis=0)
+    return float(np.percentile(m, 2.5)), float(np.percentile(m, 97.5))
+
+
+def signed(metric: str, x: float) -> str:
+    d = fmt(metric, x)
+    return d if d.startswith("-") else "+" + d
+
+
+def compare_table(summaries: list[dict], labels: list[str], n_boot: int = 1000, seed: int = 0) -> str:
+    """Markdown: one row per (benchmark, figure), one column per run, then each run minus the first with
+    its paired bootstrap 95% interval over problems (same problems in both runs, so the pairing removes
+    the problem-to-problem spread that an unpaired comparison would carry)."""
     benches = []
     for s in summaries:
         benches += [b for b in s["benchmarks"] if b not in benches]
@@ -700,12 +730,13 @@ def compare_table(summaries: list[dict], labels: list[str]) -> str:
         for m in names:
             vals = [get(s, scope).get(m, {}).get("mean") for s in summaries]
             diffs = []
-            for v in vals[1:]:
+            for s, v in zip(summaries[1:], vals[1:]):
                 if v is None or vals[0] is None:
                     diffs.append("-")
-                else:
-                    d = fmt(m, v - vals[0])
-                    diffs.append(d if d.startswith("-") else "+" + d)
+                    continue
+                ci = paired_diff_interval(summaries[0], s, benches if scope == "macro" else [scope], m,
+                                          n_boot, seed) if n_boot else None
+                diffs.append(signed(m, v - vals[0]) + (f" [{signed(m, ci[0])}, {signed(m, ci[1])}]" if ci else ""))
             lines.append(f"| {scope} | {label(m, n)} | " + " | ".join(fmt(m, v) for v in vals) + " | "
                          + " | ".join(diffs) + (" |" if diffs else "|"))
     return "\n".join(lines) + "\n"
@@ -763,7 +794,7 @@ def run_compare(args: Args) -> str:
         raise EvalError("--compare needs at least two summary.json files")
     if len(set(labels)) < len(labels):   # the same name twice: disambiguate by folder
         labels = [f"{lb} ({Path(f).parent.name})" for lb, f in zip(labels, args.compare)]
-    table = compare_table(summaries, labels)
+    table = compare_table(summaries, labels, args.bootstrap, args.seed)
     # settings that differ between runs make a comparison unfair: say so under the table
     keys = ("n", "temperature", "top_p", "max_new_tokens", "prompt_template", "chat_template", "benchmark", "k")
     notes = []
@@ -771,7 +802,8 @@ def run_compare(args: Args) -> str:
         vals = [s.get("config", {}).get(key) for s in summaries]
         if len({json.dumps(v) for v in vals}) > 1:
             notes.append(f"- settings differ: {key} = " + ", ".join(f"{lb}: {v}" for lb, v in zip(labels, vals)))
-    text = table + ("\n" + "\n".join(notes) + "\n" if notes else "")
+    text = (table + "\nValues: means over problems (accuracies and truncation in %); differences: "
+            "[paired bootstrap 95% interval over problems].\n" + ("\n" + "\n".join(notes) + "\n" if notes else ""))
     out_dir = Path(args.out_dir or "runs/eval/compare")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.md").write_text(text)

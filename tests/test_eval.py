@@ -298,18 +298,29 @@ def test_compare_two_summaries_gives_the_expected_table(tmp_path, capsys):
                         "--name", tag, "--bootstrap", "100"]) == 0
     capsys.readouterr()
     png = tmp_path / "plot.png"
-    assert ev.main(["--compare", str(tmp_path / "grpo" / "summary.json"), str(tmp_path / "lad" / "summary.json"),
-                    "--out-dir", str(tmp_path / "cmp"), "--plot", str(png)]) == 0
+    summaries = [str(tmp_path / "grpo" / "summary.json"), str(tmp_path / "lad" / "summary.json")]
+    assert ev.main(["--compare", *summaries, "--out-dir", str(tmp_path / "cmp"), "--plot", str(png),
+                    "--bootstrap", "0"]) == 0
     table = capsys.readouterr().out
     lines = table.splitlines()
     assert lines[0] == "| benchmark | metric | grpo | lad | lad - grpo |"
-    row = {l.split(" | ")[1]: l for l in lines[2:]}
+    row = {l.split(" | ")[1]: l for l in lines[2:] if l.startswith("| synth")}
     # Avg@4: A = (0.75 + 0.25 + 0) / 3 = 33.3 %, B = (0.75 + 0.25 + 1) / 3 = 66.7 %, difference +33.3
     assert row["Avg@4"] == "| synth | Avg@4 | 33.3 | 66.7 | +33.3 |"
     assert row["Pass@4"] == "| synth | Pass@4 | 66.7 | 100.0 | +33.3 |"
     # distinct correct answers: p3 goes from 0 to 3 ({0+4, 4+0, 2+2}) -> mean +1.00
     assert row["distinct_answers"] == "| synth | distinct_answers | 1.00 | 2.00 | +1.00 |"
     assert (tmp_path / "cmp" / "compare.md").read_text() == table
+    # with the bootstrap: each difference carries a paired 95% interval that contains it
+    assert ev.main(["--compare", *summaries, "--out-dir", str(tmp_path / "cmp2")]) == 0
+    row = {l.split(" | ")[1]: l for l in capsys.readouterr().out.splitlines()[2:] if l.startswith("| synth")}
+    import re
+    lo, hi = map(float, re.search(r"\+33\.3 \[([-+][\d.]+), ([-+][\d.]+)\] \|$", row["Avg@4"]).groups())
+    assert lo <= 33.3 <= hi and hi - lo > 1
+    # identical runs: difference 0 with interval [0, 0]
+    assert ev.main(["--compare", summaries[0], summaries[0], "--out-dir", str(tmp_path / "cmp3")]) == 0
+    out = capsys.readouterr().out
+    assert "| synth | Pass@2 | 50.0 | 50.0 | +0.0 [+0.0, +0.0] |" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
