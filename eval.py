@@ -455,7 +455,7 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
 #
 # One JSON object per line, either one sample {"id", "response"} or one problem {"id", "responses": [...]}.
 # Optional: "benchmark" (needed when several are scored), "gold" (else taken from --benchmark by id),
-# "sample", "truncated", "num_tokens". eval.py's own samples.jsonl is such a file.
+# "sample", "truncated", "num_tokens", "kind" (math or sum). eval.py's own samples.jsonl is such a file.
 # ----------------------------------------------------------------------------------------------------
 
 RESPONSE_FIELDS = ("response", "output", "completion", "generation")
@@ -507,7 +507,7 @@ def read_generations(paths: list[Path], args: Args, golds: dict) -> list[dict]:
                     rows.append({"benchmark": bench, "id": pid, "sample": j, "response": resp,
                                  "truncated": None if tr is None else bool(tr),
                                  "num_tokens": None if nt is None else int(nt), "gold": _gold_str(gold),
-                                 "where": where})
+                                 "kind": row.get("kind"), "where": where})
             except ValueError as e:
                 errors.append(str(e))
     if errors:
@@ -941,9 +941,14 @@ def evaluate(args: Args) -> int:
         paths = [Path(x.strip()) for x in args.generations.split(",") if x.strip()]
         rows = read_generations(paths, args, golds)
         for r in rows:
-            r.pop("where")
-            if r["benchmark"] not in kinds:    # a row with its own gold and benchmark name
-                kinds[r["benchmark"]] = "sum" if args.kind == "sum" else "math"
+            # verifier kind: --kind, else the loaded benchmark's, else the row's own (eval.py writes it),
+            # else sum for the built-in task's name and math otherwise
+            where, row_kind = r.pop("where"), r.pop("kind")
+            b = r["benchmark"]
+            if b not in kinds:
+                kinds[b] = args.kind if args.kind != "auto" else row_kind or ("sum" if b == "tiny" else "math")
+            if row_kind not in (None, kinds[b]) and args.kind == "auto":
+                raise EvalError(f"{where}: kind {row_kind!r}, but {b} is scored as {kinds[b]!r} (set --kind)")
         for k in ("model", "engine", "device", "dtype", "temperature", "top_p", "max_new_tokens",
                   "prompt_template", "chat_template", "batch_size", "n"):
             cfg[k] = None                       # not ours: the file's producer chose them
@@ -987,8 +992,8 @@ def evaluate(args: Args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "samples.jsonl", "w") as f:
         for r in rows:
-            f.write(json.dumps({k: r.get(k) for k in ("benchmark", "id", "sample", "response", "answer",
-                                                       "reward", "gold", "truncated", "num_tokens")}) + "\n")
+            keep = ("benchmark", "id", "sample", "response", "answer", "reward", "gold", "truncated", "num_tokens")
+            f.write(json.dumps({**{k: r.get(k) for k in keep}, "kind": kinds[r["benchmark"]]}) + "\n")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = summary_table(summary)
     (out_dir / "summary.md").write_text(f"# {name}\n\n{table}\nmean [bootstrap 95% interval over problems]; "

@@ -243,7 +243,8 @@ def test_samples_jsonl_round_trips_through_generations(tmp_path):
     gens = tmp_path / "gens.jsonl"
     write_synth(gens)
     assert ev.main(["--generations", str(gens), "--kind", "sum", "--out-dir", str(tmp_path / "a"), "--bootstrap", "0"]) == 0
-    assert ev.main(["--generations", str(tmp_path / "a" / "samples.jsonl"), "--kind", "sum",
+    # no --kind: samples.jsonl says which verifier scored it
+    assert ev.main(["--generations", str(tmp_path / "a" / "samples.jsonl"),
                     "--out-dir", str(tmp_path / "b"), "--bootstrap", "0"]) == 0
     a = json.loads((tmp_path / "a" / "summary.json").read_text())
     b = json.loads((tmp_path / "b" / "summary.json").read_text())
