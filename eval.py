@@ -952,6 +952,7 @@ def evaluate(args: Args) -> int:
         for k in ("model", "engine", "device", "dtype", "temperature", "top_p", "max_new_tokens",
                   "prompt_template", "chat_template", "batch_size", "n"):
             cfg[k] = None                       # not ours: the file's producer chose them
+        cfg["templates"] = {}
         name = args.name or (paths[0].parent.name if len(paths) > 1 or paths[0].stem == "samples" else paths[0].stem)
     else:
         if not specs:
