@@ -190,6 +190,8 @@ def check_args(args: Args) -> list[str]:
     c, s, w = (_floats(getattr(args, n), n.replace("_", "-")) for n in ("mode_centers", "mode_stds", "mode_weights"))
     if not len(c) == len(s) == len(w) or min(s) <= 0 or min(w) <= 0:
         raise ValueError("--mode-centers, --mode-stds, --mode-weights need equal lengths, stds > 0, weights > 0")
+    if not all(0 <= x <= args.arms - 1 for x in c):
+        raise ValueError(f"--mode-centers must lie in [0, {args.arms - 1}] (the arms), got {args.mode_centers!r}")
     if args.adv_const not in ("mean", "norm"):
         raise ValueError(f"--adv-const must be mean or norm, got {args.adv_const!r}")
     if args.theory_div not in lad.DIVERGENCES:
@@ -359,6 +361,7 @@ def train(args: Args, methods: list[str], *, record_traj=(), traj_every=10):
                 if args.grpo_kl == "exact":                                # Eq. 2's KL(pi || pi_old), all arms
                     loss = loss + args.grpo_kl_coef * (logp_all[i].exp() * (logp_all[i] - old_all[i])).sum()
             elif m == "flowrl":
+                # Eq. 18 (lad.flowrl_loss): E_{pi_old}[w (log Z + log pi/pi_old - beta A)^2], w = min(r, cap)
                 z = log_z.repeat_interleave(n)
                 if args.exact:
                     # E_q[w delta^2] as a mean over the K arms: fold K q into the IS weight through
