@@ -306,13 +306,13 @@ def train(args: Args, methods: list[str], *, record_traj=(), traj_every=10):
         th = theta.detach().clone()
         old_all = torch.log_softmax(th / score_t(args), -1)                  # log pi_old, as scored
         q = torch.softmax(th / args.temperature, -1)                       # the sampler, pi_old at T
-        return th, old_all, q, q.cumsum(-1)
+        return old_all, q, q.cumsum(-1)
 
-    theta_old, old_all, q, cdf = refresh()
+    old_all, q, cdf = refresh()
     t0, c0 = time.perf_counter(), time.process_time()
     for step in tqdm(range(args.steps), desc="bandit", mininterval=0.5, disable=not args.progress):
         if step in refresh_at:
-            theta_old, old_all, q, cdf = refresh()
+            old_all, q, cdf = refresh()
             if args.reset_adam:
                 opt.state.clear()
         for m in traj:
