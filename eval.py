@@ -9,7 +9,7 @@ response length and truncation rate. Every figure is computed per benchmark and 
 benchmarks (each benchmark weighs the same, as in the paper's "Avg" column), each with a spread.
 
 Commands
-    built-in task, CPU (tiny model):   python eval.py --benchmark tiny --model runs/<run>/final --n 16
+    built-in task, CPU (tiny model):   python eval.py --benchmark tiny --model runs/<run>/ckpt-000200 --name lad
     math benchmarks, 1 GPU (vLLM):     python eval.py --model <hf-path> --engine vllm \\
                                            --benchmark aime24,aime25,amc23,math500,minerva,olympiadbench
     8 GPUs (one shard per GPU, then score the union):
