@@ -271,3 +271,767 @@ def group_advantages(rewards, group_size, *, std_normalize=True, eps=1e-6):
         centred = centred / (r.std(-1, keepdim=True, unbiased=True) + eps)
     adv = torch.where(degenerate[:, None], torch.zeros_like(centred), centred)
     return adv.reshape(-1).to(rewards.dtype if rewards.is_floating_point() else torch.float32), degenerate
+
+
+# ----------------------------------------------------------------------------------------------------
+# TRAINING (the torchrun entry point: config, data, model, rollout, update, metrics, checkpoints)
+#
+# Per step, on every rank: draw this rank's prompts; sample group_size responses each (rollout.py);
+# reward them (verifier.py); group advantages; dynamic sampling (drop zero-variance groups, draw more,
+# up to a cap); old log-probs recomputed by the trainer; updates_per_rollout optimiser steps, each on
+# one mini-batch (accumulated over micro-batches), with a global token-mean denominator; then the new
+# weights go to the engine. Ranks only meet in all_reduce/all_gather calls and in DDP's gradient mean.
+# ----------------------------------------------------------------------------------------------------
+
+import argparse  # noqa: E402
+import ast  # noqa: E402
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch.distributed as dist  # noqa: E402
+
+
+@dataclasses.dataclass
+class Args:
+    """LAD / GRPO training on the embedded default (tiny Qwen2, built-in 'sum' task) or a real model."""
+
+    loss: str = "lad"
+    """objective: lad (paper Eq. 8) or grpo (DAPO clipped surrogate with clip-higher, the paper's baseline)"""
+    divergence: str = "js"
+    """LAD's f (paper Table 5): kl, rkl, jf, tv, hd, js; js is the paper's main choice (Sec. 5)"""
+    inv_eta: float = 4.0
+    """1/eta, inverse temperature of the advantage distribution (Eq. 5); paper's best 4 (Table 6)"""
+    ratio: str = "token"
+    """LAD ratio: token (per-token r, verl's recipe the paper follows) or seq (length-normalised)"""
+    clip_low: float = 0.2
+    """GRPO: PPO clip epsilon below 1 (DAPO clip-higher recipe, paper App. C.2)"""
+    clip_high: float = 0.28
+    """GRPO: PPO clip epsilon above 1 (DAPO clip-higher)"""
+    model: str = ""
+    """HF model folder (or a hub id already in the local cache); empty = the tiny warm-started model"""
+    train_data: str = "builtin"
+    """'builtin' (the 'sum' task of tiny.py) or a .jsonl/.parquet file: problem+answer, or DAPO-style
+    prompt (messages) + reward_model.ground_truth"""
+    eval_data: str = ""
+    """held-out file (same formats) for periodic evaluation; empty = tiny's heldout split for builtin, none otherwise"""
+    prompt_template: str = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+    """template for file rows with a 'problem' field; {problem} is replaced (built-in prompts are used as is)"""
+    chat: str = "auto"
+    """wrap prompts in the tokenizer's chat template: auto (when it has one), on, off"""
+    group_size: int = 8
+    """responses per prompt (G; paper App. C.2: 8)"""
+    prompts_per_step: int = 16
+    """prompts per rollout step over ALL ranks (paper: 256); must be divisible by the world size"""
+    updates_per_rollout: int = 4
+    """optimiser steps per rollout batch (mini-batches; paper App. C.2: 8)"""
+    micro_batch: int = 64
+    """responses per forward/backward on one rank (gradient accumulation inside a mini-batch)"""
+    max_new_tokens: int = 12
+    """response length cap in tokens (paper: 8192; the built-in task needs <= 8)"""
+    temperature: float = 1.0
+    """sampling temperature (paper: 1.0); the trainer's log-probs use the same (as verl)"""
+    top_p: float = 1.0
+    """nucleus sampling (1.0 = off)"""
+    lr: float = 3e-4
+    """AdamW learning rate, constant (paper: 1e-6 for 7B; the tiny model needs far more)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    clip_grad: float = 1.0
+    """max global gradient norm (verl default 1.0)"""
+    steps: int = 200
+    """rollout steps"""
+    seed: int = 0
+    """seed of data order, sampling and dropout; the tiny model's warm start always uses seed 0"""
+    out: str = ""
+    """run folder (metrics.jsonl, config.json, checkpoints); empty = runs/<loss>-<divergence>-s<seed>-<time>"""
+    resume: str = ""
+    """checkpoint folder (run/ckpt-NNNNNN) or run folder (its latest checkpoint) to continue from"""
+    engine: str = "auto"
+    """rollout engine: auto (vLLM when installed and a GPU is present, else hf), hf, vllm"""
+    wandb: str = "disabled"
+    """wandb mode: disabled, offline, online (wandb is not in requirements.txt; install it to use)"""
+    wandb_project: str = "lad"
+    """wandb project name"""
+    dynamic_sampling: bool = True
+    """drop groups whose rewards are all equal and draw more prompts (DAPO; paper App. C.2)"""
+    max_sample_rounds: int = 3
+    """dynamic sampling cap: at most this many generate rounds per step (then train on what was kept)"""
+    eval_every: int = 50
+    """evaluate on held-out prompts every N steps (and at step 0 and the end); 0 = never"""
+    eval_k: int = 16
+    """samples per held-out prompt (Avg@k, Pass@k, distinct correct answers)"""
+    eval_prompts: int = 0
+    """held-out prompts used per evaluation (first N); 0 = all"""
+    save_every: int = 50
+    """checkpoint every N steps (and at the end); 0 = only at the end"""
+    logprob_chunk: int = 1024
+    """response tokens per log-softmax chunk (bounds the float32 logits held at once)"""
+    gen_batch: int = 512
+    """sequences per HF generate() call"""
+
+
+def parse_args(cls=Args, argv=None):
+    """Dataclass -> argparse: one --flag per field, help from the docstring under it, no traceback on error."""
+    doc, body = {}, ast.parse(inspect.getsource(cls)).body[0].body
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            doc[a.target.id] = " ".join(b.value.value.split())
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):                 # one line, no usage dump, exit code 2
+            print(f"lad.py: error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    p = Parser(prog="lad.py", description=cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    choices = {"loss": ["lad", "grpo"], "divergence": sorted(DIVERGENCES), "ratio": ["token", "seq"],
+               "engine": ["auto", "hf", "vllm"], "wandb": ["disabled", "offline", "online"],
+               "chat": ["auto", "on", "off"]}
+
+    def boolean(s):
+        if s.lower() in ("1", "true", "yes", "on"):
+            return True
+        if s.lower() in ("0", "false", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+    for f in dataclasses.fields(cls):
+        typ = boolean if isinstance(f.default, bool) else type(f.default)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=typ, default=f.default,
+                       choices=choices.get(f.name), help=doc.get(f.name, "").replace("%", "%%"))
+    return cls(**vars(p.parse_args(argv)))
+
+
+class UsageError(Exception):
+    """Bad input (arguments, data, paths): one line on stderr, exit code 2 on every rank."""
+
+
+def check_args(a, world):
+    if a.group_size < 2:
+        raise UsageError(f"--group-size must be >= 2 (group advantages need a spread), got {a.group_size}")
+    if a.prompts_per_step < 1 or a.prompts_per_step % world:
+        raise UsageError(f"--prompts-per-step {a.prompts_per_step} must be a positive multiple of the "
+                         f"world size {world} (every rank takes the same number of prompts)")
+    for name in ("updates_per_rollout", "micro_batch", "max_new_tokens", "eval_k", "max_sample_rounds",
+                 "logprob_chunk", "gen_batch"):
+        if getattr(a, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    for name in ("steps", "eval_every", "save_every", "eval_prompts"):
+        if getattr(a, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
+    if not a.inv_eta > 0:
+        raise UsageError(f"--inv-eta must be > 0, got {a.inv_eta}")
+    if not a.temperature > 0:
+        raise UsageError(f"--temperature must be > 0 (the trainer divides logits by it), got {a.temperature}")
+    if not 0 < a.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {a.top_p}")
+    if a.wandb != "disabled":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise UsageError(f"--wandb {a.wandb} needs the wandb package (pip install wandb); or --wandb disabled")
+    for name in ("train_data", "eval_data"):
+        v = getattr(a, name)
+        if v and v != "builtin" and not Path(v).is_file():
+            raise UsageError(f"--{name.replace('_', '-')}: data file not found: {v}")
+    if a.train_data != "builtin" and "{problem}" not in a.prompt_template:
+        raise UsageError("--prompt-template must contain {problem}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data: rows {"id", "prompt" (str or chat messages), "gold", "kind"}; every malformed row names its file:line
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_rows(path, template):
+    """Rows of a .jsonl or .parquet file. Formats: {"problem", "answer"} (prompt = template), or
+    DAPO-style {"prompt": [messages] or str, "reward_model": {"ground_truth"}}."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"data file not found: {path}")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            raw = [(f"{path}: row {i + 1}", r) for i, r in enumerate(pq.read_table(p).to_pylist())]
+        except Exception as e:
+            raise UsageError(f"{path}: cannot read parquet: {e}") from None
+    elif p.suffix in (".jsonl", ".json"):
+        raw = []
+        with open(p, encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    raw.append((f"{path}:{i}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise UsageError(f"{path}:{i}: malformed JSON ({e.msg})") from None
+    else:
+        raise UsageError(f"{path}: unknown data format (expected .jsonl or .parquet)")
+    rows = []
+    for where, r in raw:
+        if not isinstance(r, dict):
+            raise UsageError(f"{where}: expected a JSON object, got {type(r).__name__}")
+        gt = (r.get("reward_model") or {}).get("ground_truth") if isinstance(r.get("reward_model"), dict) else None
+        if "problem" in r and "answer" in r:
+            prompt, gold = r["problem"], r["answer"]
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise UsageError(f"{where}: 'problem' must be a non-empty string")
+            prompt = template.replace("{problem}", prompt)
+        elif "prompt" in r and gt is not None:
+            prompt, gold = r["prompt"], gt
+            ok = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in prompt))
+            if not ok:
+                raise UsageError(f"{where}: 'prompt' must be a string or a list of {{role, content}} messages")
+        else:
+            raise UsageError(f"{where}: needs 'problem' and 'answer', or 'prompt' and 'reward_model.ground_truth'"
+                             f" (has {sorted(r)})")
+        if isinstance(gold, (int, float)) and not isinstance(gold, bool):
+            gold = str(gold)
+        if not isinstance(gold, str) or not gold.strip():
+            raise UsageError(f"{where}: the answer must be a non-empty string or number, got {gold!r}")
+        rows.append({"id": str(r.get("id", where)), "prompt": prompt, "gold": gold, "kind": "math"})
+    if not rows:
+        raise UsageError(f"{path}: no rows")
+    return rows
+
+
+def encode_rows(rows, tok, chat, limit, what):
+    """Token ids of each row's prompt; prompts longer than `limit` tokens are skipped and counted (printed)."""
+    use_chat = chat == "on" or (chat == "auto" and getattr(tok, "chat_template", None))
+    if chat == "on" and not getattr(tok, "chat_template", None):
+        raise UsageError("--chat on, but the tokenizer has no chat template")
+    out, skipped = [], 0
+    for r in rows:
+        msgs = r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}]
+        if use_chat:
+            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        else:
+            ids = tok("\n\n".join(m["content"] for m in msgs), add_special_tokens=False)["input_ids"]
+        if len(ids) > limit:
+            skipped += 1
+            continue
+        out.append({**r, "ids": ids})
+    if not out:
+        raise UsageError(f"{what}: all {len(rows)} prompts are longer than the context allows ({limit} tokens "
+                         f"= max_position_embeddings - max_new_tokens)")
+    return out, skipped
+
+
+def row_for(rank_index, rank, world, n, seed):
+    """The data order: an epoch-wise permutation of all rows (seeded), interleaved across ranks, so that
+    the whole order is a function of (seed, rank, cursor): resume needs only the cursor."""
+    g = rank_index * world + rank
+    epoch, pos = divmod(g, n)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
+    return int(perm[pos])
+
+
+def answer_key(text, kind):
+    """The answer that 'distinct correct answers' counts: the candidate line (sum) or extract_answer (math)."""
+    import verifier
+
+    return verifier.sum_task_answer(text) if kind == "sum" else verifier.extract_answer(text)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Log-probs of response tokens: chunked log-softmax over response positions only
+# ----------------------------------------------------------------------------------------------------
+
+
+class Policy(torch.nn.Module):
+    """An HF causal LM whose forward returns log pi(y_t | x, y_<t) and the entropy of each response
+    token, computing the LM head and log-softmax chunk by chunk over response positions only, so the
+    float32 logits held at once are (logprob_chunk, vocab), never (batch, length, vocab). With grad
+    enabled each chunk is checkpointed (its logits are recomputed in backward instead of kept)."""
+
+    def __init__(self, lm, chunk, temperature):
+        super().__init__()
+        self.lm, self.chunk, self.temperature = lm, chunk, temperature
+
+    def _head(self, h, tgt):
+        logits = self.lm.get_output_embeddings()(h).float() / self.temperature   # (c, V) float32
+        logp_all = torch.log_softmax(logits, -1)
+        logp = logp_all.gather(-1, tgt[:, None])[:, 0]
+        ent = -(logp_all.exp() * logp_all).sum(-1)                                 # entropy estimate
+        return logp, ent.detach()
+
+    def forward(self, ids, attn, pos, tgt, valid):
+        """ids/attn (B, L) right-padded prompt+response; pos (B, T) index of the hidden state that
+        predicts response token t (prompt_len + t - 1); tgt (B, T) the tokens; valid (B, T) bool."""
+        hidden = self.lm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state   # (B, L, H)
+        h = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))[valid]       # (N, H)
+        t = tgt[valid]                                                                      # (N,)
+        lps, ents = [], []
+        for lo in range(0, h.shape[0], self.chunk):
+            hc, tc = h[lo:lo + self.chunk], t[lo:lo + self.chunk]
+            if torch.is_grad_enabled():
+                lp, en = torch.utils.checkpoint.checkpoint(self._head, hc, tc, use_reentrant=False)
+            else:
+                lp, en = self._head(hc, tc)
+            lps.append(lp)
+            ents.append(en)
+        logp = torch.zeros(valid.shape, dtype=torch.float32, device=ids.device)
+        ent = torch.zeros(valid.shape, dtype=torch.float32, device=ids.device)
+        logp = logp.masked_scatter(valid, torch.cat(lps)) if lps else logp
+        ent = ent.masked_scatter(valid, torch.cat(ents)) if ents else ent
+        return logp, ent
+
+
+def make_batch(items, pad_id, device):
+    """items: list of (prompt_ids, response_ids). Returns ids, attn, pos, tgt, valid (see Policy.forward)."""
+    L = max(len(p) + len(r) for p, r in items)
+    T = max(1, max(len(r) for _, r in items))
+    ids = torch.full((len(items), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(items), L), dtype=torch.long)
+    pos = torch.zeros((len(items), T), dtype=torch.long)
+    tgt = torch.full((len(items), T), pad_id, dtype=torch.long)
+    valid = torch.zeros((len(items), T), dtype=torch.bool)
+    for b, (p, r) in enumerate(items):
+        ids[b, :len(p) + len(r)] = torch.tensor(list(p) + list(r))
+        attn[b, :len(p) + len(r)] = 1
+        pos[b, :len(r)] = torch.arange(len(p) - 1, len(p) + len(r) - 1)
+        tgt[b, :len(r)] = torch.tensor(r, dtype=torch.long)
+        valid[b, :len(r)] = True
+    return [x.to(device) for x in (ids, attn, pos, tgt, valid)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# torch.distributed helpers (no-ops in one process)
+# ----------------------------------------------------------------------------------------------------
+
+
+def dist_on():
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce(t, op=None):
+    if dist_on():
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_obj(obj):
+    if not dist_on():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def global_denominators(token_counts, world, device):
+    """Token-mean denominators of the optimiser steps of this rollout, made global with ONE all_reduce.
+
+    token_counts: valid response tokens of each mini-batch on this rank. Returns, per mini-batch,
+    (global tokens) / world. Why divide by world: DDP averages gradients over ranks, so a rank's loss
+    sum_t l_t / (G / W) becomes, after the average, sum over ALL ranks' tokens / G -- exactly the
+    token-mean of the whole mini-batch, as if it ran on one rank, however tokens are spread over ranks.
+    """
+    t = torch.tensor(token_counts, dtype=torch.float64, device=device)
+    all_reduce(t)
+    return (t / world).tolist(), t.tolist()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints (HF folder + trainer state + per-rank RNG/cursor)
+# ----------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(out, step, lm, tok, opt, cursor, rank, world, args):
+    ck = Path(out) / f"ckpt-{step:06d}"
+    ck.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        lm.save_pretrained(ck)
+        tok.save_pretrained(ck)
+        torch.save({"step": step, "optimizer": opt.state_dict(), "world": world,
+                    "args": dataclasses.asdict(args)}, ck / "trainer.pt")
+    torch.save({"cursor": cursor, "torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               ck / f"rank{rank}.pt")
+    if dist_on():
+        dist.barrier()
+    if rank == 0:
+        (Path(out) / "latest").write_text(ck.name + "\n")
+    return ck
+
+
+def find_checkpoint(path):
+    p = Path(path)
+    if (p / "trainer.pt").is_file():
+        return p
+    if (p / "latest").is_file():
+        ck = p / (p / "latest").read_text().strip()
+        if (ck / "trainer.pt").is_file():
+            return ck
+    raise UsageError(f"--resume {path}: no checkpoint there (expected trainer.pt, or a run folder with 'latest')")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation on held-out prompts (eval.py's metric functions, so the numbers are eval.py's)
+# ----------------------------------------------------------------------------------------------------
+
+
+def evaluate(engine, rows, args, rank, world, tok, step):
+    """Avg@k, Pass@k (k = 1, 4, ..., eval_k), distinct correct answers and distinct-n on held-out rows."""
+    import eval as ev
+    import verifier
+
+    mine = rows[rank::world]
+    samples = engine.generate([r["ids"] for r in mine], args.eval_k, temperature=args.temperature,
+                              top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                              seed=args.seed * 7919 + 104729 * (step + 1) + rank) if mine else []
+    texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+    per = []
+    for i, r in enumerate(mine):
+        tx = texts[i * args.eval_k:(i + 1) * args.eval_k]
+        rw = verifier.score_batch(tx, [r["gold"]] * len(tx), kind=r["kind"])
+        ok = {answer_key(t, r["kind"]) for t, x in zip(tx, rw) if x > 0} - {None}
+        per.append({"rewards": rw, "distinct_correct": len(ok),
+                    "distinct": [ev.distinct_n(tx, n) for n in (1, 2, 3, 4)]})
+    per = [p for part in all_gather_obj(per) for p in part]
+    k = args.eval_k
+    ks = sorted({1, k} | {2 ** i for i in range(1, 10) if 2 ** i < k})
+    m = {"eval/avg_at_k": ev.avg_at_k([p["rewards"] for p in per]), "eval/k": k, "eval/prompts": len(per),
+         "eval/distinct_correct": sum(p["distinct_correct"] for p in per) / len(per)}
+    for kk in ks:
+        m[f"eval/pass_at_{kk}"] = sum(ev.pass_at_k(k, int(sum(x > 0 for x in p["rewards"])), kk) for p in per) / len(per)
+    for n in (1, 2, 3, 4):
+        m[f"eval/distinct_{n}"] = sum(p["distinct"][n - 1] for p in per) / len(per)
+    return m
+
+
+# ----------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------
+
+
+def main(args):
+    import rollout
+    import transformers
+    import verifier
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()          # our own tqdm bar is the only one
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    check_args(args, world)
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+
+    # the model path: resume > --model > the tiny default (built once under a file lock, before the
+    # thread count is cut, so the one rank that builds it uses every core)
+    ckpt = find_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None:
+        model_path = str(ckpt)
+    elif args.model:
+        model_path = args.model
+    else:
+        import tiny
+
+        model_path = tiny.default_model_dir(0, log=print if rank == 0 else (lambda *a: None))
+    if not cuda:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if world > 1:
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+    # every rank must run the same batch geometry; one all_gather, every rank sees the same verdict
+    geo = (args.prompts_per_step, args.group_size, args.updates_per_rollout, args.micro_batch, args.steps, args.loss)
+    if len(set(all_gather_obj(geo))) != 1:
+        raise UsageError(f"incompatible batch settings across ranks: {all_gather_obj(geo)}")
+
+    if args.model and not Path(args.model).exists() and ckpt is None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")                  # no network at run time
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path)
+        lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    except OSError as e:
+        raise UsageError(f"cannot load model {model_path!r}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    ctx = getattr(lm.config, "max_position_embeddings", None) or 10 ** 9
+    limit = ctx - args.max_new_tokens
+    if limit < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens} leaves no room in the context ({ctx})")
+
+    # data (identical on every rank, so a bad file fails on all of them before any collective)
+    if args.train_data == "builtin":
+        import tiny
+
+        train = [{**r, "kind": "sum"} for r in tiny.task_split("train")]
+        held = [{**r, "kind": "sum"} for r in tiny.task_split("heldout")] if not args.eval_data else None
+    else:
+        train, held = load_rows(args.train_data, args.prompt_template), None
+    if args.eval_data:
+        held = load_rows(args.eval_data, args.prompt_template)
+    train, skipped = encode_rows(train, tok, args.chat, limit, args.train_data)
+    if held is not None:
+        held, held_skipped = encode_rows(held, tok, args.chat, limit, args.eval_data or "heldout")
+        if args.eval_prompts:
+            held = held[:args.eval_prompts]
+
+    # run folder, config, resume state
+    start, cursor = 0, 0
+    out = args.out or (str(ckpt.parent) if ckpt is not None else
+                       f"runs/{args.loss}-{args.divergence if args.loss == 'lad' else 'clip'}-s{args.seed}-"
+                       f"{time.strftime('%Y%m%d-%H%M%S')}")
+    out = all_gather_obj(out)[0]                                      # rank 0's timestamp for everyone
+    Path(out).mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if ckpt is not None:
+        st = torch.load(ckpt / "trainer.pt", weights_only=False)
+        if st["world"] != world:
+            raise UsageError(f"--resume: checkpoint was written by {st['world']} ranks, this run has {world}")
+        opt.load_state_dict(st["optimizer"])
+        start = st["step"]
+        rs = torch.load(ckpt / f"rank{rank}.pt", weights_only=False)
+        cursor = rs["cursor"]
+        torch.set_rng_state(rs["torch"])
+        random.setstate(rs["python"])
+        if cuda and rs["cuda"] is not None:
+            torch.cuda.set_rng_state_all(rs["cuda"])
+    else:
+        random.seed(args.seed * 1000 + rank)
+        torch.manual_seed(args.seed * 1000 + rank)
+
+    engine, engine_kind = rollout.make_engine(args.engine, model=lm, tokenizer=tok, model_path=model_path,
+                                              seed=args.seed + rank, batch_size=args.gen_batch)
+    policy = Policy(lm, args.logprob_chunk, args.temperature)
+    ddp = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[local_rank] if cuda else None) \
+        if world > 1 else policy
+    kind = train[0]["kind"]
+
+    log_file = open(Path(out) / "metrics.jsonl", "a") if rank == 0 else None
+    wb = None
+    if rank == 0:
+        cfg = {**dataclasses.asdict(args), "world_size": world, "engine_resolved": engine_kind,
+               "model_path": model_path, "out": out, "train_prompts": len(train),
+               "train_prompts_skipped_too_long": skipped, "heldout_prompts": len(held) if held else 0,
+               "params": sum(p.numel() for p in lm.parameters()), "torch": torch.__version__}
+        (Path(out) / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+        print(f"lad.py: {args.loss}{'/' + args.divergence if args.loss == 'lad' else ''}, {world} rank(s), "
+              f"engine {engine_kind}, model {model_path} ({cfg['params'] / 1e6:.2f}M params), "
+              f"{len(train)} train prompts ({skipped} skipped: longer than {limit} tokens), out {out}", flush=True)
+        if args.wandb != "disabled":
+            import wandb
+
+            wb = wandb.init(project=args.wandb_project, mode=args.wandb, config=cfg, dir=out)
+
+    def log(step, m):
+        if rank == 0:
+            log_file.write(json.dumps({"step": step, **m}) + "\n")
+            log_file.flush()
+            if wb is not None:
+                wb.log(m, step=step)
+
+    do_eval = held is not None and args.eval_every > 0
+    if do_eval and start == 0:
+        m = evaluate(engine, held, args, rank, world, tok, 0)
+        log(0, m)
+        if rank == 0:
+            print("eval before RL: " + "  ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if isinstance(v, float)),
+                  flush=True)
+
+    per_rank = args.prompts_per_step // world
+    G = args.group_size
+    bar = None
+    if rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, initial=start, desc="train", dynamic_ncols=True)
+    for step in range(start, args.steps):
+        t_step = time.perf_counter()
+        times = dict.fromkeys(("rollout", "reward", "logprob", "update", "sync"), 0.0)
+
+        # ---- rollout with dynamic sampling (rounds agreed across ranks: one all_reduce per round)
+        kept, spare, drawn, dropped = [], None, 0, 0
+        n_resp, resp_len_sum, resp_len_max, n_trunc, n_correct, reward_sum = 0, 0, 0, 0, 0, 0.0
+        distinct_sum = 0
+        for rnd in range(args.max_sample_rounds):
+            need = per_rank - len(kept) if (rnd == 0 or args.dynamic_sampling) else 0
+            if rnd > 0 and all_reduce(torch.tensor([float(need)], device=device), dist.ReduceOp.MAX if dist_on() else None).item() == 0:
+                break
+            if need <= 0:
+                continue
+            rows = []
+            for _ in range(need):
+                rows.append(train[row_for(cursor, rank, world, len(train), args.seed)])
+                cursor += 1
+            t0 = time.perf_counter()
+            samples = engine.generate([r["ids"] for r in rows], G, temperature=args.temperature, top_p=args.top_p,
+                                      max_new_tokens=args.max_new_tokens,
+                                      seed=(args.seed * 1000003 + step * 101 + rnd) * 64 + rank)
+            times["rollout"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+            rewards = verifier.score_batch(texts, [rows[s.prompt_index]["gold"] for s in samples], kind=kind)
+            times["reward"] += time.perf_counter() - t0
+            drawn += len(rows)
+            for i, r in enumerate(rows):
+                grp = samples[i * G:(i + 1) * G]
+                rw = rewards[i * G:(i + 1) * G]
+                tx = texts[i * G:(i + 1) * G]
+                n_resp += G
+                reward_sum += sum(rw)
+                n_correct += sum(x > 0 for x in rw)
+                resp_len_sum += sum(len(s.response_ids) for s in grp)
+                resp_len_max = max(resp_len_max, max(len(s.response_ids) for s in grp))
+                n_trunc += sum(s.truncated for s in grp)
+                distinct_sum += len({answer_key(t, kind) for t, x in zip(tx, rw) if x > 0} - {None})
+                if args.dynamic_sampling and len(set(rw)) == 1:
+                    dropped += 1
+                    spare = spare or (r, grp, rw)
+                else:
+                    kept.append((r, grp, rw))
+            if not args.dynamic_sampling:
+                break
+        kept = kept[:per_rank]
+
+        # ---- advantages (GRPO group normalisation, the paper's estimator) and the flat sample list
+        engine.sleep()
+        items, adv = [], []
+        if kept:
+            rw_t = torch.tensor([x for _, _, rw in kept for x in rw], dtype=torch.float32)
+            a, _ = group_advantages(rw_t, G)
+            adv = a.tolist()
+            items = [(r["ids"], s.response_ids) for r, grp, _ in kept for s in grp]
+        real = len(items)
+        if not items:                      # this rank kept nothing: one zero-weighted sample keeps DDP in step
+            r, grp, _ = spare
+            items, adv = [(r["ids"], grp[0].response_ids)], [0.0]
+
+        # ---- old log-probs, recomputed by the trainer without gradient (and the entropy estimate)
+        t0 = time.perf_counter()
+        old, ent_sum, ent_n = [], 0.0, 0
+        with torch.no_grad():
+            for lo in range(0, len(items), args.micro_batch):
+                ids, attn, pos, tgt, valid = make_batch(items[lo:lo + args.micro_batch], tok.pad_token_id, device)
+                lp, en = policy(ids, attn, pos, tgt, valid)
+                old.append(lp)
+                if lo < real:
+                    ent_sum += float(en[valid].sum())
+                    ent_n += int(valid.sum())
+        times["logprob"] = time.perf_counter() - t0
+
+        # ---- updates: mini-batches of a shuffled order, each one AdamW step; global token denominators
+        t0 = time.perf_counter()
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(args.seed * 7 + step * 31 + rank)).tolist()
+        minis = [order[i::args.updates_per_rollout] for i in range(args.updates_per_rollout)]
+        lens = [len(r) for _, r in items]
+        scale = 1.0 if real else 0.0
+        tok_counts = [float(sum(lens[i] for i in mb)) * scale for mb in minis]
+        denoms, global_tokens = global_denominators(tok_counts, world, device)
+        old_flat = [row for o in old for row in o]                   # per-sample (T,) tensors (padded)
+        stats_acc, n_stats, grad_norms = {}, 0, []
+        lm.train()
+        for u, mb in enumerate(minis):
+            if global_tokens[u] == 0:
+                continue                   # every rank has nothing here (all skip together: same numbers)
+            if not mb:
+                mb = [order[0]]            # this rank has no sample in this mini-batch: a zero-weighted one
+            w = scale if len(minis[u]) else 0.0
+            micro = [mb[i:i + args.micro_batch] for i in range(0, len(mb), args.micro_batch)]
+            for j, mi in enumerate(micro):
+                sync = contextlib.nullcontext() if (j == len(micro) - 1 or world == 1) else ddp.no_sync()
+                with sync:
+                    ids, attn, pos, tgt, valid = make_batch([items[i] for i in mi], tok.pad_token_id, device)
+                    logp, _ = ddp(ids, attn, pos, tgt, valid)
+                    T = logp.shape[1]
+                    old_lp = torch.stack([old_flat[i][:T] if old_flat[i].shape[0] >= T else
+                                          torch.nn.functional.pad(old_flat[i], (0, T - old_flat[i].shape[0]))
+                                          for i in mi])
+                    a = torch.tensor([adv[i] for i in mi], dtype=torch.float32, device=device)
+                    mask = valid.float()
+                    if args.loss == "lad":
+                        # Eq. 8 with eta = 1/inv_eta; token-mean over the global mini-batch (denominator above)
+                        loss, st = lad_loss(logp, old_lp, a, mask, divergence=args.divergence, eta=1.0 / args.inv_eta,
+                                            ratio=args.ratio, denom=denoms[u])
+                    else:
+                        loss, st = grpo_loss(logp, old_lp, a, mask, clip_low=args.clip_low, clip_high=args.clip_high,
+                                             denom=denoms[u])
+                    (loss * w).backward()
+                for k, v in st.items():           # weighted by w: a zero-weighted filler adds nothing
+                    if k != "loss/value":
+                        stats_acc[k] = stats_acc.get(k, 0.0) + w * float(v)
+                n_stats += w
+            gn = torch.nn.utils.clip_grad_norm_(lm.parameters(), args.clip_grad)
+            grad_norms.append(float(gn))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        times["update"] = time.perf_counter() - t0
+
+        # ---- weights to the engine (a no-op for the HF engine, which samples from `lm` itself)
+        t0 = time.perf_counter()
+        engine.wake()
+        engine.sync_weights((n, p.detach()) for n, p in lm.named_parameters())
+        times["sync"] = time.perf_counter() - t0
+        step_time = time.perf_counter() - t_step
+
+        # ---- metrics: sums over ranks (one all_reduce), maxima (one more), then rank 0 logs
+        keys = sorted(stats_acc)                      # same on every rank: all run the same micro-batches
+        sums = all_reduce(torch.tensor(
+            [reward_sum, n_correct, n_resp, drawn, dropped, resp_len_sum, n_trunc, ent_sum, ent_n, distinct_sum,
+             len(kept)] + [stats_acc[k] for k in keys] + [n_stats], dtype=torch.float64, device=device))
+        maxes = all_reduce(torch.tensor([resp_len_max, step_time] + [times[k] for k in times],
+                                        dtype=torch.float64, device=device), dist.ReduceOp.MAX if dist_on() else None)
+        s, mx = sums.tolist(), maxes.tolist()
+        m = {"train/reward_mean": s[0] / s[2], "train/accuracy": s[1] / s[2],
+             "train/distinct_correct": s[9] / s[3], "train/entropy": s[7] / s[8] if s[8] else float("nan"),
+             "train/lr": opt.param_groups[0]["lr"],
+             "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
+             "rollout/zero_var_frac": s[4] / s[3], "rollout/prompts_drawn": s[3], "rollout/groups_kept": s[10],
+             "rollout/response_len_mean": s[5] / s[2], "rollout/response_len_max": mx[0],
+             "rollout/truncation_rate": s[6] / s[2],
+             "perf/step_s": mx[1], "perf/tokens_per_s": s[5] / mx[1]}
+        m.update({f"perf/{k}_s": mx[2 + i] for i, k in enumerate(times)})
+        m.update({k: s[11 + i] / s[-1] for i, k in enumerate(keys)} if s[-1] else {})
+        if do_eval and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
+            te = time.perf_counter()
+            m.update(evaluate(engine, held, args, rank, world, tok, step + 1))
+            m["perf/eval_s"] = time.perf_counter() - te
+        log(step + 1, m)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{m['train/reward_mean']:.3f}", zv=f"{m['rollout/zero_var_frac']:.2f}",
+                            ent=f"{m['train/entropy']:.2f}", dist=f"{m['train/distinct_correct']:.2f}",
+                            s=f"{m['perf/step_s']:.2f}", refresh=False)
+            if "eval/avg_at_k" in m:
+                bar.write(f"step {step + 1}: eval avg@{args.eval_k} {m['eval/avg_at_k']:.3f}  "
+                          f"pass@{args.eval_k} {m[f'eval/pass_at_{args.eval_k}']:.3f}  "
+                          f"distinct correct {m['eval/distinct_correct']:.2f}")
+        if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
+            save_checkpoint(out, step + 1, lm, tok, opt, cursor, rank, world, args)
+    if bar is not None:
+        bar.close()
+        log_file.close()
+        if wb is not None:
+            wb.finish()
+        print(f"done: {out}", flush=True)
+    return out
+
+
+def cli(argv=None):
+    args = parse_args(Args, argv)
+    code = 0
+    try:
+        main(args)
+    except UsageError as e:
+        print(f"lad.py: error: {e}", file=sys.stderr, flush=True)
+        code = 2
+    finally:
+        if dist_on():
+            dist.destroy_process_group()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    cli()

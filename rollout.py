@@ -32,6 +32,103 @@ class Sample:
 # ----------------------------------------------------------------------------------------------------
 
 
+class HFEngine:
+    """Samples with transformers `generate` from the trainer's own module (no copy of the weights).
+
+    Because it holds a reference to the module being trained, sync_weights is a no-op and sleep/wake
+    have nothing to free. Sampling is reproducible: each generate() call seeds a private RNG state
+    from `seed` (the caller passes a per-rank, per-step seed) and restores the global one afterwards,
+    so resuming a run replays the same rollouts. CPU default for small models (SPEC.md: faster than vLLM).
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size=512):
+        self.model = model                           # the unwrapped HF module (not the DDP wrapper)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.batch_size = batch_size                 # sequences per generate() call (memory bound)
+
+    @torch.no_grad()
+    def generate(self, prompts, n, *, temperature=1.0, top_p=1.0, max_new_tokens=256, seed=0):
+        device = next(self.model.parameters()).device
+        seqs = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]   # grouped by prompt
+        out = []
+        was_training = self.model.training
+        self.model.eval()
+        cpu_state = torch.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        torch.manual_seed(seed)
+        try:
+            for lo in range(0, len(seqs), self.batch_size):
+                chunk = seqs[lo:lo + self.batch_size]
+                width = max(len(p) for _, p in chunk)
+                # left padding: generate appends on the right; positions come from the attention mask
+                ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for _, p in chunk], device=device)
+                att = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p in chunk], device=device)
+                greedy = temperature == 0
+                gen = self.model.generate(
+                    input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
+                    do_sample=not greedy, temperature=None if greedy else temperature,
+                    top_p=None if greedy or top_p >= 1.0 else top_p, top_k=None,
+                    pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                    return_dict_in_generate=True, output_logits=True)
+                new = gen.sequences[:, width:]                                 # (b, <= max_new_tokens)
+                # engine log-probs of the sampled tokens after temperature (not after top-p)
+                logits = torch.stack(gen.logits, 1).float()                    # (b, t, V), t small
+                if not greedy:
+                    logits = logits / temperature
+                lp = torch.log_softmax(logits, -1).gather(-1, new[..., None])[..., 0]
+                for row, (pi, _) in enumerate(chunk):
+                    toks = new[row].tolist()
+                    eos_at = toks.index(self.eos_id) if self.eos_id in toks else None
+                    keep = len(toks) if eos_at is None else eos_at + 1
+                    out.append(Sample(prompt_index=pi, response_ids=toks[:keep],
+                                      logprobs=lp[row, :keep].tolist(), truncated=eos_at is None))
+        finally:
+            torch.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state_all(cuda_state)
+            self.model.train(was_training)
+        return out
+
+    def sync_weights(self, named_tensors):
+        """No-op: the engine samples from the trainer's module itself."""
+
+    def sleep(self):
+        """No-op: nothing to free (the weights are the trainer's)."""
+
+    def wake(self):
+        """No-op."""
+
+
+def vllm_usable():
+    """True when vLLM is importable and a GPU is present (on CPU the HF engine is faster, SPEC.md)."""
+    if not torch.cuda.is_available() or "VLLMEngine" not in globals():
+        return False
+    try:
+        import vllm  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def make_engine(kind, *, model=None, tokenizer=None, model_path=None, seed=0, **kwargs):
+    """Create a rollout engine. kind: "hf", "vllm" or "auto" (vLLM when installed and a GPU is present,
+    else HF). model/tokenizer: the trainer's module and tokenizer (HF engine); model_path: the HF folder
+    the vLLM engine loads. Returns (engine, resolved kind)."""
+    if kind == "auto":
+        kind = "vllm" if vllm_usable() else "hf"
+    if kind == "hf":
+        if model is None or tokenizer is None:
+            raise ValueError("the hf engine needs the trainer's model and tokenizer")
+        return HFEngine(model, tokenizer, **{k: v for k, v in kwargs.items() if k == "batch_size"}), "hf"
+    if kind == "vllm":
+        engine_cls = globals().get("VLLMEngine")                   # defined in the vLLM section below
+        if engine_cls is None:
+            raise ValueError("--engine vllm: this rollout.py has no VLLMEngine")
+        return engine_cls(model_path, tokenizer=tokenizer, seed=seed, **kwargs), "vllm"
+    raise ValueError(f"unknown engine {kind!r}; choose auto, hf or vllm")
+
+
 # ----------------------------------------------------------------------------------------------------
 # vLLM engine (owned by the vLLM work, issue 6)
 # ----------------------------------------------------------------------------------------------------
@@ -79,6 +176,11 @@ class VLLMEngine:
         if self.tp > 1 and not self.torchrun:
             raise ValueError("tensor_parallel_size > 1 needs torchrun (one rank per tensor-parallel shard)")
         self.dp_rank = self.rank // self.tp                     # index of this rank's vLLM instance
+        if self.tp > 1 and torch.distributed.is_initialized():
+            # callers often pass a per-rank seed; a tensor-parallel group must share its leader's
+            seeds = [None] * world
+            torch.distributed.all_gather_object(seeds, seed)
+            seed = seeds[self.dp_rank * self.tp]
         self.seed = seed + self.dp_rank                         # distinct per instance, same within a TP group
         self.dtype = dtype or ("bfloat16" if self.on_gpu else "float32")
         self.sleep_level = sleep_level

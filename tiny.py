@@ -5,9 +5,9 @@ matters when a prompt has several correct answers, so the built-in task has many
 number of distinct correct answers a policy keeps can be counted (SPEC.md "The embedded default").
 
 The task, kind "sum" (scored by verifier.sum_task_reward): write `k` single digits joined by '+' that
-sum to a target T and avoid one forbidden digit d. Prompt "T=17 avoid=3 k=3:", a correct response
-"9+6+2" (then EOS); gold "target=17,avoid=3,terms=3". Prompts with fewer than MIN_ANSWERS correct
-answers are not used. The (T, d, k) triples are split once, deterministically, into "train" and
+sum to a target T and avoid one forbidden digit d. Prompt "13 no4:"; correct responses "8+5", "6+7",
+"5+8", ... (then EOS), not "9+4"; gold "target=13,avoid=4,terms=2". Prompts with fewer than MIN_ANSWERS
+correct answers are not used. The (T, d, k) triples are split once, deterministically, into "train" and
 "heldout" (disjoint), so held-out evaluation measures generalisation to unseen prompts.
 
 The model: Qwen2 architecture from a config (hidden 128, 4 layers, 2 heads of head_dim 64, which vLLM's
@@ -42,14 +42,18 @@ import torch
 # Task (kind "sum"); the contract is shared with verifier.py, lad.py and eval.py
 # ----------------------------------------------------------------------------------------------------
 
-TERMS = (3, 4)                 # number of digits in an answer; calibrated in README "training"
+TERMS = (2,)                   # digits per answer; calibrated (README "training": 3 and 4 did not learn in minutes)
+TARGET_MAX = 18                # largest target T used
 MIN_ANSWERS = 4                # prompts with fewer correct answers are not used (diversity needs several)
 HELDOUT_FRACTION = 0.2         # of the (T, d, k) triples, chosen by a fixed hash
 SPLIT_SEED = "lad-sum-v1"      # changing it changes the split; keep fixed
 
 
 def sum_prompt(target, avoid, terms):
-    return f"T={target} avoid={avoid} k={terms}:"
+    # Short, with the target first and the answer right after the colon: a longer "T=17 avoid=3 k=2:"
+    # stayed on the loss plateau (no arithmetic learned) for 600+ warm-start steps (README "training").
+    # `terms` is only in the prompt when the task mixes several values of it.
+    return f"{target} no{avoid}:" if len(TERMS) == 1 else f"{target} no{avoid} k{terms}:"
 
 
 def sum_gold(target, avoid, terms):
@@ -84,7 +88,7 @@ def random_answer(target, avoid, terms, rng):
 
 def _triples():
     for k in TERMS:
-        for t in range(0, 9 * k + 1):
+        for t in range(0, min(9 * k, TARGET_MAX) + 1):
             for d in range(10):
                 if count_answers(t, d, k) >= MIN_ANSWERS:
                     yield t, d, k
@@ -107,7 +111,21 @@ def task_split(split):
 # ----------------------------------------------------------------------------------------------------
 
 SPECIALS = ["<pad>", "<eos>", "<unk>"]
-CHARS = [chr(i) for i in range(32, 127)] + ["\n", "\t"]        # printable ASCII, so any prompt encodes
+
+
+def _byte_chars():
+    """GPT-2's byte -> printable-character map (the alphabet of byte-level BPE), in byte order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+        list(range(ord("\xae"), ord("\xff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = dict(zip(bs, cs))
+    return [chr(table[b]) for b in range(256)]
+
 
 MODEL_CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=2,
                     num_key_value_heads=2, head_dim=64, max_position_embeddings=256, rope_theta=10000.0,
@@ -115,14 +133,21 @@ MODEL_CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
 
 
 def make_tokenizer():
-    """Character-level PreTrainedTokenizerFast (one token per character; <pad>=0, <eos>=1, <unk>=2)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """Character-level tokenizer: one token per byte (so per ASCII character); <pad>=0, <eos>=1, <unk>=2.
+
+    Built as a byte-level BPE with no merges. Why that form: transformers 5 loads any folder whose
+    config says model_type "qwen2" with its Qwen2Tokenizer, which rebuilds the pipeline from the
+    vocabulary (byte-level pre-tokenizer and decoder); a plain character WordLevel model then lost its
+    spaces. With the byte-level alphabet as vocabulary and no merges, the rebuilt tokenizer is
+    identical, so transformers and vLLM (AutoTokenizer) encode and decode exactly as this one does.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    vocab = {t: i for i, t in enumerate(SPECIALS + _byte_chars())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
                                    unk_token="<unk>", model_max_length=MODEL_CONFIG["max_position_embeddings"])
 
@@ -157,7 +182,8 @@ def init_model_dir(path, seed=0):
 WARM = dict(steps=300, batch=64, lr=3e-3, warmup=20)  # calibrated: README "training"
 
 
-def warm_start(model, tok, seed=0, steps=WARM["steps"], batch=WARM["batch"], lr=WARM["lr"], log=print):
+def warm_start(model, tok, seed=0, steps=WARM["steps"], batch=WARM["batch"], lr=WARM["lr"], log=print,
+               callback=None):
     """Train `model` in place on random correct answers of the training prompts (deterministic in seed)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -187,6 +213,8 @@ def warm_start(model, tok, seed=0, steps=WARM["steps"], batch=WARM["batch"], lr=
         loss.backward()
         opt.step()
         sched.step()
+        if callback is not None:
+            callback(step + 1)
         if (step + 1) % 50 == 0 or step == 0:
             log(f"warm start step {step + 1}/{steps}  loss {loss.item():.3f}  {time.time() - t0:.0f}s")
     model.eval()
@@ -199,8 +227,8 @@ def cache_root():
 
 
 def _cache_key(seed):
-    blob = json.dumps({"model": MODEL_CONFIG, "warm": WARM, "terms": TERMS, "min": MIN_ANSWERS,
-                       "split": SPLIT_SEED, "chars": len(CHARS), "seed": seed, "v": 1}, sort_keys=True)
+    blob = json.dumps({"model": MODEL_CONFIG, "warm": WARM, "terms": TERMS, "tmax": TARGET_MAX, "min": MIN_ANSWERS,
+                       "split": SPLIT_SEED, "tokenizer": "bytelevel-nomerge", "seed": seed, "v": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -1,0 +1,305 @@
+"""The training loop (lad.py TRAINING section) and the embedded default (tiny.py), CPU only.
+
+The model here is the tiny Qwen2 after a very short warm start (format learned, arithmetic mostly
+not), so a few percent of samples are correct and some groups have a reward spread to train on.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lad  # noqa: E402
+import tiny  # noqa: E402
+
+SMALL = ["--steps", "2", "--prompts-per-step", "4", "--group-size", "8", "--updates-per-rollout", "2",
+         "--micro-batch", "8", "--max-new-tokens", "6", "--eval-every", "2", "--eval-prompts", "4",
+         "--eval-k", "4", "--lr", "3e-3"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    model, tok = tiny.make_model(seed=0)
+    tiny.warm_start(model, tok, seed=0, steps=80, log=lambda *a: None)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args, timeout):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(ROOT / "lad.py")] + args
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the embedded default
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_task_split_contract():
+    import verifier
+
+    train, held = tiny.task_split("train"), tiny.task_split("heldout")
+    assert train and held and not {r["id"] for r in train} & {r["id"] for r in held}
+    assert tiny.task_split("train") == train                                  # deterministic
+    for r in train + held:
+        assert set(r) == {"id", "prompt", "gold"}
+        t, d, k = (int(x.split("=")[1]) for x in r["gold"].split(","))
+        n = tiny.count_answers(t, d, k)
+        assert n >= tiny.MIN_ANSWERS                                          # several correct answers
+        ans = tiny.random_answer(t, d, k, __import__("random").Random(0))
+        assert verifier.sum_task_reward(ans, r["gold"]) == 1.0
+    with pytest.raises(ValueError):
+        tiny.task_split("test")
+
+
+def test_count_answers_brute_force():
+    import itertools
+
+    for t, d, k in [(5, 3, 2), (13, 4, 2), (0, 0, 2), (17, 9, 3)]:
+        brute = sum(1 for ds in itertools.product(range(10), repeat=k) if d not in ds and sum(ds) == t)
+        assert tiny.count_answers(t, d, k) == brute
+
+
+def test_init_model_dir_loads_with_auto_classes(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny.init_model_dir(tmp_path / "m", seed=0)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.head_dim == 64 and model.config.model_type == "qwen2"
+    text = "13 no4:8+5"
+    assert tok.decode(tok(text)["input_ids"]) == text and len(tok(text)["input_ids"]) == len(text)
+    assert tok.eos_token_id == 1 and tok.pad_token_id == 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# pieces of the loop
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_chunked_logprobs_equal_full_softmax(model_dir):
+    """Policy's chunked log-softmax (checkpointed chunks) equals the plain full-logits computation,
+    values and gradients, and entropy matches -(p log p).sum over the vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(model_dir)
+    items = [([5, 6, 7, 8], [9, 10, 1]), ([5, 6], [11, 12, 13, 14, 1]), ([7], [20])]
+    batch = lad.make_batch(items, 0, "cpu")
+    policy = lad.Policy(lm, chunk=3, temperature=0.8)
+    logp, ent = policy(*batch)
+    (logp.sum() * 1.0).backward()
+    g_chunk = [p.grad.clone() for p in lm.parameters()]
+    lm.zero_grad()
+    ids, attn, pos, tgt, valid = batch
+    full = torch.log_softmax(lm(input_ids=ids, attention_mask=attn).logits.float() / 0.8, -1)   # (B, L, V)
+    ref = full.gather(1, pos[..., None].expand(-1, -1, full.shape[-1])).gather(-1, tgt[..., None])[..., 0]
+    ref_ent = -(full.exp() * full).sum(-1).gather(1, pos)
+    torch.testing.assert_close(logp[valid], ref[valid], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent[valid], ref_ent[valid], atol=1e-5, rtol=0)
+    assert (logp[~valid] == 0).all()
+    (ref * valid).sum().backward()
+    for a, p in zip(g_chunk, lm.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def _denominator_worker(rank, world, init_file, q):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # rank 0 holds 3 responses (11 tokens), rank 1 one response (2 tokens): very unequal
+    g = torch.Generator().manual_seed(0)
+    logp_all = torch.randn(4, 5, generator=g) * 0.1 - 1.0
+    mask_all = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.float32)
+    adv_all = torch.tensor([1.0, -0.5, 0.3, -0.8])
+    rows = [0, 1, 2] if rank == 0 else [3]
+    counts = [float(mask_all[rows].sum()), float(mask_all[rows[:1]].sum())]   # two "mini-batches"
+    denoms, glob = lad.global_denominators(counts, world, torch.device("cpu"))
+    theta = torch.zeros(4, 5, requires_grad=True)                             # logp = old + theta
+    loss, _ = lad.lad_loss(logp_all[rows] + theta[rows], logp_all[rows], adv_all[rows], mask_all[rows],
+                           divergence="js", eta=0.25, denom=denoms[0])
+    loss.backward()
+    grad = theta.grad.clone()
+    dist.all_reduce(grad)
+    grad /= world                                                             # what DDP does
+    q.put((rank, denoms, glob, grad))
+    dist.destroy_process_group()
+
+
+def test_global_denominator_identical_on_ranks_and_matches_one_big_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_denominator_worker, args=(r, 2, str(tmp_path / "init"), q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    res = sorted(q.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    (r0, d0, g0, grad0), (r1, d1, g1, grad1) = res
+    assert d0 == d1 and g0 == g1                                              # identical on every rank
+    assert g0 == [13.0, 6.0] and d0 == [6.5, 3.0]                             # global sum, then / world
+    # DDP-averaged gradient == gradient of the token-mean over the union batch in one process
+    g = torch.Generator().manual_seed(0)
+    logp_all = torch.randn(4, 5, generator=g) * 0.1 - 1.0
+    mask_all = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.float32)
+    theta = torch.zeros(4, 5, requires_grad=True)
+    loss, _ = lad.lad_loss(logp_all + theta, logp_all, torch.tensor([1.0, -0.5, 0.3, -0.8]), mask_all,
+                           divergence="js", eta=0.25)
+    loss.backward()
+    torch.testing.assert_close(grad0, theta.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad1, theta.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_data_order_is_a_permutation_per_epoch():
+    n, world = 10, 2
+    for rank in range(world):
+        seen = [lad.row_for(i, rank, world, n, seed=3) for i in range(5)]
+        assert len(set(seen)) == 5
+    both = {lad.row_for(i, r, world, n, seed=3) for r in range(world) for i in range(5)}
+    assert both == set(range(n))                                              # ranks split one epoch
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad input
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_bad_rows_name_file_and_line(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"problem": "1+1?", "answer": "2"}\n\n{"problem": "2+2?"}\n')
+    with pytest.raises(lad.UsageError, match=r"bad.jsonl:3: needs 'problem' and 'answer'"):
+        lad.load_rows(f, "{problem}")
+    f.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": \n')
+    with pytest.raises(lad.UsageError, match=r"bad.jsonl:2: malformed JSON"):
+        lad.load_rows(f, "{problem}")
+    with pytest.raises(lad.UsageError, match="not found"):
+        lad.load_rows(tmp_path / "missing.jsonl", "{problem}")
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text(json.dumps({"prompt": [{"role": "user", "content": "What is 2+3?"}],
+                              "reward_model": {"ground_truth": 5}}) + "\n")
+    rows = lad.load_rows(ok, "{problem}")
+    assert rows[0]["gold"] == "5" and rows[0]["kind"] == "math"
+
+
+def test_long_prompts_skipped_and_counted():
+    tok = tiny.make_tokenizer()
+    rows = [{"id": "a", "prompt": "x" * 5, "gold": "1", "kind": "math"},
+            {"id": "b", "prompt": "x" * 50, "gold": "1", "kind": "math"}]
+    kept, skipped = lad.encode_rows(rows, tok, "off", 10, "f")
+    assert [r["id"] for r in kept] == ["a"] and skipped == 1
+    with pytest.raises(lad.UsageError, match="longer than the context"):
+        lad.encode_rows(rows[1:], tok, "off", 10, "f")
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--group-size", "1"], "group-size must be >= 2"),
+    (["--divergence", "bogus"], "invalid choice"),
+    (["--train-data", "/nonexistent.jsonl"], "not found"),
+])
+def test_bad_cli_exits_2_with_one_line(argv, msg, capsys, model_dir):
+    with pytest.raises(SystemExit) as e:
+        lad.cli(["--model", model_dir, "--out", "/tmp/lad-test-unused"] + argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_batch_must_divide_over_ranks():
+    with pytest.raises(lad.UsageError, match="multiple of the world size 2"):
+        lad.check_args(lad.Args(prompts_per_step=3), world=2)
+
+
+def test_bad_row_fails_on_every_rank_without_hanging(tmp_path, model_dir):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "3?", "answer": "3"}\n{"answer": 1}\n')
+    r = _torchrun(["--model", model_dir, "--train-data", str(f), "--out", str(tmp_path / "run")] + SMALL,
+                  timeout=240)
+    assert r.returncode != 0
+    assert r.stderr.count("bad.jsonl:3") == 2, r.stderr[-3000:]               # both ranks say it
+
+
+# ----------------------------------------------------------------------------------------------------
+# end to end
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_torchrun_two_ranks_two_steps(tmp_path, model_dir):
+    out = tmp_path / "run"
+    r = _torchrun(["--model", model_dir, "--out", str(out)] + SMALL, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [0, 1, 2]                            # eval before RL, 2 steps
+    for x in lines[1:]:
+        assert x["rollout/prompts_drawn"] >= 4 and 0 <= x["train/accuracy"] <= 1
+        assert "perf/rollout_s" in x and "train/grad_norm" in x
+    assert "eval/pass_at_4" in lines[-1] and "eval/distinct_correct" in lines[-1]
+    ck = out / "ckpt-000002"
+    assert (ck / "trainer.pt").is_file() and (ck / "rank0.pt").is_file() and (ck / "rank1.pt").is_file()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(ck)
+    AutoTokenizer.from_pretrained(ck)
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+
+
+def _weights(ck):
+    from transformers import AutoModelForCausalLM
+
+    return dict(AutoModelForCausalLM.from_pretrained(ck).named_parameters())
+
+
+def test_resume_equals_straight_run(tmp_path, model_dir, monkeypatch):
+    """4 steps straight == 2 steps, then --resume for 2 more: same step count, same data (same
+    prompts drawn and rewards per step, same cursor) and the same weights. Tolerance: 1e-6 absolute.
+    Everything is seeded per (seed, rank, step) and the RNG/optimizer state is restored, so on one
+    machine the two runs execute the same float32 kernels in the same order and we observe bit
+    equality; 1e-6 only leaves room for a different BLAS thread split between processes."""
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    base = ["--model", model_dir, "--prompts-per-step", "4", "--group-size", "8", "--updates-per-rollout", "2",
+            "--micro-batch", "8", "--max-new-tokens", "6", "--eval-every", "0", "--lr", "3e-3", "--save-every", "2"]
+    a = lad.main(lad.parse_args(lad.Args, base + ["--steps", "4", "--out", str(tmp_path / "a")]))
+    lad.main(lad.parse_args(lad.Args, base + ["--steps", "2", "--out", str(tmp_path / "b")]))
+    b = lad.main(lad.parse_args(lad.Args, base + ["--steps", "4", "--resume", str(tmp_path / "b")]))
+    assert b == str(tmp_path / "b")
+    la = [json.loads(x) for x in (Path(a) / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (Path(b) / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in la] == [1, 2, 3, 4] and [x["step"] for x in lb] == [1, 2, 3, 4]
+    keys = ["rollout/prompts_drawn", "rollout/groups_kept", "train/reward_mean", "rollout/response_len_mean"]
+    assert [[x[k] for k in keys] for x in la] == [[x[k] for k in keys] for x in lb]
+    assert any(x["rollout/groups_kept"] > 0 for x in la)                      # it did train on something
+    ca = torch.load(Path(a) / "ckpt-000004" / "rank0.pt", weights_only=False)
+    cb = torch.load(Path(b) / "ckpt-000004" / "rank0.pt", weights_only=False)
+    assert ca["cursor"] == cb["cursor"]
+    wa, wb = _weights(Path(a) / "ckpt-000004"), _weights(Path(b) / "ckpt-000004")
+    w0 = _weights(model_dir)
+    moved = max((wa[k] - w0[k]).abs().max().item() for k in wa)
+    assert moved > 1e-4                                                       # training changed the weights
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
