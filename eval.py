@@ -24,8 +24,9 @@ Commands
 Protocol defaults (recorded in summary.json with every other setting): n = 32 samples per problem
 (Table 1 reports Avg@32, Table 7 Pass@32), temperature 1.0 and top_p 1.0 (the paper's sampling
 temperature, App. C.2; it states no separate evaluation temperature), 8192 new tokens (App. C.2; 4096
-for its 1.5B models), and the DAPO-Math prompt (the paper trains on DAPO-MATH, so its models answer in
-that format), with the tokenizer's chat template when it has one.
+for its 1.5B models), and lad.py's prompt (the paper gives none: "...put your final answer within
+\\boxed{}", so lad.py's checkpoints are scored as they were trained; `--prompt-template dapo` for models
+trained on DAPO-Math's own prompt), in the tokenizer's chat template when it has one, as lad.py does.
 
 Deliberately left out
     - the GPT-4 "logical diversity" judge (App. C.2): it needs a network and a paid API;
@@ -94,7 +95,7 @@ class Args:
     max_new_tokens: int = 0
     """response token limit (0: 8192 for math, paper App. C.2; 16 for the built-in task, whose answers are <= 8 chars)"""
     prompt_template: str = "auto"
-    """dapo, boxed, raw, or a string containing {problem} (auto: dapo for math, raw for the built-in task)"""
+    """boxed (lad.py's default prompt), dapo (DAPO-Math's), raw, or a string containing {problem} (auto: boxed for math, raw for the built-in task)"""
     chat_template: str = "auto"
     """wrap the prompt in the tokenizer's chat template: yes, no, auto (yes when the tokenizer has one)"""
     batch_size: int = 16
@@ -268,7 +269,12 @@ def parse_row(row, where: str, problem_field: str = "", answer_field: str = "", 
     pf = [problem_field] if problem_field else [f for f in PROBLEM_FIELDS if f in row]
     if not pf or pf[0] not in row:
         raise ValueError(f"{where}: no problem field (looked for {problem_field or ', '.join(PROBLEM_FIELDS)})")
-    problem = row[pf[0]]
+    problem, templated = row[pf[0]], False
+    gt = row["reward_model"].get("ground_truth") if isinstance(row.get("reward_model"), dict) else None
+    if isinstance(problem, list) and gt is not None:      # verl/DAPO rows: chat messages, already templated
+        if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in problem):
+            raise ValueError(f"{where}: 'prompt' messages need a 'content' string each")
+        problem, templated = "\n\n".join(m["content"] for m in problem), True
     if not isinstance(problem, str) or not problem.strip():
         raise ValueError(f"{where}: empty or non-text problem in field {pf[0]!r}")
     if isinstance(row.get("context"), str) and row["context"].strip():   # OlympiadBench physics
@@ -281,6 +287,8 @@ def parse_row(row, where: str, problem_field: str = "", answer_field: str = "", 
         source = next((f for f in ANSWER_FIELDS if row.get(f) not in (None, "", [])), None)
         if source is not None:
             raw = row[source]
+        elif gt not in (None, "", []):
+            raw, source = gt, "reward_model.ground_truth"
         elif isinstance(row.get("solution"), str):            # Minerva: the last box of the solution
             raw, source = last_boxed(row["solution"]), "solution (last \\boxed{})"
             if raw is None:
@@ -298,6 +306,8 @@ def parse_row(row, where: str, problem_field: str = "", answer_field: str = "", 
         raise ValueError(f"{where}: no field {id_field!r}")
     pid = str(row[idf[0]]) if idf else default_id
     meta = {k: row[k] for k in ("unit", "answer_type", "is_multiple_answer") if row.get(k) is not None}
+    if templated:
+        meta["templated"] = True                           # --prompt-template is not applied again
     return {"id": pid, "problem": problem, "gold": gold, "meta": meta}
 
 
@@ -373,12 +383,12 @@ def bench_name(spec: str) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 TEMPLATES = {
-    # DAPO-Math-17k's prompt (the paper's training set, App. C.2): the model was rewarded in this format
+    # lad.py's default --prompt-template: its checkpoints are scored in the format they were rewarded in
+    "boxed": "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}.",
+    # DAPO-Math-17k's own prompt (the paper's training set, App. C.2), for models trained on it verbatim
     "dapo": ("Solve the following math problem step by step. The last line of your response should be of "
              "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
              "{problem}\n\nRemember to put your answer on its own line after \"Answer:\"."),
-    # the usual Qwen2.5-Math instruction
-    "boxed": "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}.",
     "raw": "{problem}",
 }
 
@@ -390,12 +400,12 @@ def render_prompt(template: str, problem: str) -> str:
 
 def prompt_ids(tok, text: str, use_chat: bool) -> list[int]:
     """Token ids of one prompt: a single user turn in the chat template (with the assistant prefix), or
-    the plain text with the tokenizer's own special tokens (e.g. a BOS)."""
+    the plain text without added special tokens (exactly as lad.py encodes its training prompts)."""
     if use_chat:
         x = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                     tokenize=True, return_dict=False)
         return list(x["input_ids"]) if isinstance(x, dict) else list(x)
-    return list(tok(text, add_special_tokens=True)["input_ids"])
+    return list(tok(text, add_special_tokens=False)["input_ids"])   # as lad.py encodes its prompts
 
 
 def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
@@ -434,7 +444,8 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
         template = cfg["templates"][bench]
         for lo in range(0, len(problems), cfg["batch_size"]):
             batch = problems[lo:lo + cfg["batch_size"]]
-            ids = [prompt_ids(tok, render_prompt(template, p["problem"]), use_chat) for p in batch]
+            ids = [prompt_ids(tok, p["problem"] if p["meta"].get("templated") else render_prompt(template, p["problem"]),
+                              use_chat) for p in batch]
             samples = engine.generate(ids, cfg["n"], temperature=cfg["temperature"], top_p=cfg["top_p"],
                                       max_new_tokens=cfg["max_new_tokens"], seed=seed0 + batch_index)
             batch_index += 1
@@ -928,7 +939,7 @@ def evaluate(args: Args) -> int:
         print(f"warning: skipping {len(bad)} bad row(s):\n  {listing}", file=sys.stderr)
 
     # ---- settings that depend on the benchmark kind ----
-    templates = {b: (args.prompt_template if args.prompt_template != "auto" else ("raw" if k == "sum" else "dapo"))
+    templates = {b: (args.prompt_template if args.prompt_template != "auto" else ("raw" if k == "sum" else "boxed"))
                  for b, k in kinds.items()}
     if args.max_new_tokens == 0:
         cfg["max_new_tokens"] = 16 if kinds and all(k == "sum" for k in kinds.values()) else 8192

@@ -157,6 +157,15 @@ def test_bad_rows_are_reported_with_file_and_line(tmp_path):
     assert rc == 2
 
 
+def test_verl_style_rows_load_without_a_second_template(tmp_path):
+    import json
+    f = tmp_path / "aime-verl.jsonl"
+    f.write_text(json.dumps({"prompt": [{"role": "user", "content": "Solve 1+1. Answer: ..."}],
+                             "reward_model": {"ground_truth": "2"}}) + "\n")
+    (p,), errors, _, _ = ev.load_benchmark(str(f), ev.Args())
+    assert errors == [] and p["gold"] == "2" and p["problem"] == "Solve 1+1. Answer: ..." and p["meta"]["templated"]
+
+
 def test_parquet_loader(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -399,6 +408,8 @@ def test_prompt_templates_and_chat_wrapping():
     assert tok.decode(ev.prompt_ids(tok, "hi", True)) == "<user>hi<assistant>"
     text = ev.render_prompt("dapo", "What is {x}?")                  # braces in problems survive
     assert "What is {x}?" in text and text.startswith("Solve the following math problem")
+    import lad                                                       # the default is the trainer's prompt
+    assert ev.TEMPLATES["boxed"] == lad.Args().prompt_template
     assert ev.render_prompt("Q: {problem}\nA:", "1+1") == "Q: 1+1\nA:"
 
 
