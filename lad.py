@@ -375,6 +375,16 @@ class Args:
     """response tokens per log-softmax chunk (bounds the float32 logits held at once)"""
     gen_batch: int = 512
     """sequences per HF generate() call"""
+    vllm_tp: int = 1
+    """vLLM tensor-parallel size: each group of this many consecutive ranks shares one vLLM instance"""
+    vllm_gpu_memory: float = 0.4
+    """fraction of each GPU vLLM may take while awake (weights + KV cache); it sleeps during updates"""
+    tis_cap: float = 0.0
+    """truncated IS: scale each token's loss by min(exp(logp_old - logp_engine), C); 0 = off (README: C = 2)"""
+    fsdp: bool = False
+    """shard the policy with FSDP2 (fully_shard per decoder layer + root; bf16 compute on GPU); needs vLLM"""
+    activation_checkpointing: bool = False
+    """recompute each decoder layer's activations in backward (less memory, about a third more compute)"""
 
 
 def parse_args(cls=Args, argv=None):
@@ -439,6 +449,17 @@ def check_args(a, world):
         v = getattr(a, name)
         if v and v != "builtin" and not Path(v).is_file():
             raise UsageError(f"--{name.replace('_', '-')}: data file not found: {v}")
+    if a.vllm_tp < 1 or world % a.vllm_tp:
+        raise UsageError(f"--vllm-tp {a.vllm_tp} must be >= 1 and divide the world size {world}")
+    if not 0 < a.vllm_gpu_memory < 1:
+        raise UsageError(f"--vllm-gpu-memory must be in (0, 1), got {a.vllm_gpu_memory}")
+    if a.tis_cap < 0:
+        raise UsageError(f"--tis-cap must be >= 0 (0 = off), got {a.tis_cap}")
+    if a.fsdp and world < 2:
+        raise UsageError("--fsdp shards over ranks: launch with torchrun --nproc_per_node >= 2 (one GPU needs no sharding)")
+    if a.fsdp and a.engine == "hf":
+        raise UsageError("--fsdp needs --engine vllm (HF generate on a sharded model would need every rank "
+                         "to run the same number of forward passes)")
     if a.train_data != "builtin" and "{problem}" not in a.prompt_template:
         raise UsageError("--prompt-template must contain {problem}")
 
@@ -639,6 +660,20 @@ def global_denominators(token_counts, world, device):
     return (t / world).tolist(), t.tolist()
 
 
+def shard_policy(policy, lm, cuda):
+    """FSDP2 (issue 6): each decoder layer is one unit (its all-gather overlaps the previous layer's
+    compute), the Policy the root (embeddings, final norm, the possibly tied LM head). On GPU, bf16
+    compute with fp32 master weights, optimiser state and gradient reduction. Like DDP, FSDP2 averages
+    gradients over ranks, so global_denominators applies unchanged. Parameter names stay the HF ones."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else MixedPrecisionPolicy()
+    for layer in lm.base_model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(policy, mp_policy=mp)
+    return policy
+
+
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints (HF folder + trainer state + per-rank RNG/cursor)
 # ----------------------------------------------------------------------------------------------------
@@ -647,10 +682,17 @@ def global_denominators(token_counts, world, device):
 def save_checkpoint(out, step, lm, tok, opt, cursor, rank, world, args):
     ck = Path(out) / f"ckpt-{step:06d}"
     ck.mkdir(parents=True, exist_ok=True)
+    model_sd = opt_sd = None
+    if getattr(args, "fsdp", False):       # gather full state dicts (collectives: every rank takes part)
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd, opt_sd = get_model_state_dict(lm, options=full), get_optimizer_state_dict(lm, opt, options=full)
     if rank == 0:
-        lm.save_pretrained(ck)
+        lm.save_pretrained(ck, state_dict=model_sd)
         tok.save_pretrained(ck)
-        torch.save({"step": step, "optimizer": opt.state_dict(), "world": world,
+        torch.save({"step": step, "optimizer": opt_sd if opt_sd is not None else opt.state_dict(), "world": world,
                     "args": dataclasses.asdict(args)}, ck / "trainer.pt")
     torch.save({"cursor": cursor, "torch": torch.get_rng_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -786,12 +828,23 @@ def main(args):
                        f"{time.strftime('%Y%m%d-%H%M%S')}")
     out = all_gather_obj(out)[0]                                      # rank 0's timestamp for everyone
     Path(out).mkdir(parents=True, exist_ok=True)
+    # the policy, sharded before the optimiser sees its parameters (fully_shard swaps them for DTensors)
+    policy = Policy(lm, args.logprob_chunk, args.temperature)
+    if args.activation_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.fsdp:
+        shard_policy(policy, lm, cuda)
     opt = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     if ckpt is not None:
         st = torch.load(ckpt / "trainer.pt", weights_only=False)
         if st["world"] != world:
             raise UsageError(f"--resume: checkpoint was written by {st['world']} ranks, this run has {world}")
-        opt.load_state_dict(st["optimizer"])
+        if args.fsdp:                      # a full (gathered) optimiser state, re-sharded on load
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(lm, opt, st["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            opt.load_state_dict(st["optimizer"])
         start = st["step"]
         rs = torch.load(ckpt / f"rank{rank}.pt", weights_only=False)
         cursor = rs["cursor"]
@@ -804,10 +857,15 @@ def main(args):
         torch.manual_seed(args.seed * 1000 + rank)
 
     engine, engine_kind = rollout.make_engine(args.engine, model=lm, tokenizer=tok, model_path=model_path,
-                                              seed=args.seed + rank, batch_size=args.gen_batch)
-    policy = Policy(lm, args.logprob_chunk, args.temperature)
+                                              seed=args.seed + rank, batch_size=args.gen_batch,
+                                              tensor_parallel_size=args.vllm_tp,
+                                              gpu_memory_utilization=args.vllm_gpu_memory,
+                                              max_model_len=min(ctx, max(len(r["ids"]) for r in train + (held or []))
+                                                                + args.max_new_tokens))
+    if args.fsdp and engine_kind != "vllm":
+        raise UsageError(f"--fsdp needs the vLLM engine; --engine {args.engine} resolved to {engine_kind}")
     ddp = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[local_rank] if cuda else None) \
-        if world > 1 else policy
+        if world > 1 and not args.fsdp else policy
     kind = train[0]["kind"]
 
     log_file = open(Path(out) / "metrics.jsonl", "a") if rank == 0 else None
@@ -828,7 +886,8 @@ def main(args):
 
     def log(step, m):
         if rank == 0:
-            log_file.write(json.dumps({"step": step, **m}) + "\n")
+            row = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}}
+            log_file.write(json.dumps(row) + "\n")                  # NaN -> null: strict JSON
             log_file.flush()
             if wb is not None:
                 wb.log(m, step=step)
@@ -898,25 +957,42 @@ def main(args):
 
         # ---- advantages (GRPO group normalisation, the paper's estimator) and the flat sample list
         engine.sleep()
-        items, adv = [], []
+        items, adv, eng_lp = [], [], []
         if kept:
             rw_t = torch.tensor([x for _, _, rw in kept for x in rw], dtype=torch.float32)
             a, _ = group_advantages(rw_t, G)
             adv = a.tolist()
             items = [(r["ids"], s.response_ids) for r, grp, _ in kept for s in grp]
+            eng_lp = [s.logprobs for _, grp, _ in kept for s in grp]
         real = len(items)
         if not items:                      # this rank kept nothing: one zero-weighted sample keeps DDP in step
             r, grp, _ = spare
-            items, adv = [(r["ids"], grp[0].response_ids)], [0.0]
+            items, adv, eng_lp = [(r["ids"], grp[0].response_ids)], [0.0], [grp[0].logprobs]
 
         # ---- old log-probs, recomputed by the trainer without gradient (and the entropy estimate)
         t0 = time.perf_counter()
         old, ent_sum, ent_n = [], 0.0, 0
+        tis, mm = [], {}                   # per-micro-batch TIS weights; mismatch sums (README "vllm")
+        with_engine_lp = all(x is not None for x in eng_lp)
+        n_old = -(-len(items) // args.micro_batch)
+        if args.fsdp:                      # FSDP all-gathers in every forward: all ranks run as many
+            n_old = int(all_reduce(torch.tensor([float(n_old)], device=device), dist.ReduceOp.MAX).item())
         with torch.no_grad():
-            for lo in range(0, len(items), args.micro_batch):
+            for lo in range(0, n_old * args.micro_batch, args.micro_batch):
+                if lo >= len(items):       # FSDP filler forward, result unused
+                    policy(*make_batch(items[:1], tok.pad_token_id, device))
+                    continue
                 ids, attn, pos, tgt, valid = make_batch(items[lo:lo + args.micro_batch], tok.pad_token_id, device)
                 lp, en = policy(ids, attn, pos, tgt, valid)
                 old.append(lp)
+                if with_engine_lp:
+                    elp = torch.zeros_like(lp)
+                    for b, x in enumerate(eng_lp[lo:lo + args.micro_batch]):
+                        elp[b, :len(x)] = torch.tensor(x, dtype=torch.float32)
+                    w_tis, st_mm = rollout.rollout_mismatch(lp, elp, valid.float() * float(lo < real), args.tis_cap)
+                    tis.append(w_tis)
+                    for k, v in st_mm.items():
+                        mm[k] = max(mm.get(k, 0.0), v) if k.endswith("_max") else mm.get(k, 0.0) + v
                 if lo < real:
                     ent_sum += float(en[valid].sum())
                     ent_n += int(valid.sum())
@@ -931,6 +1007,7 @@ def main(args):
         tok_counts = [float(sum(lens[i] for i in mb)) * scale for mb in minis]
         denoms, global_tokens = global_denominators(tok_counts, world, device)
         old_flat = [row for o in old for row in o]                   # per-sample (T,) tensors (padded)
+        tis_flat = [row for w_tis in tis for row in w_tis] if args.tis_cap > 0 and tis else None
         stats_acc, n_stats, grad_norms = {}, 0, []
         lm.train()
         for u, mb in enumerate(minis):
@@ -940,8 +1017,15 @@ def main(args):
                 mb = [order[0]]            # this rank has no sample in this mini-batch: a zero-weighted one
             w = scale if len(minis[u]) else 0.0
             micro = [mb[i:i + args.micro_batch] for i in range(0, len(mb), args.micro_batch)]
+            n_real_micro = len(micro)
+            if args.fsdp:                  # equal forward/backward counts on every rank (FSDP collectives)
+                n_micro = all_reduce(torch.tensor([float(len(micro))], device=device), dist.ReduceOp.MAX).item()
+                micro += [micro[0]] * (int(n_micro) - len(micro))
             for j, mi in enumerate(micro):
-                sync = contextlib.nullcontext() if (j == len(micro) - 1 or world == 1) else ddp.no_sync()
+                w_all = w
+                if j >= n_real_micro:
+                    w = 0.0                # FSDP filler: zero-weighted, adds nothing
+                sync = contextlib.nullcontext() if (j == len(micro) - 1 or world == 1 or args.fsdp) else ddp.no_sync()
                 with sync:
                     ids, attn, pos, tgt, valid = make_batch([items[i] for i in mi], tok.pad_token_id, device)
                     logp, _ = ddp(ids, attn, pos, tgt, valid)
@@ -951,19 +1035,23 @@ def main(args):
                                           for i in mi])
                     a = torch.tensor([adv[i] for i in mi], dtype=torch.float32, device=device)
                     mask = valid.float()
+                    tis_w = None if tis_flat is None else torch.stack(
+                        [torch.nn.functional.pad(tis_flat[i], (0, max(0, T - tis_flat[i].shape[0])))[:T] for i in mi])
                     if args.loss == "lad":
                         # Eq. 8 with eta = 1/inv_eta; token-mean over the global mini-batch (denominator above)
                         loss, st = lad_loss(logp, old_lp, a, mask, divergence=args.divergence, eta=1.0 / args.inv_eta,
-                                            ratio=args.ratio, denom=denoms[u])
+                                            ratio=args.ratio, denom=denoms[u], weights=tis_w)
                     else:
                         loss, st = grpo_loss(logp, old_lp, a, mask, clip_low=args.clip_low, clip_high=args.clip_high,
-                                             denom=denoms[u])
+                                             denom=denoms[u], weights=tis_w)
                     (loss * w).backward()
                 for k, v in st.items():           # weighted by w: a zero-weighted filler adds nothing
                     if k != "loss/value":
                         stats_acc[k] = stats_acc.get(k, 0.0) + w * float(v)
                 n_stats += w
+                w = w_all
             gn = torch.nn.utils.clip_grad_norm_(lm.parameters(), args.clip_grad)
+            gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn        # FSDP2: a DTensor
             grad_norms.append(float(gn))
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -971,8 +1059,9 @@ def main(args):
 
         # ---- weights to the engine (a no-op for the HF engine, which samples from `lm` itself)
         t0 = time.perf_counter()
-        engine.wake()
-        engine.sync_weights((n, p.detach()) for n, p in lm.named_parameters())
+        engine.sync_weights(rollout.hf_named_tensors(lm, dtype=getattr(torch, engine.dtype, None)
+                                                     if engine_kind == "vllm" else None))
+        engine.wake()                      # after the sync: vLLM's KV cache comes back last (README "vllm")
         times["sync"] = time.perf_counter() - t0
         step_time = time.perf_counter() - t_step
 
@@ -994,6 +1083,17 @@ def main(args):
              "perf/step_s": mx[1], "perf/tokens_per_s": s[5] / mx[1]}
         m.update({f"perf/{k}_s": mx[2 + i] for i, k in enumerate(times)})
         m.update({k: s[11 + i] / s[-1] for i, k in enumerate(keys)} if s[-1] else {})
+        if mm:                             # rollout/trainer mismatch (README "vllm"); same keys on every rank
+            mk = sorted(k for k in mm if not k.endswith("_max"))
+            tot = dict(zip(mk, all_reduce(torch.tensor([mm[k] for k in mk], dtype=torch.float64, device=device)).tolist()))
+            mx_mm = all_reduce(torch.tensor([mm["rollout/logp_diff_max"]], dtype=torch.float64, device=device),
+                               dist.ReduceOp.MAX if dist_on() else None).item()
+            n_tok = max(tot["rollout/tokens"], 1.0)
+            m["rollout/logp_diff_mean"] = tot["rollout/logp_diff_sum"] / n_tok
+            m["rollout/logp_diff_max"] = mx_mm
+            if "rollout/tis_weight_sum" in tot:
+                m["rollout/tis_weight_mean"] = tot["rollout/tis_weight_sum"] / n_tok
+                m["rollout/tis_capped_frac"] = tot["rollout/tis_capped"] / n_tok
         if do_eval and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
             te = time.perf_counter()
             m.update(evaluate(engine, held, args, rank, world, tok, step + 1))
@@ -1016,6 +1116,8 @@ def main(args):
         if wb is not None:
             wb.finish()
         print(f"done: {out}", flush=True)
+    if hasattr(engine, "close"):
+        engine.close()
     return out
 
 

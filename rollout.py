@@ -125,6 +125,7 @@ def make_engine(kind, *, model=None, tokenizer=None, model_path=None, seed=0, **
         engine_cls = globals().get("VLLMEngine")                   # defined in the vLLM section below
         if engine_cls is None:
             raise ValueError("--engine vllm: this rollout.py has no VLLMEngine")
+        kwargs.pop("batch_size", None)                             # an HF engine option
         return engine_cls(model_path, tokenizer=tokenizer, seed=seed, **kwargs), "vllm"
     raise ValueError(f"unknown engine {kind!r}; choose auto, hf or vllm")
 

