@@ -157,10 +157,10 @@ def test_global_denominator_identical_on_ranks_and_matches_one_big_batch(tmp_pat
     procs = [ctx.Process(target=_denominator_worker, args=(r, 2, str(tmp_path / "init"), q)) for r in range(2)]
     for p in procs:
         p.start()
-    res = sorted(q.get(timeout=120) for _ in procs)
+    res = sorted(q.get(timeout=180) for _ in procs)
     for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+        p.join(timeout=120)
+        assert p.exitcode == 0, f"worker exit code {p.exitcode}"
     (r0, d0, g0, grad0), (r1, d1, g1, grad1) = res
     assert d0 == d1 and g0 == g1                                              # identical on every rank
     assert g0 == [13.0, 6.0] and d0 == [6.5, 3.0]                             # global sum, then / world
