@@ -272,8 +272,8 @@ def practical_loss_landscape(thetas, old_logp, adv, q, args: Args, divergence):
     out = []
     for th in thetas:
         logp = torch.log_softmax(th / score_t(args), -1)
-        loss, _ = lad.lad_loss(logp[:, None], old_logp[:, None], adv, q[:, None],
-                               divergence=divergence, eta=args.eta, denom=1.0)
+        loss, _ = lad.lad_loss(logp[:, None], old_logp[:, None], adv, torch.ones_like(q)[:, None],
+                               divergence=divergence, eta=args.eta, denom=1.0, weights=q[:, None])
         out.append(float(loss))
     return out
 
@@ -329,15 +329,16 @@ def train(args: Args, methods: list[str], *, record_traj=(), traj_every=10):
         n = lp.shape[-1]                                                   # B, or K in exact mode
         # rows = (seed, sample) pairs, one "token" each: the (B, T) = (S * n, 1) layout of lad.py
         lp, old, a = lp.reshape(M, S * n, 1), old.reshape(M, S * n, 1), a.reshape(M, S * n)
-        w = None if w is None else w.reshape(M, S * n, 1)                  # exact: mask = pi_old weights
+        w = None if w is None else w.reshape(M, S * n, 1)                  # exact: weights = pi_old(y)
         total = 0.0
         for i, m in enumerate(methods):
             tm = time.perf_counter()
             lp_m, old_m, a_m = lp[i], old[i], a[i]
-            mask = ones if w is None else w[i]
+            w_m = None if w is None else w[i]                              # (S*K, 1) expectation weights
             if m.startswith("lad-") and m != "lad-theory":
                 # Eq. 8 (lad.lad_loss): sum over seeds of E_{y~pi_old} e^{A/eta} f(r e^{-A/eta})
-                loss, _ = lad.lad_loss(lp_m, old_m, a_m, mask, divergence=m[4:], eta=args.eta, denom=denom)
+                loss, _ = lad.lad_loss(lp_m, old_m, a_m, ones, divergence=m[4:], eta=args.eta, denom=denom,
+                                       weights=w_m)
             elif m == "lad-theory":
                 per_arm = lad_theory_per_arm(logp_all[i], old_all[i], adv, args.eta, args.theory_div)  # (S, K)
                 if args.exact:
@@ -355,9 +356,9 @@ def train(args: Args, methods: list[str], *, record_traj=(), traj_every=10):
                     g_adv, _ = lad.group_advantages(a_m, B)
                 k3 = args.grpo_kl == "k3"
                 # Appendix B.4: PPO-clip surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) (lad.grpo_loss)
-                loss, _ = lad.grpo_loss(lp_m, old_m, g_adv, mask, clip_low=args.grpo_clip_low,
+                loss, _ = lad.grpo_loss(lp_m, old_m, g_adv, ones, clip_low=args.grpo_clip_low,
                                         clip_high=args.grpo_clip_high, ref_logp=old_m if k3 else None,
-                                        kl_coef=args.grpo_kl_coef if k3 else 0.0, denom=denom)
+                                        kl_coef=args.grpo_kl_coef if k3 else 0.0, denom=denom, weights=w_m)
                 if args.grpo_kl == "exact":                                # Eq. 2's KL(pi || pi_old), all arms
                     loss = loss + args.grpo_kl_coef * (logp_all[i].exp() * (logp_all[i] - old_all[i])).sum()
             elif m == "flowrl":

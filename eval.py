@@ -458,6 +458,8 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
                              "truncated": bool(s.truncated), "num_tokens": len(s.response_ids), "gold": p["gold"]})
             bar.update(len(batch))
     bar.close()
+    if hasattr(engine, "close"):       # vLLM: shut its engine core down now rather than at interpreter exit
+        engine.close()
     return rows
 
 

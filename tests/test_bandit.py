@@ -99,7 +99,7 @@ def test_theory_and_practical_agree_to_first_order(div):
 
 
 def test_exact_mode_weighting_of_lad_py_losses():
-    # Exact mode passes pi_old as lad_loss/grpo_loss's mask with denom=1 (a weighted sum) and folds
+    # Exact mode passes pi_old as lad_loss/grpo_loss's weights= with denom=1 (a weighted sum) and folds
     # K q into flowrl_loss's importance weight; check both against the sums written out.
     K = 50
     old, logp = _policies(K, 5, 0.3)
