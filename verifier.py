@@ -1375,15 +1375,7 @@ def _to_intervals(node):
     oo = ("const", "oo")
     if t == "group" and len(node[3]) == 2:
         return [(node[3][0], node[3][1], node[1] == "[", node[2] == "]")]
-    if t == "union":
-        out = []
-        for x in node[1]:
-            iv = _to_intervals(x)
-            if iv is None:
-                return None
-            out += iv
-        return out
-    if t == "list":
+    if t in ("union", "list"):           # a union, or a comma list of intervals read as one
         out = []
         for x in node[1]:
             iv = _to_intervals(x)
