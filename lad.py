@@ -13,7 +13,10 @@ Commands
     CPU, one process:   python lad.py --divergence js
     CPU, two ranks:     torchrun --nproc_per_node=2 lad.py --divergence js
     1 GPU:              python lad.py --divergence js --model <hf-path> --train-data <file>
+    1 GPU, bf16:        python lad.py --fsdp true --model <hf-path> --train-data <file>   (one-rank FSDP2)
     8 GPUs:             torchrun --nproc_per_node=8 lad.py --divergence js --model <hf-path> --train-data <file>
+    8 GPUs, FSDP2:      torchrun --nproc_per_node=8 lad.py --fsdp true --engine vllm --model <hf-path> ...
+                        (--engine hf without vLLM: each rank samples from an unsharded bf16 copy)
     GRPO baseline:      add --loss grpo
 
 Deliberately left out
@@ -354,7 +357,8 @@ class Args:
     resume: str = ""
     """checkpoint folder (run/ckpt-NNNNNN) or run folder (its latest checkpoint) to continue from"""
     engine: str = "auto"
-    """rollout engine: auto (vLLM when installed and a GPU is present, else hf), hf, vllm"""
+    """rollout engine: auto (vLLM when installed and a GPU is present, else hf), hf, vllm; with --fsdp the hf
+    engine samples from its own unsharded copy of the model (bf16 on GPU), synced after every step"""
     wandb: str = "disabled"
     """wandb mode: disabled, offline, online (wandb is not in requirements.txt; install it to use)"""
     wandb_project: str = "lad"
@@ -382,7 +386,8 @@ class Args:
     tis_cap: float = 0.0
     """truncated IS: scale each token's loss by min(exp(logp_old - logp_engine), C); 0 = off (README: C = 2)"""
     fsdp: bool = False
-    """shard the policy with FSDP2 (fully_shard per decoder layer + root; bf16 compute on GPU); needs vLLM"""
+    """FSDP2 (fully_shard per decoder layer + root): shards over torchrun ranks; bf16 compute with fp32 master
+    weights on GPU, also in one process (python lad.py); either engine"""
     activation_checkpointing: bool = False
     """recompute each decoder layer's activations in backward (less memory, about a third more compute)"""
 
@@ -455,11 +460,6 @@ def check_args(a, world):
         raise UsageError(f"--vllm-gpu-memory must be in (0, 1), got {a.vllm_gpu_memory}")
     if a.tis_cap < 0:
         raise UsageError(f"--tis-cap must be >= 0 (0 = off), got {a.tis_cap}")
-    if a.fsdp and world < 2:
-        raise UsageError("--fsdp shards over ranks: launch with torchrun --nproc_per_node >= 2 (one GPU needs no sharding)")
-    if a.fsdp and a.engine == "hf":
-        raise UsageError("--fsdp needs --engine vllm (HF generate on a sharded model would need every rank "
-                         "to run the same number of forward passes)")
     if a.train_data != "builtin" and "{problem}" not in a.prompt_template:
         raise UsageError("--prompt-template must contain {problem}")
 
@@ -781,10 +781,17 @@ def main(args):
         model_path = tiny.default_model_dir(0, log=print if rank == 0 else (lambda *a: None))
     if not cuda:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    if world > 1:
+    own_group = args.fsdp and world == 1
+    if world > 1 or own_group:
         if cuda:
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        if own_group:
+            # fully_shard needs a process group, also of one rank (python lad.py --fsdp true: bf16 compute,
+            # fp32 master weights, nothing sharded). Without torchrun there is no MASTER_ADDR; an in-process
+            # store needs no port (no race for a free one) and no network.
+            dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group("nccl" if cuda else "gloo")
 
     # every rank must run the same batch geometry; one all_gather, every rank sees the same verdict
     geo = (args.prompts_per_step, args.group_size, args.updates_per_rollout, args.micro_batch, args.steps, args.loss)
@@ -839,6 +846,9 @@ def main(args):
         st = torch.load(ckpt / "trainer.pt", weights_only=False)
         if st["world"] != world:
             raise UsageError(f"--resume: checkpoint was written by {st['world']} ranks, this run has {world}")
+        if args.fsdp and not st["args"].get("fsdp", False):
+            # its optimiser state is keyed by parameter position; set_optimizer_state_dict needs names
+            raise UsageError("--resume: checkpoint was written without --fsdp; resume it with --fsdp false")
         if args.fsdp:                      # a full (gathered) optimiser state, re-sharded on load
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -862,8 +872,6 @@ def main(args):
                                               gpu_memory_utilization=args.vllm_gpu_memory,
                                               max_model_len=min(ctx, max(len(r["ids"]) for r in train + (held or []))
                                                                 + args.max_new_tokens))
-    if args.fsdp and engine_kind != "vllm":
-        raise UsageError(f"--fsdp needs the vLLM engine; --engine {args.engine} resolved to {engine_kind}")
     ddp = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[local_rank] if cuda else None) \
         if world > 1 and not args.fsdp else policy
     kind = train[0]["kind"]
@@ -1057,10 +1065,11 @@ def main(args):
             opt.zero_grad(set_to_none=True)
         times["update"] = time.perf_counter() - t0
 
-        # ---- weights to the engine (a no-op for the HF engine, which samples from `lm` itself)
+        # ---- weights to the engine (a no-op for the HF engine on an unsharded `lm`: it samples from `lm`
+        # itself; under FSDP it fills its rollout copy). Cast before the gather: bf16 halves the traffic.
         t0 = time.perf_counter()
-        engine.sync_weights(rollout.hf_named_tensors(lm, dtype=getattr(torch, engine.dtype, None)
-                                                     if engine_kind == "vllm" else None))
+        eng_dtype = getattr(engine, "dtype", None)
+        engine.sync_weights(rollout.hf_named_tensors(lm, dtype=getattr(torch, eng_dtype) if eng_dtype else None))
         engine.wake()                      # after the sync: vLLM's KV cache comes back last (README "vllm")
         times["sync"] = time.perf_counter() - t0
         step_time = time.perf_counter() - t_step
@@ -1118,6 +1127,8 @@ def main(args):
         print(f"done: {out}", flush=True)
     if hasattr(engine, "close"):
         engine.close()
+    if own_group and dist_on():            # the one-rank group main opened (vLLM's close may have done it)
+        dist.destroy_process_group()
     return out
 
 

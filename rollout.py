@@ -2,13 +2,16 @@
 
 Implements the sampling side of the RL loop (paper Sec. 4.2 / App. C.2: 8 responses per prompt,
 temperature 1): a Hugging Face `generate` engine that samples from the trainer's own module (CPU
-default), and a vLLM engine colocated on each rank (distributed_executor_backend="external_launcher")
-whose weights are updated in place after every optimiser step, streamed one tensor at a time.
+default; under FSDP2 from a per-rank unsharded copy), and a vLLM engine colocated on each rank
+(distributed_executor_backend="external_launcher"). Whatever weights an engine holds of its own (vLLM's,
+the HF copy) are updated in place after every optimiser step, streamed one tensor at a time.
 
 Commands (through lad.py / eval.py; this module has no CLI)
     CPU:            python lad.py --engine hf            torchrun --nproc_per_node=2 lad.py --engine vllm
-    1 GPU:          python lad.py --engine vllm --model <hf-path>
+    CPU, FSDP2:     torchrun --nproc_per_node=2 lad.py --engine hf --fsdp true   (or python lad.py: 1 rank)
+    1 GPU:          python lad.py --engine vllm --model <hf-path>   (add --fsdp true for bf16 compute)
     8 GPUs:         torchrun --nproc_per_node=8 lad.py --engine vllm --fsdp true --model <hf-path>
+    8 GPUs, no vLLM: torchrun --nproc_per_node=8 lad.py --engine hf --fsdp true --model <hf-path>
 
 Deliberately left out: a separate inference server (engines live in the training processes), async
 rollouts (sampling and training alternate), and weight sync through disk.
@@ -44,19 +47,52 @@ class Sample:
 
 
 class HFEngine:
-    """Samples with transformers `generate` from the trainer's own module (no copy of the weights).
+    """Samples with transformers `generate`, from the trainer's own module or, under FSDP2, from a copy.
 
-    Because it holds a reference to the module being trained, sync_weights is a no-op and sleep/wake
-    have nothing to free. Sampling is reproducible: each generate() call seeds a private RNG state
-    from `seed` (the caller passes a per-rank, per-step seed) and restores the global one afterwards,
-    so resuming a run replays the same rollouts. CPU default for small models (SPEC.md: faster than vLLM).
+    Unsharded trainer (one process, DDP): the engine holds a reference to the module being trained, so
+    there is no copy, sync_weights is a no-op and sleep/wake have nothing to free.
+
+    Sharded trainer (FSDP2: its parameters are DTensors): `generate` cannot run on the trainer's module.
+    The root FSDP unit is lad.py's Policy wrapper, so lm.generate would bypass the root's unshard hook
+    (embeddings, final norm and LM head stay sharded), and ranks sampling different lengths would run
+    different numbers of forwards, i.e. of per-layer all-gathers, and hang. So the engine keeps its own
+    unsharded rollout copy, loaded from `model_path` (architecture, config, buffers) in the engine dtype
+    (bf16 on CUDA, FSDP's compute dtype there; fp32 on CPU), on the trainer's device, and sync_weights
+    copies the trainer's weights into it in place, one gathered tensor at a time. The constructor syncs
+    once too (a collective: every rank builds its engine at the same point), so the copy starts from the
+    trainer's weights, not from whatever model_path holds (lad.py loads both from the same folder, the
+    checkpoint on resume; the sync makes that not matter). generate() then runs rank-locally, with no
+    collective. Cost: one unsharded copy per rank (2 bytes/parameter on GPU), also during the update
+    phase (sleep/wake do nothing: offloading it every step would move the whole model over PCIe twice).
+
+    Sampling is reproducible: each generate() call seeds a private RNG state from `seed` (the caller
+    passes a per-rank, per-step seed) and restores the global one afterwards, so resuming a run replays
+    the same rollouts. CPU default for small models (SPEC.md: faster than vLLM).
+
+    model: the trainer's unwrapped HF module (not the DDP wrapper); tokenizer: pad/EOS ids;
+    batch_size: sequences per generate() call; model_path: HF folder of the rollout copy (needed only
+    when one is made); rollout_copy: None = make a copy exactly when `model` is sharded, True/False forces.
     """
 
-    def __init__(self, model, tokenizer, *, batch_size=512):
-        self.model = model                           # the unwrapped HF module (not the DDP wrapper)
+    def __init__(self, model, tokenizer, *, batch_size=512, model_path=None, rollout_copy=None):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
         self.batch_size = batch_size                 # sequences per generate() call (memory bound)
+        if rollout_copy is None:
+            rollout_copy = _is_sharded(model)
+        self.model = model                           # the module generate() runs on
+        self.dtype = None                            # the copy's dtype name, None without a copy (lad.py casts
+                                                     # to it before the FSDP gather: half the traffic in bf16)
+        if rollout_copy:
+            from transformers import AutoModelForCausalLM
+
+            if model_path is None:
+                raise ValueError("the hf engine's rollout copy (sharded trainer) needs model_path")
+            device = next(model.parameters()).device
+            self.dtype = "bfloat16" if device.type == "cuda" else "float32"
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=getattr(torch, self.dtype)).to(device).eval().requires_grad_(False)
+            self.sync_weights(hf_named_tensors(model, dtype=getattr(torch, self.dtype)))
 
     @torch.no_grad()
     def generate(self, prompts, n, *, temperature=1.0, top_p=1.0, max_new_tokens=256, seed=0):
@@ -101,14 +137,42 @@ class HFEngine:
             self.model.train(was_training)
         return out
 
+    @torch.no_grad()
     def sync_weights(self, named_tensors):
-        """No-op: the engine samples from the trainer's module itself."""
+        """Rollout copy: copy each (hf_name, full tensor) into it in place, consuming `named_tensors` one
+        tensor at a time (give hf_named_tensors(model): under FSDP2 it gathers one parameter at a time,
+        so the extra memory is one full parameter). A tied LM head is the embedding's Parameter in the
+        copy, so it is filled whether or not its name arrives. Every parameter must arrive (a partial sync
+        would sample from a mix of old and new weights): missing or unknown names raise.
+        Without a copy: a no-op, the engine samples from the trainer's module itself."""
+        if self.dtype is None:
+            return
+        params = dict(self.model.named_parameters(remove_duplicate=False))     # tied names: one Parameter
+        filled = set()
+        for name, t in named_tensors:
+            p = params.get(name)
+            if p is None or p.shape != t.shape:
+                raise ValueError(f"sync_weights: {name} {tuple(t.shape)} does not match the rollout copy "
+                                 f"({'no such parameter' if p is None else tuple(p.shape)})")
+            p.copy_(t)                                                          # casts dtype, moves device
+            filled.add(id(p))
+        missing = [n for n, p in self.model.named_parameters() if id(p) not in filled]
+        if missing:
+            raise ValueError(f"sync_weights: no tensor for {len(missing)} parameter(s) of the rollout copy, "
+                             f"e.g. {missing[0]}")
 
     def sleep(self):
-        """No-op: nothing to free (the weights are the trainer's)."""
+        """No-op: nothing to free (the weights are the trainer's, or a copy kept for the next step)."""
 
     def wake(self):
         """No-op."""
+
+
+def _is_sharded(model):
+    """True when `model`'s parameters are FSDP2 DTensors (fully_shard was applied to it or a parent)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def vllm_usable():
@@ -131,12 +195,14 @@ def make_engine(kind, *, model=None, tokenizer=None, model_path=None, seed=0, **
     if kind == "hf":
         if model is None or tokenizer is None:
             raise ValueError("the hf engine needs the trainer's model and tokenizer")
-        return HFEngine(model, tokenizer, **{k: v for k, v in kwargs.items() if k == "batch_size"}), "hf"
+        return HFEngine(model, tokenizer, model_path=model_path,
+                        **{k: v for k, v in kwargs.items() if k in ("batch_size", "rollout_copy")}), "hf"
     if kind == "vllm":
         engine_cls = globals().get("VLLMEngine")                   # defined in the vLLM section below
         if engine_cls is None:
             raise ValueError("--engine vllm: this rollout.py has no VLLMEngine")
-        kwargs.pop("batch_size", None)                             # an HF engine option
+        kwargs.pop("batch_size", None)                             # HF engine options
+        kwargs.pop("rollout_copy", None)
         return engine_cls(model_path, tokenizer=tokenizer, seed=seed, **kwargs), "vllm"
     raise ValueError(f"unknown engine {kind!r}; choose auto, hf or vllm")
 

@@ -101,3 +101,54 @@ def test_sync_is_live_and_factory_errors(model_tok):
         rollout.make_engine("tpu", model=model, tokenizer=tok)
     with pytest.raises(ValueError, match="needs the trainer's model"):
         rollout.make_engine("hf")
+
+
+def _perturb(model, seed, scale=0.05):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_rollout_copy_follows_the_trainer_only_through_sync(model_tok, tmp_path):
+    """The HF engine's rollout copy (what it samples from when the trainer is FSDP-sharded; forced here on
+    an unsharded module, the torchrun tests in test_train.py cover the sharded one): it starts from the
+    trainer's weights, not model_path's; after the trainer changes it keeps the old policy until
+    sync_weights(hf_named_tensors(trainer)), then gives the trainer module's greedy tokens, samples and
+    log-probs exactly (both float32 on CPU). Tied embeddings: the tiny model ties its LM head."""
+    import copy
+
+    model, tok = model_tok
+    model.save_pretrained(tmp_path)                         # model_path: the unperturbed weights
+    trainer = copy.deepcopy(model)                          # the module-scoped fixture stays untouched
+    assert trainer.get_output_embeddings().weight is trainer.get_input_embeddings().weight
+    _perturb(trainer, seed=1)
+    engine, _ = rollout.make_engine("hf", model=trainer, tokenizer=tok, model_path=str(tmp_path), rollout_copy=True)
+    direct = rollout.HFEngine(trainer, tok)                 # samples from the trainer's module itself
+    assert engine.model is not trainer and engine.dtype == "float32"
+    prompts = _prompts(tok, 3)
+
+    def run(e):
+        greedy = e.generate(prompts, 1, temperature=0, max_new_tokens=8, seed=0)
+        sampled = e.generate(prompts, 4, temperature=1.0, max_new_tokens=8, seed=7)
+        return [s.response_ids for s in greedy + sampled], [lp for s in greedy + sampled for lp in s.logprobs]
+
+    def assert_same(a, b):
+        assert a[0] == b[0]
+        torch.testing.assert_close(torch.tensor(a[1]), torch.tensor(b[1]), atol=1e-6, rtol=0)
+
+    assert_same(run(engine), run(direct))                   # the constructor synced from the trainer
+    _perturb(trainer, seed=2)
+    stale, now = run(engine), run(direct)
+    assert stale[0][:3] != now[0][:3]                       # greedy tokens differ before the sync
+    assert stale[1] != now[1]
+    engine.sync_weights(rollout.hf_named_tensors(trainer))
+    assert_same(run(engine), now)
+    # a partial or mismatched sync fails loudly instead of sampling from a mix of weights
+    named = list(rollout.hf_named_tensors(trainer))
+    with pytest.raises(ValueError, match="no tensor for 1 parameter"):
+        engine.sync_weights(named[1:])
+    with pytest.raises(ValueError, match="does not match the rollout copy"):
+        engine.sync_weights([("model.bogus.weight", torch.zeros(2))])
+    with pytest.raises(ValueError, match="needs model_path"):
+        rollout.make_engine("hf", model=trainer, tokenizer=tok, rollout_copy=True)
