@@ -422,7 +422,9 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
     cfg["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     model = None
     if cfg["engine"] == "auto":
-        cfg["engine"] = "vllm" if rollout.vllm_usable() else "hf"
+        ok, why = rollout.vllm_status()
+        cfg["engine"] = "vllm" if ok else "hf"
+        print(f"eval.py: engine auto -> {cfg['engine']} ({why})", file=sys.stderr, flush=True)
     if cfg["engine"] == "hf":
         device = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")

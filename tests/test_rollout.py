@@ -74,6 +74,35 @@ def test_engine_logprobs_match_trainer(model_tok):
             torch.testing.assert_close(logp[b, :len(s.logprobs)], torch.tensor(s.logprobs), atol=2e-4, rtol=0)
 
 
+def test_streamed_logprobs_with_eos_and_top_p():
+    """The warm-started model ends its answers with EOS after a few tokens: rows of one generate() call
+    stop at different steps (finished rows are padded while the others go on), and with top_p < 1 the
+    sampler truncates. The streamed log-probs must still equal the trainer's temperature-only ones."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny.default_model_dir(0, log=lambda *a: None)
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    engine = rollout.HFEngine(model, tok)
+    prompts = _prompts(tok, 4)
+    out = engine.generate(prompts, 4, temperature=2.5, top_p=0.95, max_new_tokens=12, seed=3)
+    lengths = {len(s.response_ids) for s in out}
+    assert len(lengths) > 1 and any(not s.truncated for s in out), lengths
+    policy = lad.Policy(model, chunk=7, temperature=2.5)
+    batch = lad.make_batch([(prompts[s.prompt_index], s.response_ids) for s in out], tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        logp, _ = policy(*batch)
+    for b, s in enumerate(out):
+        assert len(s.logprobs) == len(s.response_ids)
+        torch.testing.assert_close(logp[b, :len(s.logprobs)], torch.tensor(s.logprobs), atol=2e-4, rtol=0)
+
+
+def test_auto_engine_says_why():
+    ok, why = rollout.vllm_status()
+    assert ok == rollout.vllm_usable()
+    if not torch.cuda.is_available():
+        assert not ok and why.startswith("no GPU")
+
+
 def test_sync_is_live_and_factory_errors(model_tok):
     model, tok = model_tok
     engine, kind = rollout.make_engine("auto", model=model, tokenizer=tok)
