@@ -126,7 +126,7 @@ def test_chunked_logprobs_equal_full_softmax(model_dir):
         torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
 
 
-def _denominator_worker(rank, world, init_file, q):
+def _denominator_worker(rank, world, init_file, q, done):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -146,6 +146,10 @@ def _denominator_worker(rank, world, init_file, q):
     dist.all_reduce(grad)
     grad /= world                                                             # what DDP does
     q.put((rank, denoms, glob, grad))
+    # tear down only once the parent holds both results: a rank that exits while the other still reads
+    # from its socket can reset that connection (a ConnectionResetError seen once under heavy load)
+    done.wait(timeout=300)
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -153,11 +157,12 @@ def test_global_denominator_identical_on_ranks_and_matches_one_big_batch(tmp_pat
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_denominator_worker, args=(r, 2, str(tmp_path / "init"), q)) for r in range(2)]
+    q, done = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_denominator_worker, args=(r, 2, str(tmp_path / "init"), q, done)) for r in range(2)]
     for p in procs:
         p.start()
     res = sorted(q.get(timeout=180) for _ in procs)
+    done.set()
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0, f"worker exit code {p.exitcode}"
