@@ -398,12 +398,14 @@ def parse_args(cls=Args, argv=None):
     for a, b in zip(body, body[1:]):
         if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
             doc[a.target.id] = " ".join(b.value.value.split())
+    prog = Path(inspect.getfile(cls)).name      # lad.py, or the bench script whose Args this is
+
     class Parser(argparse.ArgumentParser):
         def error(self, message):                 # one line, no usage dump, exit code 2
-            print(f"lad.py: error: {message}", file=sys.stderr)
+            print(f"{prog}: error: {message}", file=sys.stderr)
             sys.exit(2)
 
-    p = Parser(prog="lad.py", description=cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=prog, description=cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     choices = {"loss": ["lad", "grpo"], "divergence": sorted(DIVERGENCES), "ratio": ["token", "seq"],
                "engine": ["auto", "hf", "vllm"], "wandb": ["disabled", "offline", "online"],
                "chat": ["auto", "on", "off"]}
