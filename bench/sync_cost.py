@@ -15,7 +15,7 @@ sync / (rollout + update), so machine noise largely cancels.
 Left out: FSDP (each rank's sync adds one all-gather per parameter; see README "vllm"), sleep/wake timing.
 """
 
-import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -30,13 +30,25 @@ import lad  # noqa: E402
 import tiny  # noqa: E402
 from rollout import VLLMEngine, hf_named_tensors  # noqa: E402
 
-p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-p.add_argument("--model", default="", help="HF model folder (default: tiny.py's random-init tiny Qwen2)")
-p.add_argument("--prompts", type=int, default=16, help="prompts per step (P)")
-p.add_argument("--group", type=int, default=8, help="samples per prompt (G)")
-p.add_argument("--max-new-tokens", type=int, default=16, help="response length cap (L)")
-p.add_argument("--rounds", type=int, default=6, help="timed rounds (plus one warm-up round)")
-a = p.parse_args()
+
+
+@dataclasses.dataclass
+class Args:
+    """Weight-sync cost: one in-place sync into vLLM / one training step (issue 6)."""
+
+    model: str = ""
+    """HF model folder (default: tiny.py's random-init tiny Qwen2)"""
+    prompts: int = 16
+    """prompts per step (P)"""
+    group: int = 8
+    """samples per prompt (G)"""
+    max_new_tokens: int = 16
+    """response length cap in tokens (L)"""
+    rounds: int = 6
+    """timed rounds (plus one warm-up round)"""
+
+
+a = lad.parse_args(Args)
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
