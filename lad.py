@@ -580,11 +580,16 @@ class Policy(torch.nn.Module):
         self.lm, self.chunk, self.temperature = lm, chunk, temperature
 
     def _head(self, h, tgt):
-        logits = self.lm.get_output_embeddings()(h).float() / self.temperature   # (c, V) float32
-        logp_all = torch.log_softmax(logits, -1)
+        # at most two (c, V) float32 tensors alive at once (logits then log-softmax, then log-softmax and
+        # p): at chunk 1024 and a 152k vocabulary each is 0.6 GB, so every extra temporary counts
+        logits = self.lm.get_output_embeddings()(h).float()                        # (c, V) float32
+        logits = logits.div_(self.temperature) if self.temperature != 1 else logits  # in place: Linear's
+        logp_all = torch.log_softmax(logits, -1)                                   # backward needs no output
+        del logits
         logp = logp_all.gather(-1, tgt[:, None])[:, 0]
-        ent = -(logp_all.exp() * logp_all).sum(-1)                                 # entropy estimate
-        return logp, ent.detach()
+        with torch.no_grad():                                                      # entropy estimate, detached
+            ent = -logp_all.exp().mul_(logp_all).sum(-1)
+        return logp, ent
 
     def forward(self, ids, attn, pos, tgt, valid):
         """ids/attn (B, L) right-padded prompt+response; pos (B, T) index of the hidden state that

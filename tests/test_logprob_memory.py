@@ -58,7 +58,9 @@ def test_no_logit_tensor_larger_than_a_chunk(lm, grad):
         lb = measure(lm, CHUNK, b, grad)
         # > 0: the instrument does see the head's logits; <= CHUNK: never more than a chunk of them
         assert 0 < lb.vocab_rows <= CHUNK
-        assert lb.vocab_peak <= 6 * CHUNK * V * 4        # a few chunk-sized temporaries alive at once, no more
+        # at most about three chunk-sized float32 temporaries at once (Policy._head: 2 in the forward,
+        # ~2.9 measured with backward; it was ~3.8 before the head was slimmed)
+        assert lb.vocab_peak <= 3.5 * CHUNK * V * 4
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad+backward"])
@@ -68,7 +70,9 @@ def test_peak_grows_with_the_chunk_not_the_batch(lm, grad):
     assert big.peak - small.peak < 0.1 * full_growth
     assert big.peak < 0.5 * full_logits_bytes(BIG)
     wide = measure(lm, 4 * CHUNK, BIG, grad)                              # 4x the chunk, same batch
-    assert wide.peak > 3 * big.peak
+    # grows with the chunk: more than one chunk-sized float32 tensor's worth of growth (4x - 1x = 3
+    # chunks each; Policy holds two at its peak, so about 6 chunks here)
+    assert wide.peak - big.peak > 4 * CHUNK * V * 4
 
 
 def test_the_checks_fail_on_full_logits(lm):
