@@ -418,8 +418,9 @@ def parse_args(cls=Args, argv=None):
         raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
     for f in dataclasses.fields(cls):
-        typ = boolean if isinstance(f.default, bool) else type(f.default)
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=typ, default=f.default,
+        flag = {"type": boolean, "nargs": "?", "const": True} if isinstance(f.default, bool) else \
+            {"type": type(f.default)}                # a bare boolean flag (--check) means true
+        p.add_argument(f"--{f.name.replace('_', '-')}", default=f.default, **flag,
                        choices=choices.get(f.name), help=doc.get(f.name, "").replace("%", "%%"))
     return cls(**vars(p.parse_args(argv)))
 
@@ -873,7 +874,11 @@ def main(args):
         random.seed(args.seed * 1000 + rank)
         torch.manual_seed(args.seed * 1000 + rank)
 
-    engine, engine_kind = rollout.make_engine(args.engine, model=lm, tokenizer=tok, model_path=model_path,
+    engine_kind, why = args.engine, ""
+    if engine_kind == "auto":              # resolved here once, so the reason can be printed and logged
+        usable, reason = rollout.vllm_status()
+        engine_kind, why = ("vllm" if usable else "hf"), f" (auto: {reason})"
+    engine, engine_kind = rollout.make_engine(engine_kind, model=lm, tokenizer=tok, model_path=model_path,
                                               seed=args.seed + rank, batch_size=args.gen_batch,
                                               tensor_parallel_size=args.vllm_tp,
                                               gpu_memory_utilization=args.vllm_gpu_memory,
@@ -886,7 +891,6 @@ def main(args):
     log_file = open(Path(out) / "metrics.jsonl", "a") if rank == 0 else None
     wb = None
     if rank == 0:
-        why = f" (auto: {rollout.vllm_status()[1]})" if args.engine == "auto" else ""
         cfg = {**dataclasses.asdict(args), "world_size": world, "engine_resolved": engine_kind + why,
                "model_path": model_path, "out": out, "train_prompts": len(train),
                "train_prompts_skipped_too_long": skipped, "heldout_prompts": len(held) if held else 0,

@@ -136,18 +136,6 @@ class Args:
     """write the results as JSON to this file (rank 0); empty = print only"""
 
 
-def parse(argv=None):
-    """lad.parse_args, letting a bare boolean flag mean true (`--check` as `--check true`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    bools = {f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(Args) if isinstance(f.default, bool)}
-    fixed = []
-    for i, a in enumerate(argv):
-        fixed.append(a)
-        if a in bools and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-            fixed.append("true")
-    return lad.parse_args(Args, fixed)
-
-
 class UsageError(Exception):
     """Bad arguments or a shape that cannot fit: one line on stderr, exit code 2."""
 
@@ -738,7 +726,7 @@ def main(args):
 
 
 def cli(argv=None):
-    args = parse(argv)
+    args = lad.parse_args(Args, argv)
     try:
         code = main(args)
     except UsageError as e:

@@ -89,12 +89,12 @@ def test_out_of_memory_halves_auto_micro_batch_else_names_the_flag(monkeypatch, 
     base = [*SMALL, "--fsdp", "false", "--steps", "1", "--warmup", "0"]
     try:
         out = tmp_path / "auto.json"
-        assert gpu_step.main(gpu_step.parse(base + ["--out", str(out)])) == 0
+        assert gpu_step.main(gpu_step.lad.parse_args(gpu_step.Args, base + ["--out", str(out)])) == 0
         auto = json.loads(out.read_text())
         auto_tried = list(tried)
         tried.clear()
         out = tmp_path / "fixed.json"
-        code = gpu_step.main(gpu_step.parse(base + ["--micro-batch", "4", "--out", str(out)]))
+        code = gpu_step.main(gpu_step.lad.parse_args(gpu_step.Args, base + ["--micro-batch", "4", "--out", str(out)]))
     finally:
         torch.set_num_threads(threads)
     assert auto_tried == [8, 4, 2] and auto["micro_batch_tries"] == [8, 4, 2] and auto["micro_batch"] == 2
