@@ -36,26 +36,32 @@ Deliberately left out
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import inspect
 import json
-import math
 import re
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
+
+import data
+from common import UsageError
+from common import parse_args as parse_cli
+# re-exported: eval.py's public names for the metrics and prompt helpers that live in metrics.py / data.py
+from data import BENCHMARKS, ID_FIELDS, TEMPLATES, _gold_str, last_boxed, prompt_ids, read_rows, render_prompt  # noqa: F401
+from metrics import avg_at_k, default_ks, distinct_n, pass_at_k, problem_values, tokenize  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent
 
 
 @dataclass
 class Args:
+    """Avg@k, Pass@k and diversity, side by side (see the module docstring)."""
+
+    CHOICES = {"kind": ["auto", "math", "sum"], "on_bad_row": ["error", "skip"], "engine": ["auto", "hf", "vllm"],
+               "chat": ["auto", "true", "false"], "device": ["auto", "cpu", "cuda"]}
     benchmark: str = ""
     """comma-separated: tiny, aime24, aime25, amc23, math500, minerva, olympiadbench, or .jsonl/.parquet paths (default tiny when generating)"""
     data_dir: str = ""
@@ -96,8 +102,8 @@ class Args:
     """response token limit (0: 8192 for math, paper App. C.2; 16 for the built-in task, whose answers are <= 8 chars)"""
     prompt_template: str = "auto"
     """boxed (lad.py's default prompt), dapo (DAPO-Math's), raw, or a string containing {problem} (auto: boxed for math, raw for the built-in task)"""
-    chat_template: str = "auto"
-    """wrap the prompt in the tokenizer's chat template: yes, no, auto (yes when the tokenizer has one)"""
+    chat: str = "auto"
+    """wrap the prompt in the tokenizer's chat template: true, false, auto (true when the tokenizer has one); as lad.py"""
     batch_size: int = 16
     """problems per engine.generate call (times n sequences)"""
     seed: int = 0
@@ -116,233 +122,20 @@ class Args:
     """with --compare: the Pass@k-versus-k PNG to write (default next to --out-dir's compare.md)"""
 
 
-class EvalError(Exception):
-    """Bad input: reported as one line on stderr, exit status 2, no traceback."""
+# Bad input: one line on stderr, exit status 2, no traceback (the same error as lad.py's and data.py's).
+EvalError = UsageError
+
+
 
 
 # ----------------------------------------------------------------------------------------------------
-# METRICS (pure Python; imported by lad.py for periodic evaluation, so no torch/transformers here)
+# BENCHMARKS (the row loaders, templates and prompt encoder live in data.py, shared with lad.py)
 # ----------------------------------------------------------------------------------------------------
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased Pass@k of one problem from n samples of which c are correct (Chen et al. 2021).
-
-    1 - C(n-c, k) / C(n, k), computed as the product 1 - prod_{i=n-c+1}^{n} (1 - k/i), which never
-    forms the (huge) binomials and is exact up to float rounding for any n.
-    """
-    if not (isinstance(n, int) and isinstance(c, int) and isinstance(k, int)):
-        raise TypeError(f"pass_at_k expects ints, got n={n!r}, c={c!r}, k={k!r}")
-    if k < 1 or n < k:
-        raise ValueError(f"pass_at_k needs 1 <= k <= n, got n={n}, k={k}")
-    if c < 0 or c > n:
-        raise ValueError(f"pass_at_k needs 0 <= c <= n, got n={n}, c={c}")
-    if n - c < k:  # every k-subset contains a correct sample
-        return 1.0
-    # Chen et al. (2021), Eq. 1 / their numerically stable form: C(n-c,k)/C(n,k) = prod_{i=n-c+1}^{n} (1 - k/i)
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod
-
-
-def avg_at_k(rewards) -> float:
-    """Avg@k: mean reward (accuracy for 0/1 rewards) over the k samples of one problem.
-
-    `rewards` is a flat sequence (one problem's samples), or a sequence of such sequences (one per
-    problem), in which case the result is the mean over problems of each problem's Avg@k, so a
-    problem with more samples does not weigh more.
-    """
-    rows = list(rewards)
-    if not rows:
-        raise ValueError("avg_at_k of an empty sequence")
-    if all(isinstance(r, (list, tuple)) for r in rows):
-        return sum(avg_at_k(r) for r in rows) / len(rows)
-    return float(sum(float(r) for r in rows) / len(rows))
-
-
-# Tokenisation for distinct-n: runs of word characters (letters, digits, _) and every other
-# non-space character on its own. Why not a model tokenizer: the figure must compare checkpoints with
-# different tokenizers and generation files from other frameworks, so it has to be model-independent.
-# Why not plain whitespace: math and the built-in task write "3+5+9" or "x^2+1=0" without spaces,
-# which whitespace splitting would count as one "word"; splitting symbols off makes those n-grams
-# meaningful while leaving ordinary prose exactly as whitespace splitting would (minus punctuation).
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-
-
-def tokenize(text: str) -> list[str]:
-    """The tokens distinct_n counts: r'\\w+|[^\\w\\s]' (words, and each other symbol alone)."""
-    return _TOKEN_RE.findall(text)
-
-
-def distinct_n(texts: Sequence[str], n: int) -> float:
-    """distinct-n of a group of texts: distinct n-grams / total n-grams, pooled over all the texts.
-
-    Pass the samples of ONE prompt; eval.py averages this over prompts (paper Table 4 follows the
-    common definition of Li et al. 2016). n-grams never cross text boundaries. Texts shorter than n
-    contribute nothing; if no text has an n-gram the value is 0.0 (nothing diverse was produced).
-    Tokens: see tokenize().
-    """
-    if isinstance(texts, str):
-        raise TypeError("distinct_n expects a list of texts, not one string")
-    if n < 1:
-        raise ValueError(f"distinct_n needs n >= 1, got {n}")
-    seen: set[tuple[str, ...]] = set()
-    total = 0
-    for text in texts:
-        toks = tokenize(text)
-        for i in range(len(toks) - n + 1):
-            seen.add(tuple(toks[i:i + n]))
-            total += 1
-    return len(seen) / total if total else 0.0
-
-
-def default_ks(n: int) -> list[int]:
-    """1, 2, 4, ... up to n, and n itself (the paper's Pass@16 / Pass@32 are the last point)."""
-    ks = [1 << i for i in range(n.bit_length()) if 1 << i <= n]
-    return ks if ks[-1] == n else ks + [n]
-
-
-# ----------------------------------------------------------------------------------------------------
-# BENCHMARK LOADERS
-#
-# A problem is {"id": str, "problem": str, "gold": str, "meta": dict}. Field conventions differ per
-# file (checked on the shared copies): AIME 2024 "problem"/"answer" (str); AMC 2023 "answer" as a float
-# (27.0); Minerva math has no answer field (the gold is the last \boxed{} of "solution");
-# OlympiadBench has "question" (plus "context" for some), "final_answer" as a list and sometimes a
-# "unit"; MATH-500 and AIME 2025 use "problem"/"answer" in their usual releases.
-# ----------------------------------------------------------------------------------------------------
-
-BENCHMARKS = {  # name -> file stems tried in --data-dir (.jsonl, then .parquet)
-    "aime24": ["aime24", "aime2024", "aime_2024"],
-    "aime25": ["aime25", "aime2025", "aime_2025"],
-    "amc23": ["amc23", "amc2023", "amc"],
-    "math500": ["math500", "math_500", "MATH-500", "math-500"],
-    "minerva": ["minerva_math", "minerva"],
-    "olympiadbench": ["olympiadbench", "olympiad_bench"],
-}
-PROBLEM_FIELDS = ("problem", "question", "prompt")
-ANSWER_FIELDS = ("answer", "final_answer", "gold")
-ID_FIELDS = ("id", "idx", "unique_id", "problem_id")
-
-
-def last_boxed(text: str) -> str | None:
-    r"""Content of the last \boxed{...} (or \fbox{...}, \framebox{...}) in text, braces matched; None if none."""
-    best = None
-    for m in re.finditer(r"\\(?:boxed|fbox|framebox)\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            best = text[m.end():i - 1].strip()
-    return best
-
-
-def _gold_str(value) -> str:
-    """A gold answer as a string: floats that are integers lose their '.0' (AMC's 27.0 -> '27'), lists
-    (OlympiadBench's final_answer) are joined with ', ', and $...$ math delimiters are removed."""
-    if isinstance(value, bool):
-        raise ValueError(f"boolean answer {value!r}")
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_gold_str(v) for v in value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"non-finite answer {value!r}")
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, str):
-        s = value.strip()
-        if len(s) >= 2 and s.startswith("$") and s.endswith("$"):
-            # OlympiadBench writes several answers as "$69$,$84$"
-            s = re.sub(r"\$\s*,\s*\$", ", ", s).strip("$").strip()
-        return s
-    raise ValueError(f"answer of type {type(value).__name__}")
-
-
-def parse_row(row, where: str, problem_field: str = "", answer_field: str = "", id_field: str = "",
-              default_id: str = "") -> dict:
-    """One benchmark row -> problem dict. Raises ValueError whose message names `where` (file:line)."""
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: not a JSON object")
-    pf = [problem_field] if problem_field else [f for f in PROBLEM_FIELDS if f in row]
-    if not pf or pf[0] not in row:
-        raise ValueError(f"{where}: no problem field (looked for {problem_field or ', '.join(PROBLEM_FIELDS)})")
-    problem, templated = row[pf[0]], False
-    gt = row["reward_model"].get("ground_truth") if isinstance(row.get("reward_model"), dict) else None
-    if isinstance(problem, list) and gt is not None:      # verl/DAPO rows: chat messages, already templated
-        if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in problem):
-            raise ValueError(f"{where}: 'prompt' messages need a 'content' string each")
-        problem, templated = "\n\n".join(m["content"] for m in problem), True
-    if not isinstance(problem, str) or not problem.strip():
-        raise ValueError(f"{where}: empty or non-text problem in field {pf[0]!r}")
-    if isinstance(row.get("context"), str) and row["context"].strip():   # OlympiadBench physics
-        problem = row["context"].strip() + "\n" + problem
-    if answer_field:
-        if answer_field not in row:
-            raise ValueError(f"{where}: no field {answer_field!r}")
-        raw, source = row[answer_field], answer_field
-    else:
-        source = next((f for f in ANSWER_FIELDS if row.get(f) not in (None, "", [])), None)
-        if source is not None:
-            raw = row[source]
-        elif gt not in (None, "", []):
-            raw, source = gt, "reward_model.ground_truth"
-        elif isinstance(row.get("solution"), str):            # Minerva: the last box of the solution
-            raw, source = last_boxed(row["solution"]), "solution (last \\boxed{})"
-            if raw is None:
-                raise ValueError(f"{where}: no answer field and no \\boxed{{}} in solution")
-        else:
-            raise ValueError(f"{where}: no answer (looked for {', '.join(ANSWER_FIELDS)}, or a solution with \\boxed{{}})")
-    try:
-        gold = _gold_str(raw)
-    except ValueError as e:
-        raise ValueError(f"{where}: bad answer in {source!r}: {e}") from None
-    if not gold:
-        raise ValueError(f"{where}: empty answer in {source!r}")
-    idf = [id_field] if id_field else [f for f in ID_FIELDS if f in row]
-    if id_field and id_field not in row:
-        raise ValueError(f"{where}: no field {id_field!r}")
-    pid = str(row[idf[0]]) if idf else default_id
-    meta = {k: row[k] for k in ("unit", "answer_type", "is_multiple_answer") if row.get(k) is not None}
-    if templated:
-        meta["templated"] = True                           # --prompt-template is not applied again
-    return {"id": pid, "problem": problem, "gold": gold, "meta": meta}
-
-
-def read_rows(path: Path):
-    """Yield (where, row-or-exception, default id) per row of a .jsonl (id: line number) or .parquet (row index) file."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}:row {i}", row, i
-        return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line), lineno
-            except json.JSONDecodeError as e:
-                yield f"{path}:{lineno}", ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})"), lineno
 
 
 def load_file(path: Path, args: Args) -> tuple[list[dict], list[str]]:
     """All rows of a benchmark file -> (problems, errors); each error names its file and line."""
-    problems, errors, seen = [], [], {}
-    for where, row, i in read_rows(path):
-        try:
-            if isinstance(row, Exception):
-                raise row
-            p = parse_row(row, where, args.problem_field, args.answer_field, args.id_field, default_id=str(i))
-            if p["id"] in seen:
-                raise ValueError(f"{where}: duplicate id {p['id']!r} (first at {seen[p['id']]})")
-            seen[p["id"]] = where
-            problems.append(p)
-        except ValueError as e:
-            errors.append(str(e))
-    return problems, errors
+    return data.load_file(path, args.problem_field, args.answer_field, args.id_field)
 
 
 def data_dirs(args: Args) -> list[Path]:
@@ -382,32 +175,6 @@ def bench_name(spec: str) -> str:
 # PROMPTS AND GENERATION (torch / transformers / vLLM are imported here, never at module import)
 # ----------------------------------------------------------------------------------------------------
 
-TEMPLATES = {
-    # lad.py's default --prompt-template: its checkpoints are scored in the format they were rewarded in
-    "boxed": "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}.",
-    # DAPO-Math-17k's own prompt (the paper's training set, App. C.2), for models trained on it verbatim
-    "dapo": ("Solve the following math problem step by step. The last line of your response should be of "
-             "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
-             "{problem}\n\nRemember to put your answer on its own line after \"Answer:\"."),
-    "raw": "{problem}",
-}
-
-
-def render_prompt(template: str, problem: str) -> str:
-    text = TEMPLATES.get(template, template)
-    return text.replace("{problem}", problem)      # not str.format: problems and templates contain braces
-
-
-def prompt_ids(tok, text: str, use_chat: bool) -> list[int]:
-    """Token ids of one prompt: a single user turn in the chat template (with the assistant prefix), or
-    the plain text without added special tokens (exactly as lad.py encodes its training prompts)."""
-    if use_chat:
-        x = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                    tokenize=True, return_dict=False)
-        return list(x["input_ids"]) if isinstance(x, dict) else list(x)
-    return list(tok(text, add_special_tokens=False)["input_ids"])   # as lad.py encodes its prompts
-
-
 def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
     """Sample cfg['n'] responses per problem through rollout.py's engines -> per-sample rows (unscored)."""
     import torch
@@ -416,7 +183,7 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
     import rollout
 
     tok = AutoTokenizer.from_pretrained(cfg["model"])
-    use_chat = {"yes": True, "no": False}.get(cfg["chat_template"], bool(getattr(tok, "chat_template", None)))
+    use_chat = data.use_chat_template(tok, cfg["chat"])
     cfg["chat_template_used"] = use_chat
     import transformers
     cfg["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
@@ -543,20 +310,17 @@ def read_generations(paths: list[Path], args: Args, golds: dict) -> list[dict]:
 
 
 def score(rows: list[dict], kinds: dict) -> None:
-    """Adds 'answer' and 'reward' to every row, with verifier.py (imported here: it pulls sympy)."""
-    import verifier
-
+    """Adds 'answer' and 'reward' to every row (data.py's task kinds; verifier.py is imported there)."""
     for kind in sorted(set(kinds.values())):
         idx = [i for i, r in enumerate(rows) if kinds[r["benchmark"]] == kind]
-        extract = verifier.sum_task_answer if kind == "sum" else verifier.extract_answer
         chunk = 256
         for lo in tqdm(range(0, len(idx), chunk), desc=f"score ({kind})", unit="chunk",
                        total=(len(idx) + chunk - 1) // chunk):
             part = [rows[i] for i in idx[lo:lo + chunk]]
-            rewards = verifier.score_batch([r["response"] for r in part], [r["gold"] for r in part], kind=kind)
+            rewards = data.rewards([r["response"] for r in part], [r["gold"] for r in part], kind)
             for r, rew in zip(part, rewards):
                 r["reward"] = float(rew)
-                r["answer"] = extract(r["response"])
+                r["answer"] = data.answer_key(r["response"], kind)
 
 
 def per_problem(rows: list[dict]) -> dict:
@@ -567,28 +331,6 @@ def per_problem(rows: list[dict]) -> dict:
     for g in groups.values():
         g.sort(key=lambda r: r["sample"])
     return groups
-
-
-def problem_values(samples: list[dict], ks: list[int]) -> dict:
-    """Every per-problem figure of one problem (its samples); benchmark figures are their means.
-    Avg@k is stored as "eval/avg@n" (k = this problem's n samples; summary.json records n)."""
-    n = len(samples)
-    rewards = [r["reward"] for r in samples]
-    correct = [r["reward"] >= 1.0 for r in samples]          # rewards are 0/1 (verifier.py contract)
-    c = sum(correct)
-    texts = [r["response"] for r in samples]
-    v = {"eval/avg@n": avg_at_k(rewards)}
-    for k in ks:
-        v[f"eval/pass@{k}"] = pass_at_k(n, c, k)
-    for m in (1, 2, 3, 4):
-        v[f"eval/distinct-{m}"] = distinct_n(texts, m)
-    v["eval/distinct_answers"] = float(len({r["answer"] for r, ok in zip(samples, correct) if ok}))
-    v["eval/len_words"] = sum(len(tokenize(t)) for t in texts) / n
-    if all(r.get("num_tokens") is not None for r in samples):
-        v["eval/len_tokens"] = sum(r["num_tokens"] for r in samples) / n
-    if all(r.get("truncated") is not None for r in samples):
-        v["eval/truncated"] = sum(bool(r["truncated"]) for r in samples) / n
-    return v
 
 
 def summarise(groups: dict, benches: list[str], ks: list[int], n_boot: int, seed: int) -> dict:
@@ -811,7 +553,7 @@ def run_compare(args: Args) -> str:
         labels = [f"{lb} ({Path(f).parent.name})" for lb, f in zip(labels, args.compare)]
     table = compare_table(summaries, labels, args.bootstrap, args.seed)
     # settings that differ between runs make a comparison unfair: say so under the table
-    keys = ("n", "temperature", "top_p", "max_new_tokens", "prompt_template", "chat_template", "benchmark", "k")
+    keys = ("n", "temperature", "top_p", "max_new_tokens", "prompt_template", "chat", "benchmark", "k")
     notes = []
     for key in keys:
         vals = [s.get("config", {}).get(key) for s in summaries]
@@ -829,48 +571,12 @@ def run_compare(args: Args) -> str:
     return text
 
 
-# ----------------------------------------------------------------------------------------------------
-# CLI (dataclass -> argparse; the help of each flag is the docstring under its field)
-# ----------------------------------------------------------------------------------------------------
-
-
-def field_docs(cls) -> dict:
-    tree = ast.parse(inspect.getsource(cls))
-    body, docs = tree.body[0].body, {}
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-            docs[a.target.id] = b.value.value
-    return docs
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):      # one line, exit 2, no usage dump
-        self.exit(2, f"eval.py: error: {message}\n")
-
-
 def parse_args(argv=None) -> Args:
-    p = _Parser(description="Avg@k, Pass@k and diversity, side by side (see the module docstring).")
-    docs = field_docs(Args)
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("list[str]", list[str]):
-            p.add_argument(flag, nargs="+", default=[], help=docs.get(f.name, ""))
-        else:
-            typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=typ, default=f.default, help=docs.get(f.name, "").replace("%", "%%"))
-    return Args(**vars(p.parse_args(argv)))
+    return parse_cli(Args, argv)
 
 
 def resolve(args: Args) -> tuple[dict, dict]:
     """Check the arguments and fill every default that depends on others -> (config, templates)."""
-    if args.kind not in ("auto", "math", "sum"):
-        raise EvalError(f"--kind must be auto, math or sum, got {args.kind!r}")
-    if args.on_bad_row not in ("error", "skip"):
-        raise EvalError(f"--on-bad-row must be error or skip, got {args.on_bad_row!r}")
-    if args.engine not in ("auto", "hf", "vllm"):
-        raise EvalError(f"--engine must be auto, hf or vllm, got {args.engine!r}")
-    if args.chat_template not in ("auto", "yes", "no"):
-        raise EvalError(f"--chat-template must be auto, yes or no, got {args.chat_template!r}")
     if args.n < 1:
         raise EvalError(f"--n must be >= 1, got {args.n}")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
@@ -965,7 +671,7 @@ def evaluate(args: Args) -> int:
             if row_kind not in (None, kinds[b]) and args.kind == "auto":
                 raise EvalError(f"{where}: kind {row_kind!r}, but {b} is scored as {kinds[b]!r} (set --kind)")
         for k in ("model", "engine", "device", "dtype", "temperature", "top_p", "max_new_tokens",
-                  "prompt_template", "chat_template", "batch_size", "n"):
+                  "prompt_template", "chat", "batch_size", "n"):
             cfg[k] = None                       # not ours: the file's producer chose them
         cfg["templates"] = {}
         name = args.name or (paths[0].parent.name if len(paths) > 1 or paths[0].stem == "samples" else paths[0].stem)

@@ -277,20 +277,22 @@ def group_advantages(rewards, group_size, *, std_normalize=True, eps=1e-6):
 
 
 # ----------------------------------------------------------------------------------------------------
-# TRAINING (the torchrun entry point: config, data, model, rollout, update, metrics, checkpoints)
-#
-# Per step, on every rank: draw this rank's prompts; sample group_size responses each (rollout.py);
-# reward them (verifier.py); group advantages; dynamic sampling (drop zero-variance groups, draw more,
-# up to a cap); old log-probs recomputed by the trainer; updates_per_rollout optimiser steps, each on
-# one mini-batch (accumulated over micro-batches), with a global token-mean denominator; then the new
-# weights go to the engine. Ranks only meet in all_reduce/all_gather calls and in DDP's gradient mean.
+# TRAINING (the torchrun entry point). The recipe, one rollout step on every rank:
+#   1. sample_groups   draw this rank's prompts, G responses each (rollout.py), reward them (data.py's
+#                      task kinds -> verifier.py); dynamic sampling: drop zero-variance groups, draw more
+#   2. build_batch     group advantages (Eq. 5's A, GRPO normalisation) and the flat sample list
+#   3. old_logprobs    log pi_old recomputed by the trainer (no grad), TIS weights, rollout mismatch
+#   4. update_policy   updates_per_rollout optimiser steps, one per mini-batch, micro-batches accumulated,
+#                      a global token-mean denominator, the loss chosen once (LOSSES) before the loop
+#   5. push_weights    the new weights into the engine
+#   6. reduce_metrics  sums and maxima over ranks by name; rank 0 logs; evaluate; save_checkpoint
+# Ranks meet only in all_reduce/all_gather calls, DDP's gradient mean and FSDP2's collectives; `lockstep`
+# is the one mechanism that keeps their forward/backward counts equal.
 # ----------------------------------------------------------------------------------------------------
 
-import argparse  # noqa: E402
-import ast  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
-import inspect  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -300,10 +302,24 @@ from pathlib import Path  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402
 
+import data  # noqa: E402
+from common import UsageError, seed_for  # noqa: E402,F401  (UsageError: lad.UsageError for callers)
+from common import parse_args as _parse_cli  # noqa: E402
+
+
+def parse_args(cls=None, argv=None):
+    """lad.py's command line (common.parse_args over its Args; bench scripts pass their own Args)."""
+    return _parse_cli(cls or Args, argv)
+
+
 
 @dataclasses.dataclass
 class Args:
     """LAD / GRPO training on the embedded default (tiny Qwen2, built-in 'sum' task) or a real model."""
+
+    CHOICES = {"loss": ["lad", "grpo"], "divergence": sorted(DIVERGENCES), "ratio": ["token", "seq"],
+               "engine": ["auto", "hf", "vllm"], "wandb": ["disabled", "offline", "online"],
+               "chat": ["auto", "true", "false"]}
 
     loss: str = "lad"
     """objective: lad (paper Eq. 8) or grpo (DAPO clipped surrogate with clip-higher, the paper's baseline)"""
@@ -324,10 +340,10 @@ class Args:
     prompt (messages) + reward_model.ground_truth"""
     eval_data: str = ""
     """held-out file (same formats) for periodic evaluation; empty = tiny's heldout split for builtin, none otherwise"""
-    prompt_template: str = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+    prompt_template: str = data.TEMPLATES["boxed"]
     """template for file rows with a 'problem' field; {problem} is replaced (built-in prompts are used as is)"""
     chat: str = "auto"
-    """wrap prompts in the tokenizer's chat template: auto (when it has one), on, off"""
+    """wrap prompts in the tokenizer's chat template: auto (when it has one), true, false (eval.py: the same flag)"""
     group_size: int = 8
     """responses per prompt (G; paper App. C.2: 8)"""
     prompts_per_step: int = 16
@@ -381,7 +397,7 @@ class Args:
     """sequences per HF generate() call"""
     vllm_tp: int = 1
     """vLLM tensor-parallel size: each group of this many consecutive ranks shares one vLLM instance"""
-    vllm_gpu_memory: float = 0.4
+    gpu_memory_utilization: float = 0.4
     """fraction of each GPU vLLM may take while awake (weights + KV cache); it sleeps during updates"""
     tis_cap: float = 0.0
     """truncated IS: scale each token's loss by min(exp(logp_old - logp_engine), C); 0 = off (README: C = 2)"""
@@ -391,42 +407,6 @@ class Args:
     activation_checkpointing: bool = False
     """recompute each decoder layer's activations in backward (less memory, about a third more compute)"""
 
-
-def parse_args(cls=Args, argv=None):
-    """Dataclass -> argparse: one --flag per field, help from the docstring under it, no traceback on error."""
-    doc, body = {}, ast.parse(inspect.getsource(cls)).body[0].body
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-            doc[a.target.id] = " ".join(b.value.value.split())
-    prog = Path(inspect.getfile(cls)).name      # lad.py, or the bench script whose Args this is
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):                 # one line, no usage dump, exit code 2
-            print(f"{prog}: error: {message}", file=sys.stderr)
-            sys.exit(2)
-
-    p = Parser(prog=prog, description=cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    choices = {"loss": ["lad", "grpo"], "divergence": sorted(DIVERGENCES), "ratio": ["token", "seq"],
-               "engine": ["auto", "hf", "vllm"], "wandb": ["disabled", "offline", "online"],
-               "chat": ["auto", "on", "off"]}
-
-    def boolean(s):
-        if s.lower() in ("1", "true", "yes", "on"):
-            return True
-        if s.lower() in ("0", "false", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-    for f in dataclasses.fields(cls):
-        flag = {"type": boolean, "nargs": "?", "const": True} if isinstance(f.default, bool) else \
-            {"type": type(f.default)}                # a bare boolean flag (--check) means true
-        p.add_argument(f"--{f.name.replace('_', '-')}", default=f.default, **flag,
-                       choices=choices.get(f.name), help=doc.get(f.name, "").replace("%", "%%"))
-    return cls(**vars(p.parse_args(argv)))
-
-
-class UsageError(Exception):
-    """Bad input (arguments, data, paths): one line on stderr, exit code 2 on every rank."""
 
 
 def check_args(a, world):
@@ -459,8 +439,8 @@ def check_args(a, world):
             raise UsageError(f"--{name.replace('_', '-')}: data file not found: {v}")
     if a.vllm_tp < 1 or world % a.vllm_tp:
         raise UsageError(f"--vllm-tp {a.vllm_tp} must be >= 1 and divide the world size {world}")
-    if not 0 < a.vllm_gpu_memory < 1:
-        raise UsageError(f"--vllm-gpu-memory must be in (0, 1), got {a.vllm_gpu_memory}")
+    if not 0 < a.gpu_memory_utilization < 1:
+        raise UsageError(f"--gpu-memory-utilization must be in (0, 1), got {a.gpu_memory_utilization}")
     if a.tis_cap < 0:
         raise UsageError(f"--tis-cap must be >= 0 (0 = off), got {a.tis_cap}")
     if a.train_data != "builtin" and "{problem}" not in a.prompt_template:
@@ -468,85 +448,25 @@ def check_args(a, world):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Data: rows {"id", "prompt" (str or chat messages), "gold", "kind"}; every malformed row names its file:line
+# The loss, chosen once: --loss name -> a function (logp, old_logp, adv, mask, denom, weights) -> (loss, stats).
+# Adding a method: a pure function in the LOSS section, one entry here, its flags in Args.
 # ----------------------------------------------------------------------------------------------------
 
-
-def load_rows(path, template):
-    """Rows of a .jsonl or .parquet file. Formats: {"problem", "answer"} (prompt = template), or
-    DAPO-style {"prompt": [messages] or str, "reward_model": {"ground_truth"}}."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"data file not found: {path}")
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            raw = [(f"{path}: row {i + 1}", r) for i, r in enumerate(pq.read_table(p).to_pylist())]
-        except Exception as e:
-            raise UsageError(f"{path}: cannot read parquet: {e}") from None
-    elif p.suffix in (".jsonl", ".json"):
-        raw = []
-        with open(p, encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    raw.append((f"{path}:{i}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise UsageError(f"{path}:{i}: malformed JSON ({e.msg})") from None
-    else:
-        raise UsageError(f"{path}: unknown data format (expected .jsonl or .parquet)")
-    rows = []
-    for where, r in raw:
-        if not isinstance(r, dict):
-            raise UsageError(f"{where}: expected a JSON object, got {type(r).__name__}")
-        gt = (r.get("reward_model") or {}).get("ground_truth") if isinstance(r.get("reward_model"), dict) else None
-        if "problem" in r and "answer" in r:
-            prompt, gold = r["problem"], r["answer"]
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise UsageError(f"{where}: 'problem' must be a non-empty string")
-            prompt = template.replace("{problem}", prompt)
-        elif "prompt" in r and gt is not None:
-            prompt, gold = r["prompt"], gt
-            ok = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in prompt))
-            if not ok:
-                raise UsageError(f"{where}: 'prompt' must be a string or a list of {{role, content}} messages")
-        else:
-            raise UsageError(f"{where}: needs 'problem' and 'answer', or 'prompt' and 'reward_model.ground_truth'"
-                             f" (has {sorted(r)})")
-        if isinstance(gold, (int, float)) and not isinstance(gold, bool):
-            gold = str(gold)
-        if not isinstance(gold, str) or not gold.strip():
-            raise UsageError(f"{where}: the answer must be a non-empty string or number, got {gold!r}")
-        rows.append({"id": str(r.get("id", where)), "prompt": prompt, "gold": gold, "kind": "math"})
-    if not rows:
-        raise UsageError(f"{path}: no rows")
-    return rows
+LOSSES = {
+    # Eq. 8 with eta = 1/inv_eta; token-mean over the global mini-batch (denom from global_denominators)
+    "lad": lambda a: functools.partial(lad_loss, divergence=a.divergence, eta=1.0 / a.inv_eta, ratio=a.ratio),
+    # DAPO clipped surrogate with clip-higher (paper App. C.2)
+    "grpo": lambda a: functools.partial(grpo_loss, clip_low=a.clip_low, clip_high=a.clip_high),
+}
 
 
-def encode_rows(rows, tok, chat, limit, what):
-    """Token ids of each row's prompt; prompts longer than `limit` tokens are skipped and counted (printed)."""
-    use_chat = chat == "on" or (chat == "auto" and getattr(tok, "chat_template", None))
-    if chat == "on" and not getattr(tok, "chat_template", None):
-        raise UsageError("--chat on, but the tokenizer has no chat template")
-    out, skipped = [], 0
-    for r in rows:
-        msgs = r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}]
-        if use_chat:
-            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-            ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        else:
-            ids = tok("\n\n".join(m["content"] for m in msgs), add_special_tokens=False)["input_ids"]
-        if len(ids) > limit:
-            skipped += 1
-            continue
-        out.append({**r, "ids": ids})
-    if not out:
-        raise UsageError(f"{what}: all {len(rows)} prompts are longer than the context allows ({limit} tokens "
-                         f"= max_position_embeddings - max_new_tokens)")
-    return out, skipped
+def make_loss(args):
+    return LOSSES[args.loss](args)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data order and the flat batch
+# ----------------------------------------------------------------------------------------------------
 
 
 def row_for(rank_index, rank, world, n, seed):
@@ -554,15 +474,8 @@ def row_for(rank_index, rank, world, n, seed):
     the whole order is a function of (seed, rank, cursor): resume needs only the cursor."""
     g = rank_index * world + rank
     epoch, pos = divmod(g, n)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed_for("data", seed, epoch)))
     return int(perm[pos])
-
-
-def answer_key(text, kind):
-    """The answer that 'distinct correct answers' counts: the candidate line (sum) or extract_answer (math)."""
-    import verifier
-
-    return verifier.sum_task_answer(text) if kind == "sum" else verifier.extract_answer(text)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -632,8 +545,18 @@ def make_batch(items, pad_id, device):
     return [x.to(device) for x in (ids, attn, pos, tgt, valid)]
 
 
+
+def pad_to(rows, T):
+    """Stack per-sample (t,) tensors into (B, T): cut or zero-pad each to T."""
+    return torch.stack([r[:T] if r.shape[0] >= T else torch.nn.functional.pad(r, (0, T - r.shape[0])) for r in rows])
+
+
+
+
 # ----------------------------------------------------------------------------------------------------
-# torch.distributed helpers (no-ops in one process)
+# Rank lock-step (the one mechanism): a phase whose forwards or backwards are collectives (DDP's gradient
+# mean, FSDP2's all-gathers) runs the same number of them on every rank -- the maximum over ranks -- and a
+# rank short of real work runs filler work that weighs 0. The algorithm's lines then read as one process.
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -655,6 +578,25 @@ def all_gather_obj(obj):
     return out
 
 
+def lockstep(counts, device):
+    """Per phase (or mini-batch) the number of forwards every rank runs: the max over ranks (one all_reduce)."""
+    t = torch.tensor([float(c) for c in counts], dtype=torch.float64, device=device)
+    if dist_on():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [int(x) for x in t.tolist()]
+
+
+def reduce_metrics(sums: dict, maxes: dict, device):
+    """Sums and maxima over ranks, by name: one all_reduce each. Every rank has the same keys (the loss,
+    engine and config decide them), so sorted keys line the values up."""
+    ks, km = sorted(sums), sorted(maxes)
+    s = all_reduce(torch.tensor([float(sums[k]) for k in ks], dtype=torch.float64, device=device))
+    m = torch.tensor([float(maxes[k]) for k in km], dtype=torch.float64, device=device)
+    if dist_on():
+        dist.all_reduce(m, op=dist.ReduceOp.MAX)
+    return dict(zip(ks, s.tolist())), dict(zip(km, m.tolist()))
+
+
 def global_denominators(token_counts, world, device):
     """Token-mean denominators of the optimiser steps of this rollout, made global with ONE all_reduce.
 
@@ -669,7 +611,7 @@ def global_denominators(token_counts, world, device):
 
 
 def shard_policy(policy, lm, cuda):
-    """FSDP2 (issue 6): each decoder layer is one unit (its all-gather overlaps the previous layer's
+    """FSDP2: each decoder layer is one unit (its all-gather overlaps the previous layer's
     compute), the Policy the root (embeddings, final norm, the possibly tied LM head). On GPU, bf16
     compute with fp32 master weights, optimiser state and gradient reduction. Like DDP, FSDP2 averages
     gradients over ranks, so global_denominators applies unchanged. Parameter names stay the HF ones."""
@@ -723,62 +665,271 @@ def find_checkpoint(path):
     raise UsageError(f"--resume {path}: no checkpoint there (expected trainer.pt, or a run folder with 'latest')")
 
 
+
 # ----------------------------------------------------------------------------------------------------
-# Evaluation on held-out prompts (eval.py's metric functions, so the numbers are eval.py's)
+# The phases of one rollout step (explicit inputs and outputs; no state kept between calls)
 # ----------------------------------------------------------------------------------------------------
 
 
-def evaluate(engine, rows, args, rank, world, tok, step):
-    """Avg@k, Pass@k (k = 1, 4, ..., eval_k), distinct correct answers and distinct-n on held-out rows."""
-    import eval as ev
-    import verifier
+def sample_groups(engine, tok, train, cursor, step, args, rank, world, device):
+    """Phase 1: G responses for each of this rank's prompts, rewarded, with dynamic sampling (DAPO): groups
+    whose rewards are all equal carry no advantage and are dropped; more prompts are drawn, for at most
+    max_sample_rounds rounds (agreed across ranks: one all_reduce per round).
+    Returns (kept groups [(row, samples, rewards)], a spare dropped group, the new cursor, sums, times)."""
+    per_rank, G = args.prompts_per_step // world, args.group_size
+    kept, spare = [], None
+    sums = dict.fromkeys(("reward", "correct", "responses", "drawn", "dropped", "resp_len", "truncated",
+                          "distinct"), 0.0)
+    resp_len_max, times = 0, {"rollout": 0.0, "reward": 0.0}
+    for rnd in range(args.max_sample_rounds):
+        need = per_rank - len(kept) if (rnd == 0 or args.dynamic_sampling) else 0
+        if rnd > 0 and lockstep([need], device)[0] == 0:
+            break
+        if need <= 0:
+            continue
+        rows = []
+        for _ in range(need):
+            rows.append(train[row_for(cursor, rank, world, len(train), args.seed)])
+            cursor += 1
+        t0 = time.perf_counter()
+        samples = engine.generate([r["ids"] for r in rows], G, temperature=args.temperature, top_p=args.top_p,
+                                  max_new_tokens=args.max_new_tokens, seed=seed_for("rollout", args.seed, step, rank, rnd))
+        times["rollout"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+        kind = rows[0]["kind"]
+        rewards = data.rewards(texts, [rows[s.prompt_index]["gold"] for s in samples], kind)
+        times["reward"] += time.perf_counter() - t0
+        sums["drawn"] += len(rows)
+        for i, r in enumerate(rows):
+            grp, rw, tx = samples[i * G:(i + 1) * G], rewards[i * G:(i + 1) * G], texts[i * G:(i + 1) * G]
+            sums["responses"] += G
+            sums["reward"] += sum(rw)
+            sums["correct"] += sum(x > 0 for x in rw)
+            sums["resp_len"] += sum(len(s.response_ids) for s in grp)
+            resp_len_max = max(resp_len_max, max(len(s.response_ids) for s in grp))
+            sums["truncated"] += sum(s.truncated for s in grp)
+            sums["distinct"] += len({data.answer_key(t, kind) for t, x in zip(tx, rw) if x > 0} - {None})
+            if args.dynamic_sampling and len(set(rw)) == 1:
+                sums["dropped"] += 1
+                spare = spare or (r, grp, rw)
+            else:
+                kept.append((r, grp, rw))
+        if not args.dynamic_sampling:
+            break
+    kept = kept[:per_rank]
+    sums["kept"] = len(kept)
+    return kept, spare, cursor, sums, {"resp_len_max": resp_len_max}, times
 
-    mine = rows[rank::world]
-    samples = engine.generate([r["ids"] for r in mine], args.eval_k, temperature=args.temperature,
-                              top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                              seed=args.seed * 7919 + 104729 * (step + 1) + rank) if mine else []
-    texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-    per = []
-    for i, r in enumerate(mine):
-        tx = texts[i * args.eval_k:(i + 1) * args.eval_k]
-        rw = verifier.score_batch(tx, [r["gold"]] * len(tx), kind=r["kind"])
-        ok = {answer_key(t, r["kind"]) for t, x in zip(tx, rw) if x > 0} - {None}
-        per.append({"rewards": rw, "distinct_correct": len(ok),
-                    "distinct": [ev.distinct_n(tx, n) for n in (1, 2, 3, 4)]})
-    per = [p for part in all_gather_obj(per) for p in part]
-    k = args.eval_k
-    ks = sorted({1, k} | {2 ** i for i in range(1, 10) if 2 ** i < k})
-    m = {"eval/avg_at_k": ev.avg_at_k([p["rewards"] for p in per]), "eval/k": k, "eval/prompts": len(per),
-         "eval/distinct_correct": sum(p["distinct_correct"] for p in per) / len(per)}
-    for kk in ks:
-        m[f"eval/pass_at_{kk}"] = sum(ev.pass_at_k(k, int(sum(x > 0 for x in p["rewards"])), kk) for p in per) / len(per)
-    for n in (1, 2, 3, 4):
-        m[f"eval/distinct_{n}"] = sum(p["distinct"][n - 1] for p in per) / len(per)
+
+def build_batch(kept, spare, G):
+    """Phase 2: GRPO advantages per group (the paper's estimator) and the flat sample list.
+    Returns {"items": [(prompt_ids, response_ids)], "adv": [A], "engine_logp": [...], "real": n}; a rank
+    that kept nothing trains on one sample of its spare group, weighted 0 (lockstep's filler)."""
+    items, adv, eng_lp = [], [], []
+    if kept:
+        a, _ = group_advantages(torch.tensor([x for _, _, rw in kept for x in rw], dtype=torch.float32), G)
+        adv = a.tolist()
+        items = [(r["ids"], s.response_ids) for r, grp, _ in kept for s in grp]
+        eng_lp = [s.logprobs for _, grp, _ in kept for s in grp]
+    real = len(items)
+    if not items:
+        r, grp, _ = spare
+        items, adv, eng_lp = [(r["ids"], grp[0].response_ids)], [0.0], [grp[0].logprobs]
+    return {"items": items, "adv": adv, "engine_logp": eng_lp, "real": real}
+
+
+def old_logprobs(policy, batch, micro_batch, pad_id, device, tis_cap=0.0):
+    """Phase 3: log pi_old of every sample, recomputed by the trainer without gradient (as verl), the
+    entropy estimate, and -- where the engine returned its own log-probs -- the truncated-IS weights and
+    the rollout/trainer mismatch (README "vllm"). Returns (old [(T,)], tis [(T,)] or None, sums, maxes)."""
+    import rollout
+
+    items, real = batch["items"], batch["real"]
+    eng_lp = batch["engine_logp"]
+    with_engine_lp = all(x is not None for x in eng_lp)
+    n_real = -(-len(items) // micro_batch)
+    (n_fwd,) = lockstep([n_real], device)
+    old, tis, sums, maxes = [], [], {"ent": 0.0, "ent_n": 0.0}, {}
+    with torch.no_grad():
+        for j in range(n_fwd):
+            lo = j * micro_batch
+            if lo >= len(items):           # lockstep filler: a forward whose result is unused
+                policy(*make_batch(items[:1], pad_id, device))
+                continue
+            ids, attn, pos, tgt, valid = make_batch(items[lo:lo + micro_batch], pad_id, device)
+            lp, en = policy(ids, attn, pos, tgt, valid)
+            old += list(lp)
+            if with_engine_lp:
+                elp = torch.zeros_like(lp)
+                for b, x in enumerate(eng_lp[lo:lo + micro_batch]):
+                    elp[b, :len(x)] = torch.tensor(x, dtype=torch.float32)
+                w_tis, st = rollout.rollout_mismatch(lp, elp, valid.float() * float(lo < real), tis_cap)
+                tis += list(w_tis) if w_tis is not None else []
+                for k, v in st.items():
+                    if k.endswith("_max"):
+                        maxes[k] = max(maxes.get(k, 0.0), v)
+                    else:
+                        sums[k] = sums.get(k, 0.0) + v
+            if lo < real:
+                sums["ent"] += float(en[valid].sum())
+                sums["ent_n"] += int(valid.sum())
+    return old, (tis if tis_cap > 0 and tis else None), sums, maxes
+
+
+def update_policy(fwd, params, opt, batch, old, tis, loss_fn, *, updates_per_rollout, micro_batch, clip_grad,
+                  pad_id, device, world, shuffle_seed, no_sync=None, autocast=contextlib.nullcontext):
+    """Phase 4: updates_per_rollout AdamW steps, each on one mini-batch of a shuffled order, accumulated
+    over micro-batches, with a GLOBAL token-mean denominator (global_denominators: all ranks and
+    micro-batches of the optimiser step). bench/step_ratio.py and bench/gpu_step.py call this function.
+    fwd: the (possibly DDP/FSDP-wrapped) Policy; no_sync: DDP's context for all but the last micro-batch.
+    Returns (sums of the loss stats weighted by sample weight, with "stats_n"; grad norms)."""
+    items, adv, real = batch["items"], batch["adv"], batch["real"]
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+    minis = [order[i::updates_per_rollout] for i in range(updates_per_rollout)]
+    lens = [len(r) for _, r in items]
+    scale = 1.0 if real else 0.0       # a rank that kept nothing: all its work is filler
+    denoms, global_tokens = global_denominators([float(sum(lens[i] for i in mb)) * scale for mb in minis],
+                                                world, device)
+    n_micro = lockstep([-(-len(mb) // micro_batch) for mb in minis], device)
+    sums, grad_norms = {"stats_n": 0.0}, []
+    for u, mb in enumerate(minis):
+        if global_tokens[u] == 0:
+            continue                   # no rank has a token here: all skip together (same numbers)
+        micro = [mb[i:i + micro_batch] for i in range(0, len(mb), micro_batch)]
+        for j in range(n_micro[u]):
+            real_micro = j < len(micro)
+            mi = micro[j] if real_micro else [order[0]]                  # lockstep filler: weight 0
+            w = scale if real_micro else 0.0
+            last = j == n_micro[u] - 1
+            with (contextlib.nullcontext() if last or no_sync is None else no_sync()), autocast():
+                ids, attn, pos, tgt, valid = make_batch([items[i] for i in mi], pad_id, device)
+                logp, _ = fwd(ids, attn, pos, tgt, valid)                                      # (B, T)
+                T = logp.shape[1]
+                old_lp = pad_to([old[i] for i in mi], T)                                      # (B, T)
+                a = torch.tensor([adv[i] for i in mi], dtype=torch.float32, device=device)     # (B,)
+                tis_w = None if tis is None else pad_to([tis[i] for i in mi], T)
+                loss, st = loss_fn(logp.float(), old_lp, a, valid.float(), denom=denoms[u], weights=tis_w)
+                (loss * w).backward()
+            for k, v in st.items():           # weighted by w: a filler adds nothing
+                if k != "loss/value":
+                    sums[k] = sums.get(k, 0.0) + w * float(v)
+            sums["stats_n"] += w
+        gn = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        grad_norms.append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))   # FSDP2: a DTensor
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return sums, grad_norms
+
+
+def push_weights(engine, lm):
+    """Phase 5: the new weights into the engine (a no-op for the HF engine sampling from `lm` itself; under
+    FSDP it fills its rollout copy). Cast before the gather: bf16 halves the traffic. vLLM wakes after the
+    sync, so its KV cache comes back last (README "vllm")."""
+    import rollout
+
+    eng_dtype = getattr(engine, "dtype", None)
+    engine.sync_weights(rollout.hf_named_tensors(lm, dtype=getattr(torch, eng_dtype) if eng_dtype else None))
+    engine.wake()
+
+
+def step_metrics(s, mx, grad_norms, lr):
+    """Phase 6: the logged figures of one step from the reduced sums s and maxima mx (README "Metrics")."""
+    m = {"train/reward_mean": s["reward"] / s["responses"], "train/accuracy": s["correct"] / s["responses"],
+         "train/distinct_correct": s["distinct"] / s["drawn"],
+         "train/entropy": s["ent"] / s["ent_n"] if s["ent_n"] else float("nan"),
+         "train/lr": lr, "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
+         "rollout/zero_var_frac": s["dropped"] / s["drawn"], "rollout/prompts_drawn": s["drawn"],
+         "rollout/groups_kept": s["kept"], "rollout/response_len_mean": s["resp_len"] / s["responses"],
+         "rollout/response_len_max": mx["resp_len_max"], "rollout/truncation_rate": s["truncated"] / s["responses"],
+         "perf/step_s": mx["step_s"], "perf/tokens_per_s": s["resp_len"] / mx["step_s"]}
+    m.update({k: v for k, v in mx.items() if k.startswith("perf/")})
+    if s["stats_n"]:
+        m.update({k: v / s["stats_n"] for k, v in s.items() if k.startswith("loss/")})
+    if "rollout/tokens" in s:          # rollout/trainer mismatch (README "vllm")
+        n_tok = max(s["rollout/tokens"], 1.0)
+        m["rollout/logp_diff_mean"] = s["rollout/logp_diff_sum"] / n_tok
+        m["rollout/logp_diff_max"] = mx["rollout/logp_diff_max"]
+        if "rollout/tis_weight_sum" in s:
+            m["rollout/tis_weight_mean"] = s["rollout/tis_weight_sum"] / n_tok
+            m["rollout/tis_capped_frac"] = s["rollout/tis_capped"] / n_tok
     return m
 
 
+def evaluate(engine, rows, args, rank, world, tok, step):
+    """Held-out figures (metrics.py: the same functions and names as eval.py's tables) at `step`."""
+    import metrics
+
+    mine = rows[rank::world]
+    k = args.eval_k
+    samples = engine.generate([r["ids"] for r in mine], k, temperature=args.temperature, top_p=args.top_p,
+                              max_new_tokens=args.max_new_tokens, seed=seed_for("eval", args.seed, step + 1, rank)) \
+        if mine else []
+    texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+    per = []
+    for i, r in enumerate(mine):
+        sm, tx = samples[i * k:(i + 1) * k], texts[i * k:(i + 1) * k]
+        rw = data.rewards(tx, [r["gold"]] * len(tx), r["kind"])
+        per.append([{"reward": float(x), "response": t, "answer": data.answer_key(t, r["kind"]),
+                     "num_tokens": len(s.response_ids), "truncated": bool(s.truncated)}
+                    for t, x, s in zip(tx, rw, sm)])
+    ks = metrics.default_ks(k)
+    vals = [metrics.problem_values(p, ks) for part in all_gather_obj(per) for p in part]
+    return {**metrics.mean_values(vals), "eval/n": k, "eval/prompts": len(vals)}
+
 # ----------------------------------------------------------------------------------------------------
-# main
+# Setting up the run: ranks, data (checked before any model is built), model, trainer, state, engine, log
 # ----------------------------------------------------------------------------------------------------
 
 
-def main(args):
-    import rollout
-    import transformers
-    import verifier
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    transformers.utils.logging.disable_progress_bar()          # our own tqdm bar is the only one
-
+def setup_ranks(args):
+    """RANK/LOCAL_RANK/WORLD_SIZE from torchrun (one process without it); the process group; threads."""
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     check_args(args, world)
     cuda = torch.cuda.is_available()
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    return {"world": world, "rank": rank, "local_rank": local_rank, "local_world": local_world,
+            "cuda": cuda, "device": device, "own_group": args.fsdp and world == 1}
 
-    # the model path: resume > --model > the tiny default (built once under a file lock, before the
-    # thread count is cut, so the one rank that builds it uses every core)
-    ckpt = find_checkpoint(args.resume) if args.resume else None
+
+def init_process_group(args, rk):
+    if not rk["cuda"]:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // rk["local_world"]))
+    if rk["world"] > 1 or rk["own_group"]:
+        if rk["cuda"]:
+            torch.cuda.set_device(rk["device"])
+        if rk["own_group"]:
+            # fully_shard needs a process group, also of one rank (python lad.py --fsdp true: bf16 compute,
+            # fp32 master weights, nothing sharded). Without torchrun there is no MASTER_ADDR; an in-process
+            # store needs no port (no race for a free one) and no network.
+            dist.init_process_group("nccl" if rk["cuda"] else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group("nccl" if rk["cuda"] else "gloo")
+    # every rank must run the same batch geometry; one all_gather, every rank sees the same verdict
+    geo = (args.prompts_per_step, args.group_size, args.updates_per_rollout, args.micro_batch, args.steps, args.loss)
+    if len(set(all_gather_obj(geo))) != 1:
+        raise UsageError(f"incompatible batch settings across ranks: {all_gather_obj(geo)}")
+
+
+def load_data(args):
+    """Train and held-out rows (identical on every rank: a bad file fails on all of them, before any model
+    is built or collective run). Returns (train rows, held-out rows or None)."""
+    if args.train_data == "builtin":
+        train = data.builtin_rows("train")
+        held = data.builtin_rows("heldout") if not args.eval_data else None
+    else:
+        train, held = data.load_rows(args.train_data, args.prompt_template), None
+    if args.eval_data:
+        held = data.load_rows(args.eval_data, args.prompt_template)
+    return train, held
+
+
+def load_model(args, rk, ckpt):
+    """The model path (resume > --model > the tiny default, built once under a file lock, before the thread
+    count is cut, so the one rank that builds it uses every core), tokenizer and LM."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     if ckpt is not None:
         model_path = str(ckpt)
     elif args.model:
@@ -786,362 +937,211 @@ def main(args):
     else:
         import tiny
 
-        model_path = tiny.default_model_dir(0, log=print if rank == 0 else (lambda *a: None))
-    if not cuda:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    own_group = args.fsdp and world == 1
-    if world > 1 or own_group:
-        if cuda:
-            torch.cuda.set_device(device)
-        if own_group:
-            # fully_shard needs a process group, also of one rank (python lad.py --fsdp true: bf16 compute,
-            # fp32 master weights, nothing sharded). Without torchrun there is no MASTER_ADDR; an in-process
-            # store needs no port (no race for a free one) and no network.
-            dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
-        else:
-            dist.init_process_group("nccl" if cuda else "gloo")
-
-    # every rank must run the same batch geometry; one all_gather, every rank sees the same verdict
-    geo = (args.prompts_per_step, args.group_size, args.updates_per_rollout, args.micro_batch, args.steps, args.loss)
-    if len(set(all_gather_obj(geo))) != 1:
-        raise UsageError(f"incompatible batch settings across ranks: {all_gather_obj(geo)}")
-
+        model_path = tiny.default_model_dir(0, log=print if rk["rank"] == 0 else (lambda *a: None))
+    init_process_group(args, rk)
     if args.model and not Path(args.model).exists() and ckpt is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")                  # no network at run time
     try:
         tok = AutoTokenizer.from_pretrained(model_path)
-        lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+        lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(rk["device"])
     except OSError as e:
         raise UsageError(f"cannot load model {model_path!r}: {str(e).splitlines()[0]}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    ctx = getattr(lm.config, "max_position_embeddings", None) or 10 ** 9
-    limit = ctx - args.max_new_tokens
-    if limit < 1:
-        raise UsageError(f"--max-new-tokens {args.max_new_tokens} leaves no room in the context ({ctx})")
+    return model_path, tok, lm
 
-    # data (identical on every rank, so a bad file fails on all of them before any collective)
-    if args.train_data == "builtin":
-        import tiny
 
-        train = [{**r, "kind": "sum"} for r in tiny.task_split("train")]
-        held = [{**r, "kind": "sum"} for r in tiny.task_split("heldout")] if not args.eval_data else None
-    else:
-        train, held = load_rows(args.train_data, args.prompt_template), None
-    if args.eval_data:
-        held = load_rows(args.eval_data, args.prompt_template)
-    train, skipped = encode_rows(train, tok, args.chat, limit, args.train_data)
-    if held is not None:
-        held, held_skipped = encode_rows(held, tok, args.chat, limit, args.eval_data or "heldout")
-        if args.eval_prompts:
-            held = held[:args.eval_prompts]
-
-    # run folder, config, resume state
-    start, cursor = 0, 0
-    out = args.out or (str(ckpt.parent) if ckpt is not None else
-                       f"runs/{args.loss}-{args.divergence if args.loss == 'lad' else 'clip'}-s{args.seed}-"
-                       f"{time.strftime('%Y%m%d-%H%M%S')}")
-    out = all_gather_obj(out)[0]                                      # rank 0's timestamp for everyone
-    Path(out).mkdir(parents=True, exist_ok=True)
-    # the policy, sharded before the optimiser sees its parameters (fully_shard swaps them for DTensors)
+def build_trainer(args, lm, rk):
+    """The Policy (log-probs), sharded before the optimiser sees its parameters (fully_shard swaps them
+    for DTensors), the DDP wrapper (or the Policy itself) and AdamW."""
     policy = Policy(lm, args.logprob_chunk, args.temperature)
     if args.activation_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.fsdp:
-        shard_policy(policy, lm, cuda)
+        shard_policy(policy, lm, rk["cuda"])
     opt = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    if ckpt is not None:
-        st = torch.load(ckpt / "trainer.pt", weights_only=False)
-        if st["world"] != world:
-            raise UsageError(f"--resume: checkpoint was written by {st['world']} ranks, this run has {world}")
-        if args.fsdp and not st["args"].get("fsdp", False):
-            # its optimiser state is keyed by parameter position; set_optimizer_state_dict needs names
-            raise UsageError("--resume: checkpoint was written without --fsdp; resume it with --fsdp false")
-        if args.fsdp:                      # a full (gathered) optimiser state, re-sharded on load
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    ddp = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[rk["local_rank"]] if rk["cuda"] else None) \
+        if rk["world"] > 1 and not args.fsdp else policy
+    return policy, ddp, opt
 
-            set_optimizer_state_dict(lm, opt, st["optimizer"], options=StateDictOptions(full_state_dict=True))
-        else:
-            opt.load_state_dict(st["optimizer"])
-        start = st["step"]
-        rs = torch.load(ckpt / f"rank{rank}.pt", weights_only=False)
-        cursor = rs["cursor"]
-        torch.set_rng_state(rs["torch"])
-        random.setstate(rs["python"])
-        if cuda and rs["cuda"] is not None:
-            torch.cuda.set_rng_state_all(rs["cuda"])
+
+def load_state(args, ckpt, lm, opt, rk):
+    """Resume (optimiser, step, data cursor, RNG states) or a fresh start (per-rank seeds) -> (step, cursor)."""
+    if ckpt is None:
+        random.seed(seed_for("init", args.seed, rank=rk["rank"]))
+        torch.manual_seed(seed_for("init", args.seed, rank=rk["rank"]))
+        return 0, 0
+    st = torch.load(ckpt / "trainer.pt", weights_only=False)
+    if st["world"] != rk["world"]:
+        raise UsageError(f"--resume: checkpoint was written by {st['world']} ranks, this run has {rk['world']}")
+    if args.fsdp and not st["args"].get("fsdp", False):
+        # its optimiser state is keyed by parameter position; set_optimizer_state_dict needs names
+        raise UsageError("--resume: checkpoint was written without --fsdp; resume it with --fsdp false")
+    if args.fsdp:                      # a full (gathered) optimiser state, re-sharded on load
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(lm, opt, st["optimizer"], options=StateDictOptions(full_state_dict=True))
     else:
-        random.seed(args.seed * 1000 + rank)
-        torch.manual_seed(args.seed * 1000 + rank)
+        opt.load_state_dict(st["optimizer"])
+    rs = torch.load(ckpt / f"rank{rk['rank']}.pt", weights_only=False)
+    torch.set_rng_state(rs["torch"])
+    random.setstate(rs["python"])
+    if rk["cuda"] and rs["cuda"] is not None:
+        torch.cuda.set_rng_state_all(rs["cuda"])
+    return st["step"], rs["cursor"]
 
-    engine_kind, why = args.engine, ""
-    if engine_kind == "auto":              # resolved here once, so the reason can be printed and logged
+
+def build_engine(args, lm, tok, model_path, rows, ctx):
+    """The rollout engine (rollout.py); --engine auto is resolved here once, so its reason is logged."""
+    import rollout
+
+    kind, why = args.engine, ""
+    if kind == "auto":
         usable, reason = rollout.vllm_status()
-        engine_kind, why = ("vllm" if usable else "hf"), f" (auto: {reason})"
-    engine, engine_kind = rollout.make_engine(engine_kind, model=lm, tokenizer=tok, model_path=model_path,
-                                              seed=args.seed + rank, batch_size=args.gen_batch,
-                                              tensor_parallel_size=args.vllm_tp,
-                                              gpu_memory_utilization=args.vllm_gpu_memory,
-                                              max_model_len=min(ctx, max(len(r["ids"]) for r in train + (held or []))
-                                                                + args.max_new_tokens))
-    ddp = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[local_rank] if cuda else None) \
-        if world > 1 and not args.fsdp else policy
-    kind = train[0]["kind"]
+        kind, why = ("vllm" if usable else "hf"), f" (auto: {reason})"
+    engine, kind = rollout.make_engine(kind, model=lm, tokenizer=tok, model_path=model_path,
+                                       seed=args.seed + int(os.environ.get("RANK", "0")), batch_size=args.gen_batch,
+                                       tensor_parallel_size=args.vllm_tp,
+                                       gpu_memory_utilization=args.gpu_memory_utilization,
+                                       max_model_len=min(ctx, max(len(r["ids"]) for r in rows) + args.max_new_tokens))
+    return engine, kind + why
 
-    log_file = open(Path(out) / "metrics.jsonl", "a") if rank == 0 else None
+
+def open_log(out, start, rank, cfg, args):
+    """Rank 0's metrics.jsonl (rows past a resumed checkpoint are dropped: each step is logged once) and
+    wandb. Returns log(step, metrics)."""
+    if rank != 0:
+        return lambda step, m: None
+    path = Path(out) / "metrics.jsonl"
+    if path.exists():                  # a run killed after its checkpoint logged steps it will now redo
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
+        path.write_text("".join(ln + "\n" for ln in keep))
+    fh = open(path, "a")
     wb = None
-    if rank == 0:
-        cfg = {**dataclasses.asdict(args), "world_size": world, "engine_resolved": engine_kind + why,
-               "model_path": model_path, "out": out, "train_prompts": len(train),
-               "train_prompts_skipped_too_long": skipped, "heldout_prompts": len(held) if held else 0,
-               "params": sum(p.numel() for p in lm.parameters()), "torch": torch.__version__}
-        (Path(out) / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
-        print(f"lad.py: {args.loss}{'/' + args.divergence if args.loss == 'lad' else ''}, {world} rank(s), "
-              f"engine {engine_kind}{why}, model {model_path} ({cfg['params'] / 1e6:.2f}M params), "
-              f"{len(train)} train prompts ({skipped} skipped: longer than {limit} tokens), out {out}", flush=True)
-        if args.wandb != "disabled":
-            import wandb
+    if args.wandb != "disabled":
+        import wandb
 
-            wb = wandb.init(project=args.wandb_project, mode=args.wandb, config=cfg, dir=out)
+        wb = wandb.init(project=args.wandb_project, mode=args.wandb, config=cfg, dir=out)
 
     def log(step, m):
-        if rank == 0:
-            row = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}}
-            log_file.write(json.dumps(row) + "\n")                  # NaN -> null: strict JSON
-            log_file.flush()
+        if m is None:                  # the end of the run
+            fh.close()
             if wb is not None:
-                wb.log(m, step=step)
+                wb.finish()
+            return
+        row = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}}
+        fh.write(json.dumps(row) + "\n")                       # NaN -> null: strict JSON
+        fh.flush()
+        if wb is not None:
+            wb.log(m, step=step)
+    return log
 
+# ----------------------------------------------------------------------------------------------------
+# main: the recipe of the TRAINING section's opening comment, one named phase per line
+# ----------------------------------------------------------------------------------------------------
+
+
+def main(args):
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()          # our own tqdm bar is the only one
+    rk = setup_ranks(args)
+    rank, world, device = rk["rank"], rk["world"], rk["device"]
+    ckpt = find_checkpoint(args.resume) if args.resume else None
+    train, held = load_data(args)                              # bad files fail here, before any model
+    model_path, tok, lm = load_model(args, rk, ckpt)
+    ctx = getattr(lm.config, "max_position_embeddings", None) or 10 ** 9
+    limit = ctx - args.max_new_tokens
+    if limit < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens} leaves no room in the context ({ctx})")
+    train, skipped = data.encode_rows(train, tok, args.chat, limit, args.train_data)
+    if held is not None:
+        held = data.encode_rows(held, tok, args.chat, limit, args.eval_data or "heldout")[0]
+        held = held[:args.eval_prompts] if args.eval_prompts else held
+    out = args.out or (str(ckpt.parent) if ckpt is not None else
+                       f"runs/{args.loss}-{args.divergence if args.loss == 'lad' else 'clip'}-s{args.seed}-"
+                       f"{time.strftime('%Y%m%d-%H%M%S')}")
+    out = all_gather_obj(out)[0]                               # rank 0's timestamp for everyone
+    Path(out).mkdir(parents=True, exist_ok=True)
+    policy, ddp, opt = build_trainer(args, lm, rk)
+    start, cursor = load_state(args, ckpt, lm, opt, rk)
+    engine, engine_kind = build_engine(args, lm, tok, model_path, train + (held or []), ctx)
+    cfg = {**dataclasses.asdict(args), "world_size": world, "engine_resolved": engine_kind, "model_path": model_path,
+           "out": out, "train_prompts": len(train), "train_prompts_skipped_too_long": skipped,
+           "heldout_prompts": len(held) if held else 0, "params": sum(p.numel() for p in lm.parameters()),
+           "torch": torch.__version__}
+    if rank == 0:
+        (Path(out) / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+        print(f"lad.py: {args.loss}{'/' + args.divergence if args.loss == 'lad' else ''}, {world} rank(s), "
+              f"engine {engine_kind}, model {model_path} ({cfg['params'] / 1e6:.2f}M params), "
+              f"{len(train)} train prompts ({skipped} skipped: longer than {limit} tokens), out {out}", flush=True)
+    log = open_log(out, start, rank, cfg, args)
+    loss_fn = make_loss(args)
     do_eval = held is not None and args.eval_every > 0
     if do_eval and start == 0:
-        m = evaluate(engine, held, args, rank, world, tok, 0)
-        log(0, m)
-        if rank == 0:
-            print("eval before RL: " + "  ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if isinstance(v, float)),
-                  flush=True)
-
-    per_rank = args.prompts_per_step // world
-    G = args.group_size
-    bar = None
-    if rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=args.steps, initial=start, desc="train", dynamic_ncols=True)
+        log(0, evaluate(engine, held, args, rank, world, tok, 0))
+    bar = progress_bar(rank, start, args.steps)
     for step in range(start, args.steps):
         t_step = time.perf_counter()
-        times = dict.fromkeys(("rollout", "reward", "logprob", "update", "sync"), 0.0)
-
-        # ---- rollout with dynamic sampling (rounds agreed across ranks: one all_reduce per round)
-        kept, spare, drawn, dropped = [], None, 0, 0
-        n_resp, resp_len_sum, resp_len_max, n_trunc, n_correct, reward_sum = 0, 0, 0, 0, 0, 0.0
-        distinct_sum = 0
-        for rnd in range(args.max_sample_rounds):
-            need = per_rank - len(kept) if (rnd == 0 or args.dynamic_sampling) else 0
-            if rnd > 0 and all_reduce(torch.tensor([float(need)], device=device), dist.ReduceOp.MAX if dist_on() else None).item() == 0:
-                break
-            if need <= 0:
-                continue
-            rows = []
-            for _ in range(need):
-                rows.append(train[row_for(cursor, rank, world, len(train), args.seed)])
-                cursor += 1
-            t0 = time.perf_counter()
-            samples = engine.generate([r["ids"] for r in rows], G, temperature=args.temperature, top_p=args.top_p,
-                                      max_new_tokens=args.max_new_tokens,
-                                      seed=(args.seed * 1000003 + step * 101 + rnd) * 64 + rank)
-            times["rollout"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-            rewards = verifier.score_batch(texts, [rows[s.prompt_index]["gold"] for s in samples], kind=kind)
-            times["reward"] += time.perf_counter() - t0
-            drawn += len(rows)
-            for i, r in enumerate(rows):
-                grp = samples[i * G:(i + 1) * G]
-                rw = rewards[i * G:(i + 1) * G]
-                tx = texts[i * G:(i + 1) * G]
-                n_resp += G
-                reward_sum += sum(rw)
-                n_correct += sum(x > 0 for x in rw)
-                resp_len_sum += sum(len(s.response_ids) for s in grp)
-                resp_len_max = max(resp_len_max, max(len(s.response_ids) for s in grp))
-                n_trunc += sum(s.truncated for s in grp)
-                distinct_sum += len({answer_key(t, kind) for t, x in zip(tx, rw) if x > 0} - {None})
-                if args.dynamic_sampling and len(set(rw)) == 1:
-                    dropped += 1
-                    spare = spare or (r, grp, rw)
-                else:
-                    kept.append((r, grp, rw))
-            if not args.dynamic_sampling:
-                break
-        kept = kept[:per_rank]
-
-        # ---- advantages (GRPO group normalisation, the paper's estimator) and the flat sample list
+        kept, spare, cursor, sums, maxes, times = sample_groups(engine, tok, train, cursor, step, args, rank, world, device)
         engine.sleep()
-        items, adv, eng_lp = [], [], []
-        if kept:
-            rw_t = torch.tensor([x for _, _, rw in kept for x in rw], dtype=torch.float32)
-            a, _ = group_advantages(rw_t, G)
-            adv = a.tolist()
-            items = [(r["ids"], s.response_ids) for r, grp, _ in kept for s in grp]
-            eng_lp = [s.logprobs for _, grp, _ in kept for s in grp]
-        real = len(items)
-        if not items:                      # this rank kept nothing: one zero-weighted sample keeps DDP in step
-            r, grp, _ = spare
-            items, adv, eng_lp = [(r["ids"], grp[0].response_ids)], [0.0], [grp[0].logprobs]
-
-        # ---- old log-probs, recomputed by the trainer without gradient (and the entropy estimate)
+        batch = build_batch(kept, spare, args.group_size)
         t0 = time.perf_counter()
-        old, ent_sum, ent_n = [], 0.0, 0
-        tis, mm = [], {}                   # per-micro-batch TIS weights; mismatch sums (README "vllm")
-        with_engine_lp = all(x is not None for x in eng_lp)
-        n_old = -(-len(items) // args.micro_batch)
-        if args.fsdp:                      # FSDP all-gathers in every forward: all ranks run as many
-            n_old = int(all_reduce(torch.tensor([float(n_old)], device=device), dist.ReduceOp.MAX).item())
-        with torch.no_grad():
-            for lo in range(0, n_old * args.micro_batch, args.micro_batch):
-                if lo >= len(items):       # FSDP filler forward, result unused
-                    policy(*make_batch(items[:1], tok.pad_token_id, device))
-                    continue
-                ids, attn, pos, tgt, valid = make_batch(items[lo:lo + args.micro_batch], tok.pad_token_id, device)
-                lp, en = policy(ids, attn, pos, tgt, valid)
-                old.append(lp)
-                if with_engine_lp:
-                    elp = torch.zeros_like(lp)
-                    for b, x in enumerate(eng_lp[lo:lo + args.micro_batch]):
-                        elp[b, :len(x)] = torch.tensor(x, dtype=torch.float32)
-                    w_tis, st_mm = rollout.rollout_mismatch(lp, elp, valid.float() * float(lo < real), args.tis_cap)
-                    tis.append(w_tis)
-                    for k, v in st_mm.items():
-                        mm[k] = max(mm.get(k, 0.0), v) if k.endswith("_max") else mm.get(k, 0.0) + v
-                if lo < real:
-                    ent_sum += float(en[valid].sum())
-                    ent_n += int(valid.sum())
-        times["logprob"] = time.perf_counter() - t0
-
-        # ---- updates: mini-batches of a shuffled order, each one AdamW step; global token denominators
-        t0 = time.perf_counter()
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(args.seed * 7 + step * 31 + rank)).tolist()
-        minis = [order[i::args.updates_per_rollout] for i in range(args.updates_per_rollout)]
-        lens = [len(r) for _, r in items]
-        scale = 1.0 if real else 0.0
-        tok_counts = [float(sum(lens[i] for i in mb)) * scale for mb in minis]
-        denoms, global_tokens = global_denominators(tok_counts, world, device)
-        old_flat = [row for o in old for row in o]                   # per-sample (T,) tensors (padded)
-        tis_flat = [row for w_tis in tis for row in w_tis] if args.tis_cap > 0 and tis else None
-        stats_acc, n_stats, grad_norms = {}, 0, []
+        old, tis, s_old, m_old = old_logprobs(policy, batch, args.micro_batch, tok.pad_token_id, device, args.tis_cap)
+        times["logprob"], t0 = time.perf_counter() - t0, time.perf_counter()
         lm.train()
-        for u, mb in enumerate(minis):
-            if global_tokens[u] == 0:
-                continue                   # every rank has nothing here (all skip together: same numbers)
-            if not mb:
-                mb = [order[0]]            # this rank has no sample in this mini-batch: a zero-weighted one
-            w = scale if len(minis[u]) else 0.0
-            micro = [mb[i:i + args.micro_batch] for i in range(0, len(mb), args.micro_batch)]
-            n_real_micro = len(micro)
-            if args.fsdp:                  # equal forward/backward counts on every rank (FSDP collectives)
-                n_micro = all_reduce(torch.tensor([float(len(micro))], device=device), dist.ReduceOp.MAX).item()
-                micro += [micro[0]] * (int(n_micro) - len(micro))
-            for j, mi in enumerate(micro):
-                w_all = w
-                if j >= n_real_micro:
-                    w = 0.0                # FSDP filler: zero-weighted, adds nothing
-                sync = contextlib.nullcontext() if (j == len(micro) - 1 or world == 1 or args.fsdp) else ddp.no_sync()
-                with sync:
-                    ids, attn, pos, tgt, valid = make_batch([items[i] for i in mi], tok.pad_token_id, device)
-                    logp, _ = ddp(ids, attn, pos, tgt, valid)
-                    T = logp.shape[1]
-                    old_lp = torch.stack([old_flat[i][:T] if old_flat[i].shape[0] >= T else
-                                          torch.nn.functional.pad(old_flat[i], (0, T - old_flat[i].shape[0]))
-                                          for i in mi])
-                    a = torch.tensor([adv[i] for i in mi], dtype=torch.float32, device=device)
-                    mask = valid.float()
-                    tis_w = None if tis_flat is None else torch.stack(
-                        [torch.nn.functional.pad(tis_flat[i], (0, max(0, T - tis_flat[i].shape[0])))[:T] for i in mi])
-                    if args.loss == "lad":
-                        # Eq. 8 with eta = 1/inv_eta; token-mean over the global mini-batch (denominator above)
-                        loss, st = lad_loss(logp, old_lp, a, mask, divergence=args.divergence, eta=1.0 / args.inv_eta,
-                                            ratio=args.ratio, denom=denoms[u], weights=tis_w)
-                    else:
-                        loss, st = grpo_loss(logp, old_lp, a, mask, clip_low=args.clip_low, clip_high=args.clip_high,
-                                             denom=denoms[u], weights=tis_w)
-                    (loss * w).backward()
-                for k, v in st.items():           # weighted by w: a zero-weighted filler adds nothing
-                    if k != "loss/value":
-                        stats_acc[k] = stats_acc.get(k, 0.0) + w * float(v)
-                n_stats += w
-                w = w_all
-            gn = torch.nn.utils.clip_grad_norm_(lm.parameters(), args.clip_grad)
-            gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn        # FSDP2: a DTensor
-            grad_norms.append(float(gn))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        times["update"] = time.perf_counter() - t0
-
-        # ---- weights to the engine (a no-op for the HF engine on an unsharded `lm`: it samples from `lm`
-        # itself; under FSDP it fills its rollout copy). Cast before the gather: bf16 halves the traffic.
-        t0 = time.perf_counter()
-        eng_dtype = getattr(engine, "dtype", None)
-        engine.sync_weights(rollout.hf_named_tensors(lm, dtype=getattr(torch, eng_dtype) if eng_dtype else None))
-        engine.wake()                      # after the sync: vLLM's KV cache comes back last (README "vllm")
+        s_upd, grad_norms = update_policy(
+            ddp, list(lm.parameters()), opt, batch, old, tis, loss_fn, updates_per_rollout=args.updates_per_rollout,
+            micro_batch=args.micro_batch, clip_grad=args.clip_grad, pad_id=tok.pad_token_id, device=device,
+            world=world, shuffle_seed=seed_for("shuffle", args.seed, step, rank),
+            no_sync=ddp.no_sync if world > 1 and not args.fsdp else None)
+        times["update"], t0 = time.perf_counter() - t0, time.perf_counter()
+        push_weights(engine, lm)
         times["sync"] = time.perf_counter() - t0
-        step_time = time.perf_counter() - t_step
-
-        # ---- metrics: sums over ranks (one all_reduce), maxima (one more), then rank 0 logs
-        keys = sorted(stats_acc)                      # same on every rank: all run the same micro-batches
-        sums = all_reduce(torch.tensor(
-            [reward_sum, n_correct, n_resp, drawn, dropped, resp_len_sum, n_trunc, ent_sum, ent_n, distinct_sum,
-             len(kept)] + [stats_acc[k] for k in keys] + [n_stats], dtype=torch.float64, device=device))
-        maxes = all_reduce(torch.tensor([resp_len_max, step_time] + [times[k] for k in times],
-                                        dtype=torch.float64, device=device), dist.ReduceOp.MAX if dist_on() else None)
-        s, mx = sums.tolist(), maxes.tolist()
-        m = {"train/reward_mean": s[0] / s[2], "train/accuracy": s[1] / s[2],
-             "train/distinct_correct": s[9] / s[3], "train/entropy": s[7] / s[8] if s[8] else float("nan"),
-             "train/lr": opt.param_groups[0]["lr"],
-             "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
-             "rollout/zero_var_frac": s[4] / s[3], "rollout/prompts_drawn": s[3], "rollout/groups_kept": s[10],
-             "rollout/response_len_mean": s[5] / s[2], "rollout/response_len_max": mx[0],
-             "rollout/truncation_rate": s[6] / s[2],
-             "perf/step_s": mx[1], "perf/tokens_per_s": s[5] / mx[1]}
-        m.update({f"perf/{k}_s": mx[2 + i] for i, k in enumerate(times)})
-        m.update({k: s[11 + i] / s[-1] for i, k in enumerate(keys)} if s[-1] else {})
-        if mm:                             # rollout/trainer mismatch (README "vllm"); same keys on every rank
-            mk = sorted(k for k in mm if not k.endswith("_max"))
-            tot = dict(zip(mk, all_reduce(torch.tensor([mm[k] for k in mk], dtype=torch.float64, device=device)).tolist()))
-            mx_mm = all_reduce(torch.tensor([mm["rollout/logp_diff_max"]], dtype=torch.float64, device=device),
-                               dist.ReduceOp.MAX if dist_on() else None).item()
-            n_tok = max(tot["rollout/tokens"], 1.0)
-            m["rollout/logp_diff_mean"] = tot["rollout/logp_diff_sum"] / n_tok
-            m["rollout/logp_diff_max"] = mx_mm
-            if "rollout/tis_weight_sum" in tot:
-                m["rollout/tis_weight_mean"] = tot["rollout/tis_weight_sum"] / n_tok
-                m["rollout/tis_capped_frac"] = tot["rollout/tis_capped"] / n_tok
+        maxes.update(m_old, step_s=time.perf_counter() - t_step, **{f"perf/{k}_s": v for k, v in times.items()})
+        s, mx = reduce_metrics({**sums, **s_old, **s_upd}, maxes, device)
+        m = step_metrics(s, mx, grad_norms, opt.param_groups[0]["lr"])
         if do_eval and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
             te = time.perf_counter()
-            m.update(evaluate(engine, held, args, rank, world, tok, step + 1))
-            m["perf/eval_s"] = time.perf_counter() - te
+            m.update(evaluate(engine, held, args, rank, world, tok, step + 1), **{"perf/eval_s": time.perf_counter() - te})
         log(step + 1, m)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{m['train/reward_mean']:.3f}", zv=f"{m['rollout/zero_var_frac']:.2f}",
-                            ent=f"{m['train/entropy']:.2f}", dist=f"{m['train/distinct_correct']:.2f}",
-                            s=f"{m['perf/step_s']:.2f}", refresh=False)
-            if "eval/avg_at_k" in m:
-                bar.write(f"step {step + 1}: eval avg@{args.eval_k} {m['eval/avg_at_k']:.3f}  "
-                          f"pass@{args.eval_k} {m[f'eval/pass_at_{args.eval_k}']:.3f}  "
-                          f"distinct correct {m['eval/distinct_correct']:.2f}")
+        show_progress(bar, step + 1, m)
         if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
             save_checkpoint(out, step + 1, lm, tok, opt, cursor, rank, world, args)
+    finish(bar, log, engine, rk, out)
+    return out
+
+
+def progress_bar(rank, start, steps):
+    if rank != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True)
+
+
+def show_progress(bar, step, m):
+    if bar is None:
+        return
+    bar.update(1)
+    bar.set_postfix(reward=f"{m['train/reward_mean']:.3f}", zv=f"{m['rollout/zero_var_frac']:.2f}",
+                    ent=f"{m['train/entropy']:.2f}", dist=f"{m['train/distinct_correct']:.2f}",
+                    s=f"{m['perf/step_s']:.2f}", refresh=False)
+    if "eval/avg@n" in m:
+        n = m["eval/n"]
+        bar.write(f"step {step}: eval avg@{n} {m['eval/avg@n']:.3f}  pass@{n} {m[f'eval/pass@{n}']:.3f}  "
+                  f"distinct correct {m['eval/distinct_answers']:.2f}")
+
+
+def finish(bar, log, engine, rk, out):
     if bar is not None:
         bar.close()
-        log_file.close()
-        if wb is not None:
-            wb.finish()
         print(f"done: {out}", flush=True)
+    log(None, None)
     if hasattr(engine, "close"):
         engine.close()
-    if own_group and dist_on():            # the one-rank group main opened (vLLM's close may have done it)
+    if rk["own_group"] and dist_on():  # the one-rank group main opened (vLLM's close may have done it)
         dist.destroy_process_group()
-    return out
 
 
 def cli(argv=None):

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = [("eval/avg_at_k", "Avg@16"), ("eval/pass_at_1", "Pass@1"), ("eval/pass_at_4", "Pass@4"),
-           ("eval/pass_at_16", "Pass@16"), ("eval/distinct_correct", "distinct correct / prompt"),
+METRICS = [("eval/avg@n", "Avg@16"), ("eval/pass@1", "Pass@1"), ("eval/pass@4", "Pass@4"),
+           ("eval/pass@16", "Pass@16"), ("eval/distinct_answers", "distinct correct / prompt"),
            ("train/entropy", "entropy"), ("train/reward_last20", "train reward (last 20 steps)")]
 
 
@@ -55,11 +55,11 @@ def run(method, seed, extra):
     res = {k: final[k] for k, _ in METRICS if k in final}
     res["train/reward_last20"] = statistics.mean(x["train/reward_mean"] for x in lines[-20:])
     res["train/reward_first5"] = statistics.mean(x["train/reward_mean"] for x in lines[1:6])
-    res["eval0/avg_at_k"] = lines[0].get("eval/avg_at_k")
-    res["eval0/distinct_correct"] = lines[0].get("eval/distinct_correct")
+    res["eval0/avg_at_k"] = lines[0].get("eval/avg@n")
+    res["eval0/distinct_correct"] = lines[0].get("eval/distinct_answers")
     res["wall_s"] = wall
     (out / "done.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(f"  {wall:.0f}s  avg@16 {res['eval/avg_at_k']:.3f}  distinct {res['eval/distinct_correct']:.2f}", flush=True)
+    print(f"  {wall:.0f}s  avg@16 {res['eval/avg@n']:.3f}  distinct {res['eval/distinct_answers']:.2f}", flush=True)
     return res
 
 

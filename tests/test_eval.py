@@ -163,7 +163,7 @@ def test_verl_style_rows_load_without_a_second_template(tmp_path):
     f.write_text(json.dumps({"prompt": [{"role": "user", "content": "Solve 1+1. Answer: ..."}],
                              "reward_model": {"ground_truth": "2"}}) + "\n")
     (p,), errors, _, _ = ev.load_benchmark(str(f), ev.Args())
-    assert errors == [] and p["gold"] == "2" and p["problem"] == "Solve 1+1. Answer: ..." and p["meta"]["templated"]
+    assert errors == [] and p["gold"] == "2" and p["problem"] == [{"role": "user", "content": "Solve 1+1. Answer: ..."}] and p["meta"]["templated"]
 
 
 def test_parquet_loader(tmp_path):

@@ -16,6 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import data  # noqa: E402
 import lad  # noqa: E402
 import tiny  # noqa: E402
 
@@ -198,28 +199,29 @@ def test_data_order_is_a_permutation_per_epoch():
 def test_bad_rows_name_file_and_line(tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_text('{"problem": "1+1?", "answer": "2"}\n\n{"problem": "2+2?"}\n')
-    with pytest.raises(lad.UsageError, match=r"bad.jsonl:3: needs 'problem' and 'answer'"):
-        lad.load_rows(f, "{problem}")
+    with pytest.raises(lad.UsageError, match=r"bad.jsonl:3: no answer"):
+        data.load_rows(f, "{problem}")
     f.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": \n')
-    with pytest.raises(lad.UsageError, match=r"bad.jsonl:2: malformed JSON"):
-        lad.load_rows(f, "{problem}")
+    with pytest.raises(lad.UsageError, match=r"bad.jsonl:2: invalid JSON"):
+        data.load_rows(f, "{problem}")
     with pytest.raises(lad.UsageError, match="not found"):
-        lad.load_rows(tmp_path / "missing.jsonl", "{problem}")
+        data.load_rows(tmp_path / "missing.jsonl", "{problem}")
     ok = tmp_path / "ok.jsonl"
     ok.write_text(json.dumps({"prompt": [{"role": "user", "content": "What is 2+3?"}],
                               "reward_model": {"ground_truth": 5}}) + "\n")
-    rows = lad.load_rows(ok, "{problem}")
+    rows = data.load_rows(ok, "{problem}")
     assert rows[0]["gold"] == "5" and rows[0]["kind"] == "math"
+    assert rows[0]["prompt"] == [{"role": "user", "content": "What is 2+3?"}]   # messages kept for the chat template
 
 
 def test_long_prompts_skipped_and_counted():
     tok = tiny.make_tokenizer()
     rows = [{"id": "a", "prompt": "x" * 5, "gold": "1", "kind": "math"},
             {"id": "b", "prompt": "x" * 50, "gold": "1", "kind": "math"}]
-    kept, skipped = lad.encode_rows(rows, tok, "off", 10, "f")
+    kept, skipped = data.encode_rows(rows, tok, "false", 10, "f")
     assert [r["id"] for r in kept] == ["a"] and skipped == 1
     with pytest.raises(lad.UsageError, match="longer than the context"):
-        lad.encode_rows(rows[1:], tok, "off", 10, "f")
+        data.encode_rows(rows[1:], tok, "false", 10, "f")
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -263,7 +265,7 @@ def test_torchrun_two_ranks_two_steps(tmp_path, model_dir):
     for x in lines[1:]:
         assert x["rollout/prompts_drawn"] >= 4 and 0 <= x["train/accuracy"] <= 1
         assert "perf/rollout_s" in x and "train/grad_norm" in x
-    assert "eval/pass_at_4" in lines[-1] and "eval/distinct_correct" in lines[-1]
+    assert "eval/pass@4" in lines[-1] and "eval/distinct_answers" in lines[-1] and "eval/avg@n" in lines[-1]
     ck = out / "ckpt-000002"
     assert (ck / "trainer.pt").is_file() and (ck / "rank0.pt").is_file() and (ck / "rank1.pt").is_file()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -382,3 +384,61 @@ def test_fsdp_resume_of_a_ddp_checkpoint_is_a_usage_error(tmp_path, model_dir, c
     assert e.value.code == 2
     assert err == "lad.py: error: --resume: checkpoint was written without --fsdp; resume it with --fsdp false"
     assert not torch.distributed.is_initialized()                          # the one-rank group was closed
+
+
+# ----------------------------------------------------------------------------------------------------
+# the loop's plumbing: resume logs each step once, data before the model, metrics by name, seeds, CLI
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_resume_drops_metric_rows_past_the_checkpoint(tmp_path):
+    """A run killed after its checkpoint at step 2 had logged steps 3 and 4; resuming from step 2 redoes
+    them, so the reader must see every step once: rows past the checkpoint go."""
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(5)))
+    log = lad.open_log(str(tmp_path), 2, 0, {}, lad.Args())
+    log(3, {"x": 30.0})
+    log(None, None)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and rows[-1]["x"] == 30.0
+
+
+def test_bad_data_is_rejected_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+    """A malformed row is reported before the tiny model's warm start (which takes 15-25 s)."""
+    monkeypatch.setenv("LAD_CACHE", str(tmp_path / "cache"))       # an empty cache: a build would show here
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "no answer"}\n')
+    with pytest.raises(SystemExit) as e:
+        lad.cli(["--train-data", str(bad)])
+    assert e.value.code == 2
+    assert "bad.jsonl:2: no answer" in capsys.readouterr().err
+    assert not any((tmp_path / "cache").glob("tiny-*"))
+
+
+def test_reduce_metrics_by_name_and_lockstep_in_one_process():
+    s, m = lad.reduce_metrics({"b": 2.0, "a": 1.0}, {"z": 5.0}, torch.device("cpu"))
+    assert s == {"a": 1.0, "b": 2.0} and m == {"z": 5.0}
+    assert lad.lockstep([0, 3, 1], torch.device("cpu")) == [0, 3, 1]
+
+
+def test_seeds_one_function_distinct_streams():
+    """Within a purpose no two (step, rank) share a seed (purposes seed different generators: torch
+    permutations, the engine's sampler; their formulas are the historical ones, kept so results stay)."""
+    import common
+
+    for p in ("rollout", "shuffle", "eval"):
+        seeds = [common.seed_for(p, 0, step=s, rank=r) for s in range(50) for r in range(8)]
+        assert len(set(seeds)) == len(seeds), p
+    assert len({common.seed_for("init", 0, rank=r) for r in range(8)}) == 8
+    with pytest.raises(ValueError, match="unknown seed purpose"):
+        common.seed_for("nope", 0)
+
+
+def test_one_boolean_convention_and_choices():
+    import common
+
+    a = common.parse_args(lad.Args, ["--fsdp", "--dynamic-sampling", "false"])
+    assert a.fsdp is True and a.dynamic_sampling is False
+    with pytest.raises(SystemExit):
+        common.parse_args(lad.Args, ["--chat", "on"])                # auto, true or false, as eval.py

@@ -1,0 +1,274 @@
+"""data.py -- one home for data rows: the benchmark and training file loaders, the prompt templates and
+the prompt encoder, and the task kinds (what reward and which answer key a row's kind means).
+
+A problem is {"id": str, "problem": str or chat messages, "gold": str, "meta": dict, "kind": str}. lad.py
+trains on such rows and eval.py scores them, so a checkpoint is evaluated on prompts encoded exactly as
+it was trained. Every malformed row is reported with its file and line; nothing is silently dropped.
+
+Task kinds (the contract of a row's "gold" and its reward, verifier.py):
+    math   gold = an answer string; reward = verifier math equivalence of the response's final answer
+    sum    the built-in task of tiny.py: gold = "T|avoid|terms"; reward = a valid candidate line
+
+Commands: none (a module). Deliberately left out: downloading datasets (files are local paths only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from common import UsageError
+
+ROOT = Path(__file__).resolve().parent
+KINDS = ("math", "sum")
+
+
+# ROWS: benchmark and training files
+#
+# A problem is {"id": str, "problem": str, "gold": str, "meta": dict}. Field conventions differ per
+# file (checked on the shared copies): AIME 2024 "problem"/"answer" (str); AMC 2023 "answer" as a float
+# (27.0); Minerva math has no answer field (the gold is the last \boxed{} of "solution");
+# OlympiadBench has "question" (plus "context" for some), "final_answer" as a list and sometimes a
+# "unit"; MATH-500 and AIME 2025 use "problem"/"answer" in their usual releases.
+# ----------------------------------------------------------------------------------------------------
+
+BENCHMARKS = {  # name -> file stems tried in --data-dir (.jsonl, then .parquet)
+    "aime24": ["aime24", "aime2024", "aime_2024"],
+    "aime25": ["aime25", "aime2025", "aime_2025"],
+    "amc23": ["amc23", "amc2023", "amc"],
+    "math500": ["math500", "math_500", "MATH-500", "math-500"],
+    "minerva": ["minerva_math", "minerva"],
+    "olympiadbench": ["olympiadbench", "olympiad_bench"],
+}
+PROBLEM_FIELDS = ("problem", "question", "prompt")
+ANSWER_FIELDS = ("answer", "final_answer", "gold")
+ID_FIELDS = ("id", "idx", "unique_id", "problem_id")
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last \boxed{...} (or \fbox{...}, \framebox{...}) in text, braces matched; None if none."""
+    best = None
+    for m in re.finditer(r"\\(?:boxed|fbox|framebox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            best = text[m.end():i - 1].strip()
+    return best
+
+
+def _gold_str(value) -> str:
+    """A gold answer as a string: floats that are integers lose their '.0' (AMC's 27.0 -> '27'), lists
+    (OlympiadBench's final_answer) are joined with ', ', and $...$ math delimiters are removed."""
+    if isinstance(value, bool):
+        raise ValueError(f"boolean answer {value!r}")
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_gold_str(v) for v in value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite answer {value!r}")
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        s = value.strip()
+        if len(s) >= 2 and s.startswith("$") and s.endswith("$"):
+            # OlympiadBench writes several answers as "$69$,$84$"
+            s = re.sub(r"\$\s*,\s*\$", ", ", s).strip("$").strip()
+        return s
+    raise ValueError(f"answer of type {type(value).__name__}")
+
+
+def parse_row(row, where: str, problem_field: str = "", answer_field: str = "", id_field: str = "",
+              default_id: str = "") -> dict:
+    """One benchmark row -> problem dict. Raises ValueError whose message names `where` (file:line)."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: not a JSON object")
+    pf = [problem_field] if problem_field else [f for f in PROBLEM_FIELDS if f in row]
+    if not pf or pf[0] not in row:
+        raise ValueError(f"{where}: no problem field (looked for {problem_field or ', '.join(PROBLEM_FIELDS)})")
+    problem, templated = row[pf[0]], False
+    gt = row["reward_model"].get("ground_truth") if isinstance(row.get("reward_model"), dict) else None
+    if isinstance(problem, list) and gt is not None:      # verl/DAPO rows: chat messages, already templated
+        if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in problem):
+            raise ValueError(f"{where}: 'prompt' messages need a 'content' string each")
+        templated = True                                   # kept as messages: prompt_ids wraps them
+    if not templated and (not isinstance(problem, str) or not problem.strip()):
+        raise ValueError(f"{where}: empty or non-text problem in field {pf[0]!r}")
+    if not templated and isinstance(row.get("context"), str) and row["context"].strip():   # OlympiadBench
+        problem = row["context"].strip() + "\n" + problem
+    if answer_field:
+        if answer_field not in row:
+            raise ValueError(f"{where}: no field {answer_field!r}")
+        raw, source = row[answer_field], answer_field
+    else:
+        source = next((f for f in ANSWER_FIELDS if row.get(f) not in (None, "", [])), None)
+        if source is not None:
+            raw = row[source]
+        elif gt not in (None, "", []):
+            raw, source = gt, "reward_model.ground_truth"
+        elif isinstance(row.get("solution"), str):            # Minerva: the last box of the solution
+            raw, source = last_boxed(row["solution"]), "solution (last \\boxed{})"
+            if raw is None:
+                raise ValueError(f"{where}: no answer field and no \\boxed{{}} in solution")
+        else:
+            raise ValueError(f"{where}: no answer (looked for {', '.join(ANSWER_FIELDS)}, or a solution with \\boxed{{}})")
+    try:
+        gold = _gold_str(raw)
+    except ValueError as e:
+        raise ValueError(f"{where}: bad answer in {source!r}: {e}") from None
+    if not gold:
+        raise ValueError(f"{where}: empty answer in {source!r}")
+    idf = [id_field] if id_field else [f for f in ID_FIELDS if f in row]
+    if id_field and id_field not in row:
+        raise ValueError(f"{where}: no field {id_field!r}")
+    pid = str(row[idf[0]]) if idf else default_id
+    meta = {k: row[k] for k in ("unit", "answer_type", "is_multiple_answer") if row.get(k) is not None}
+    if templated:
+        meta["templated"] = True                           # --prompt-template is not applied again
+    return {"id": pid, "problem": problem, "gold": gold, "meta": meta}
+
+
+def read_rows(path: Path):
+    """Yield (where, row-or-exception, default id) per row of a .jsonl (id: line number) or .parquet (row index) file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}:row {i}", row, i
+        return
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line), lineno
+            except json.JSONDecodeError as e:
+                yield f"{path}:{lineno}", ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})"), lineno
+
+
+# ----------------------------------------------------------------------------------------------------
+# PROMPTS: the templates (lad.py's default is "boxed") and the one encoder of a prompt into token ids
+# ----------------------------------------------------------------------------------------------------
+
+TEMPLATES = {
+    # lad.py's default --prompt-template: its checkpoints are scored in the format they were rewarded in
+    "boxed": "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}.",
+    # DAPO-Math-17k's own prompt (the paper's training set, App. C.2), for models trained on it verbatim
+    "dapo": ("Solve the following math problem step by step. The last line of your response should be of "
+             "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+             "{problem}\n\nRemember to put your answer on its own line after \"Answer:\"."),
+    "raw": "{problem}",
+}
+
+
+def render_prompt(template: str, problem: str) -> str:
+    text = TEMPLATES.get(template, template)
+    return text.replace("{problem}", problem)      # not str.format: problems and templates contain braces
+
+
+def use_chat_template(tok, chat: str) -> bool:
+    """--chat auto|true|false against a tokenizer: auto = when the tokenizer has a chat template."""
+    has = bool(getattr(tok, "chat_template", None))
+    if chat == "true" and not has:
+        raise UsageError("--chat true, but the tokenizer has no chat template")
+    return has if chat == "auto" else chat == "true"
+
+
+def prompt_ids(tok, prompt, use_chat: bool) -> list[int]:
+    """Token ids of one prompt (a string, or chat messages [{role, content}]): the messages (a string is
+    one user turn) in the chat template with the assistant prefix, or the contents joined by blank
+    lines without added special tokens. lad.py's training prompts and eval.py's are encoded here."""
+    msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    if use_chat:
+        x = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+        return list(x["input_ids"]) if isinstance(x, dict) or hasattr(x, "keys") else list(x)
+    return list(tok("\n\n".join(m["content"] for m in msgs), add_special_tokens=False)["input_ids"])
+
+
+def load_file(path: Path, problem_field: str = "", answer_field: str = "", id_field: str = "") -> tuple[list[dict], list[str]]:
+    """All rows of a benchmark or training file -> (problems, errors); each error names its file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"data file not found: {path}")
+    if path.suffix not in (".jsonl", ".json", ".parquet"):
+        raise UsageError(f"{path}: unknown data format (expected .jsonl or .parquet)")
+    problems, errors, seen = [], [], {}
+    try:
+        for where, row, i in read_rows(path):
+            try:
+                if isinstance(row, Exception):
+                    raise row
+                p = parse_row(row, where, problem_field, answer_field, id_field, default_id=str(i))
+                if p["id"] in seen:
+                    raise ValueError(f"{where}: duplicate id {p['id']!r} (first at {seen[p['id']]})")
+                seen[p["id"]] = where
+                problems.append({**p, "kind": "math"})
+            except ValueError as e:
+                errors.append(str(e))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read: {e}") from None
+    except Exception as e:                                  # pyarrow's own errors on a broken parquet
+        if type(e).__module__.startswith("pyarrow"):
+            raise UsageError(f"{path}: cannot read parquet: {e}") from None
+        raise
+    return problems, errors
+
+
+def load_rows(path, template: str) -> list[dict]:
+    """Training or held-out rows of a file, every row valid or a UsageError listing each bad one.
+    A row's prompt: its problem in `template` ({problem} replaced), or its chat messages as they are."""
+    problems, errors = load_file(Path(path))
+    if errors:
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise UsageError(f"{len(errors)} bad row(s):\n  " + "\n  ".join(errors[:20]) + more)
+    if not problems:
+        raise UsageError(f"{path}: no rows")
+    return [{"id": p["id"], "prompt": p["problem"] if p["meta"].get("templated") else
+             render_prompt(template, p["problem"]), "gold": p["gold"], "kind": p["kind"]} for p in problems]
+
+
+def builtin_rows(split: str) -> list[dict]:
+    """The built-in task's prompts (tiny.py), kind "sum", used as they are (no template)."""
+    import tiny
+
+    return [{**r, "kind": "sum"} for r in tiny.task_split(split)]
+
+
+def encode_rows(rows, tok, chat: str, limit: int, what: str):
+    """Token ids of each row's prompt; prompts longer than `limit` tokens are skipped, counted and returned."""
+    use_chat = use_chat_template(tok, chat)
+    out, skipped = [], 0
+    for r in rows:
+        ids = prompt_ids(tok, r["prompt"], use_chat)
+        if len(ids) > limit:
+            skipped += 1
+            continue
+        out.append({**r, "ids": ids})
+    if not out:
+        raise UsageError(f"{what}: all {len(rows)} prompts are longer than the context allows ({limit} tokens "
+                         f"= max_position_embeddings - max_new_tokens)")
+    return out, skipped
+
+
+# ----------------------------------------------------------------------------------------------------
+# TASK KINDS: the answer key that "distinct correct answers" counts, and the reward (verifier.py)
+# ----------------------------------------------------------------------------------------------------
+
+
+def answer_key(text: str, kind: str):
+    """The answer a response gives: the candidate line (sum) or the extracted final answer (math)."""
+    import verifier
+
+    return verifier.sum_task_answer(text) if kind == "sum" else verifier.extract_answer(text)
+
+
+def rewards(texts: list[str], golds: list, kind: str) -> list[float]:
+    """0/1 rewards of responses against their golds for one task kind (verifier.py, time-bounded)."""
+    import verifier
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown task kind {kind!r}; choose from {KINDS}")
+    return verifier.score_batch(texts, golds, kind=kind)
