@@ -739,7 +739,7 @@ def build_batch(kept, spare, G):
     return {"items": items, "adv": adv, "engine_logp": eng_lp, "real": real}
 
 
-def old_logprobs(policy, batch, micro_batch, pad_id, device, tis_cap=0.0):
+def old_logprobs(policy, batch, micro_batch, pad_id, device, tis_cap=0.0, autocast=contextlib.nullcontext):
     """Phase 3: log pi_old of every sample, recomputed by the trainer without gradient (as verl), the
     entropy estimate, and -- where the engine returned its own log-probs -- the truncated-IS weights and
     the rollout/trainer mismatch (README "vllm"). Returns (old [(T,)], tis [(T,)] or None, sums, maxes)."""
@@ -751,7 +751,7 @@ def old_logprobs(policy, batch, micro_batch, pad_id, device, tis_cap=0.0):
     n_real = -(-len(items) // micro_batch)
     (n_fwd,) = lockstep([n_real], device)
     old, tis, sums, maxes = [], [], {"ent": 0.0, "ent_n": 0.0}, {}
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for j in range(n_fwd):
             lo = j * micro_batch
             if lo >= len(items):           # lockstep filler: a forward whose result is unused
@@ -759,6 +759,7 @@ def old_logprobs(policy, batch, micro_batch, pad_id, device, tis_cap=0.0):
                 continue
             ids, attn, pos, tgt, valid = make_batch(items[lo:lo + micro_batch], pad_id, device)
             lp, en = policy(ids, attn, pos, tgt, valid)
+            lp, en = lp.float(), en.float()
             old += list(lp)
             if with_engine_lp:
                 elp = torch.zeros_like(lp)
@@ -783,7 +784,8 @@ def update_policy(fwd, params, opt, batch, old, tis, loss_fn, *, updates_per_rol
     over micro-batches, with a GLOBAL token-mean denominator (global_denominators: all ranks and
     micro-batches of the optimiser step). bench/step_ratio.py and bench/gpu_step.py call this function.
     fwd: the (possibly DDP/FSDP-wrapped) Policy; no_sync: DDP's context for all but the last micro-batch.
-    Returns (sums of the loss stats weighted by sample weight, with "stats_n"; grad norms)."""
+    Returns (sums of the loss stats weighted by sample weight, with "stats_n" their weight and
+    "objective_sum" the sum of the micro-batch objectives; the grad norm of each optimiser step)."""
     items, adv, real = batch["items"], batch["adv"], batch["real"]
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
     minis = [order[i::updates_per_rollout] for i in range(updates_per_rollout)]
@@ -792,7 +794,7 @@ def update_policy(fwd, params, opt, batch, old, tis, loss_fn, *, updates_per_rol
     denoms, global_tokens = global_denominators([float(sum(lens[i] for i in mb)) * scale for mb in minis],
                                                 world, device)
     n_micro = lockstep([-(-len(mb) // micro_batch) for mb in minis], device)
-    sums, grad_norms = {"stats_n": 0.0}, []
+    sums, grad_norms = {"stats_n": 0.0, "objective_sum": 0.0}, []
     for u, mb in enumerate(minis):
         if global_tokens[u] == 0:
             continue                   # no rank has a token here: all skip together (same numbers)
@@ -815,6 +817,7 @@ def update_policy(fwd, params, opt, batch, old, tis, loss_fn, *, updates_per_rol
                 if k != "loss/value":
                     sums[k] = sums.get(k, 0.0) + w * float(v)
             sums["stats_n"] += w
+            sums["objective_sum"] += w * float(loss.detach())
         gn = torch.nn.utils.clip_grad_norm_(params, clip_grad)
         grad_norms.append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))   # FSDP2: a DTensor
         opt.step()

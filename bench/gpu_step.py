@@ -249,7 +249,7 @@ def rollout_batch(n_prompts, group, P, T, vocab, seed):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The update phase (lad.py main's loop, without rollout, TIS and the uneven-rank fillers)
+# The update phase: lad.py's old_logprobs and update_policy, the functions its loop calls
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -258,10 +258,10 @@ def sync_device(device):
         torch.cuda.synchronize(device)
 
 
-def loss_fn(args, logp, old_lp, adv, mask, denom):
-    if args.loss == "lad":
-        return lad.lad_loss(logp, old_lp, adv, mask, divergence=args.divergence, eta=1.0 / args.inv_eta, denom=denom)
-    return lad.grpo_loss(logp, old_lp, adv, mask, clip_low=args.clip_low, clip_high=args.clip_high, denom=denom)
+def chosen_loss(args):
+    """The training loop's loss choice (lad.make_loss) for this script's settings."""
+    return lad.make_loss(lad.Args(loss=args.loss, divergence=args.divergence, inv_eta=args.inv_eta,
+                                  clip_low=args.clip_low, clip_high=args.clip_high))
 
 
 @contextmanager
@@ -283,46 +283,26 @@ def sdpa_spy(record):
 
 
 def bench_step(policy, fwd, lm, opt, items, adv, args, micro, device, world, autocast, step, spy=None):
-    """One rollout batch: old log-probs (no grad), then args.mini_batches AdamW steps. Returns seconds of
-    each phase, the last mini-batch's loss and the mean gradient norm."""
+    """One rollout batch through lad.py's own phase functions: lad.old_logprobs (no grad), then
+    lad.update_policy (args.mini_batches AdamW steps). Returns seconds of each phase, the mean over
+    optimiser steps of this rank's objective, and the mean gradient norm."""
+    loss_fn = chosen_loss(args)
+    batch = {"items": items, "adv": adv, "engine_logp": [None] * len(items), "real": len(items)}
     sync_device(device)
     t0 = time.perf_counter()
-    old = []
-    with torch.no_grad():
-        for lo in range(0, len(items), micro):
-            ids, attn, pos, tgt, valid = lad.make_batch(items[lo:lo + micro], 0, device)
-            with autocast(), (sdpa_spy(spy) if spy is not None and lo == 0 else nullcontext()):
-                lp, _ = policy(ids, attn, pos, tgt, valid)
-            old.append(lp)
+    with sdpa_spy(spy) if spy is not None else nullcontext():
+        old, _, _, _ = lad.old_logprobs(policy, batch, micro, 0, device, autocast=autocast)
     sync_device(device)
     t1 = time.perf_counter()
-
-    # lad.py: mini-batches of a shuffled order, one global token-mean denominator per mini-batch
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(args.seed * 7 + step * 31)).tolist()
-    minis = [order[i::args.mini_batches] for i in range(args.mini_batches)]
-    denoms, _ = lad.global_denominators([float(sum(len(items[i][1]) for i in mb)) for mb in minis], world, device)
-    old_flat = [row for o in old for row in o]
-    ddp = isinstance(fwd, torch.nn.parallel.DistributedDataParallel)
     lm.train()
-    grad_norms, loss = [], None
-    for u, mb in enumerate(minis):
-        micros = [mb[i:i + micro] for i in range(0, len(mb), micro)]
-        for j, mi in enumerate(micros):
-            with fwd.no_sync() if ddp and j < len(micros) - 1 else nullcontext():
-                ids, attn, pos, tgt, valid = lad.make_batch([items[i] for i in mi], 0, device)
-                with autocast():
-                    logp, _ = fwd(ids, attn, pos, tgt, valid)
-                old_lp = torch.stack([old_flat[i] for i in mi])          # equal lengths: no padding
-                a = torch.tensor([adv[i] for i in mi], dtype=torch.float32, device=device)
-                loss, _ = loss_fn(args, logp, old_lp, a, valid.float(), denoms[u])
-                loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(lm.parameters(), args.clip_grad)
-        grad_norms.append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    ddp = isinstance(fwd, torch.nn.parallel.DistributedDataParallel)
+    sums, grad_norms = lad.update_policy(
+        fwd, list(lm.parameters()), opt, batch, old, None, loss_fn, updates_per_rollout=args.mini_batches,
+        micro_batch=micro, clip_grad=args.clip_grad, pad_id=0, device=device, world=world,
+        shuffle_seed=lad.seed_for("shuffle", args.seed, step), no_sync=fwd.no_sync if ddp else None, autocast=autocast)
     sync_device(device)
     t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, float(loss.detach()), sum(grad_norms) / len(grad_norms)
+    return t1 - t0, t2 - t1, sums["objective_sum"] / args.mini_batches, sum(grad_norms) / len(grad_norms)
 
 
 def autocast_for(device, on):
@@ -405,7 +385,7 @@ def one_step(args, cfg, items, adv, old_rows, device, rank, world, *, shard, bf1
             logp, _ = policy(ids, attn, pos, tgt, valid)
         old = torch.stack([old_rows[i] for i in mi]).to(device)
         a = torch.tensor([adv[i] for i in mi], dtype=torch.float32, device=device)
-        loss, _ = loss_fn(args, logp, old, a, valid.float(), denom)
+        loss, _ = chosen_loss(args)(logp.float(), old, a, valid.float(), denom=denom, weights=None)
         loss.backward()
         total += loss.detach()
     gn = torch.nn.utils.clip_grad_norm_(lm.parameters(), args.clip_grad)

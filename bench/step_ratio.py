@@ -1,11 +1,11 @@
 """Step cost: LAD trainer step time / GRPO trainer step time at equal batch and response lengths.
 
 SPEC "Numbers to meet": LAD step time / GRPO step time <= 1.02 (bench/loss_cost.py measures the loss
-alone). One trainer step here is lad.py's, reproduced with lad.py's own pieces (Policy, make_batch,
-group_advantages, global_denominators, lad_loss / grpo_loss): the old-log-prob pass without gradient,
-then `updates_per_rollout` AdamW steps over a shuffled split of the batch, each accumulated over
-micro-batches with the global token-mean denominator, backward, clip_grad_norm_. The two objectives
-differ only in the loss call. Both see the same synthetic rollouts (same prompts, response tokens and
+alone). One trainer step here is lad.py's, the very functions the training loop calls (lad.old_logprobs:
+the old-log-prob pass without gradient; lad.update_policy: `updates_per_rollout` AdamW steps over a
+shuffled split of the batch, each accumulated over micro-batches with the global token-mean
+denominator, backward, clip_grad_norm_), with the loss chosen by lad.make_loss. The two objectives
+differ only in the loss. Both see the same synthetic rollouts (same prompts, response tokens and
 lengths, rewards, advantages) and start every timed step from the same weights and optimiser state
 (restored, untimed, before each step), so each step does the same work apart from the loss.
 
@@ -14,7 +14,7 @@ GRPO first on odd ones) so that a drift in machine load hits both alike; the fig
 rounds of that round's LAD time / GRPO time (wall clock), with a distribution-free 95% CI of that
 median, its interquartile range, min and max; the same for the step's process CPU time, which leaves
 out the time other jobs held the cores. Per-phase medians and ratios are printed (old log-probs,
-forward, loss, backward, optimiser); the old-log-prob phase does identical work for both objectives,
+update); the old-log-prob phase does identical work for both objectives,
 so its ratio is an A/A control of the noise. One torch thread by default, as each rank of the README's
 `torchrun --nproc_per_node=2` on 2 cores (two threads on a shared 2-core machine made wall times
 swing several-fold). The 1-minute load average is printed at the start and summarised at the end.
@@ -104,7 +104,7 @@ PRESETS = {
     "tiny": dict(rounds=100, prompts=16, group_size=8, response_len=6, prompt_len=0, micro_batch=64),
     "qwen2-512x8": dict(rounds=20, prompts=1, group_size=8, response_len=192, prompt_len=32, micro_batch=1),
 }
-PHASES = ("logprob", "forward", "loss", "backward", "optim")   # optim also holds the mini-batch split
+PHASES = ("logprob", "update")   # lad.old_logprobs, lad.update_policy
 
 # ----------------------------------------------------------------------------------------------------
 # Model and synthetic rollouts
@@ -156,73 +156,25 @@ def synthetic_rollout(g, prompts, vocab, pad_id, rng):
 
 
 # ----------------------------------------------------------------------------------------------------
-# One trainer step: lad.py main()'s "old log-probs" and "updates" blocks, world size 1, no TIS
+# One trainer step: lad.py's own phase functions (old_logprobs, update_policy), world size 1, no TIS
 # ----------------------------------------------------------------------------------------------------
 
 
 def trainer_step(objective, policy, lm, opt, items, adv, pad_id, g, a, step_seed):
-    """Returns seconds per phase. `objective` is the only thing that differs between LAD and GRPO."""
-    ph = dict.fromkeys(PHASES, 0.0)
-    cpu0 = time.process_time()
+    """Returns seconds per phase. `objective` (the loss chosen once, lad.make_loss) is the only difference."""
     device = torch.device("cpu")
-    clock = time.perf_counter
-    mb_size = g["micro_batch"]
-
-    t0 = clock()
+    loss_fn = lad.make_loss(lad.Args(loss=objective, divergence=a.divergence, inv_eta=a.inv_eta))
+    batch = {"items": items, "adv": adv, "engine_logp": [None] * len(items), "real": len(items)}
+    cpu0, t0 = time.process_time(), time.perf_counter()
     lm.eval()                                     # as after HF generate()
-    old, ent_sum, ent_n = [], 0.0, 0
-    with torch.no_grad():
-        for lo in range(0, len(items), mb_size):
-            ids, attn, pos, tgt, valid = lad.make_batch(items[lo:lo + mb_size], pad_id, device)
-            lp, en = policy(ids, attn, pos, tgt, valid)
-            old.append(lp)
-            ent_sum += float(en[valid].sum())
-            ent_n += int(valid.sum())
-    ph["logprob"] = clock() - t0
-
-    t0 = clock()
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(step_seed)).tolist()
-    minis = [order[i::a.updates_per_rollout] for i in range(a.updates_per_rollout)]
-    lens = [len(r) for _, r in items]
-    denoms, _ = lad.global_denominators([float(sum(lens[i] for i in mb)) for mb in minis], 1, device)
-    old_flat = [row for o in old for row in o]
-    stats_acc, grad_norms = {}, []
+    old, tis, _, _ = lad.old_logprobs(policy, batch, g["micro_batch"], pad_id, device)
+    t1 = time.perf_counter()
     lm.train()
-    ph["optim"] += clock() - t0
-    for u, mb in enumerate(minis):
-        for mi in [mb[i:i + mb_size] for i in range(0, len(mb), mb_size)]:
-            t0 = clock()
-            ids, attn, pos, tgt, valid = lad.make_batch([items[i] for i in mi], pad_id, device)
-            logp, _ = policy(ids, attn, pos, tgt, valid)
-            t1 = clock()
-            T = logp.shape[1]
-            old_lp = torch.stack([old_flat[i][:T] if old_flat[i].shape[0] >= T else
-                                  torch.nn.functional.pad(old_flat[i], (0, T - old_flat[i].shape[0])) for i in mi])
-            at = torch.tensor([adv[i] for i in mi], dtype=torch.float32, device=device)
-            mask = valid.float()
-            if objective == "lad":
-                loss, st = lad.lad_loss(logp, old_lp, at, mask, divergence=a.divergence, eta=1.0 / a.inv_eta,
-                                        ratio="token", denom=denoms[u], weights=None)
-            else:
-                loss, st = lad.grpo_loss(logp, old_lp, at, mask, clip_low=0.2, clip_high=0.28,
-                                         denom=denoms[u], weights=None)
-            t2 = clock()
-            (loss * 1.0).backward()               # lad.py's (loss * w): w = 1, every sample here is real
-            t3 = clock()
-            for k, v in st.items():
-                if k != "loss/value":
-                    stats_acc[k] = stats_acc.get(k, 0.0) + float(v)
-            t4 = clock()
-            ph["forward"] += t1 - t0
-            ph["loss"] += (t2 - t1) + (t4 - t3)
-            ph["backward"] += t3 - t2
-        t0 = clock()
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ph["optim"] += clock() - t0
-    ph["cpu"] = time.process_time() - cpu0
-    return ph
+    lad.update_policy(policy, list(lm.parameters()), opt, batch, old, tis, loss_fn,
+                      updates_per_rollout=a.updates_per_rollout, micro_batch=g["micro_batch"], clip_grad=1.0,
+                      pad_id=pad_id, device=device, world=1, shuffle_seed=step_seed)
+    t2 = time.perf_counter()
+    return {"logprob": t1 - t0, "update": t2 - t1, "cpu": time.process_time() - cpu0}
 
 
 def snapshot(lm, opt):
@@ -301,11 +253,6 @@ def bench_model(name, a, loads):
     ratios = [x / y for x, y in zip(tot["lad"], tot["grpo"])]
     print(f"{'step':10s} {1e3 * statistics.median(tot['lad']):10.2f} {1e3 * statistics.median(tot['grpo']):10.2f} "
           f"{statistics.median(ratios):10.4f}")
-    share = [t["loss"] / s for t, s in zip(times["lad"], tot["lad"])]
-    share_g = [t["loss"] / s for t, s in zip(times["grpo"], tot["grpo"])]
-    print(f"loss phase (old log-prob rows, loss call, its stats; not its backward) share of the step: "
-          f"LAD {100 * statistics.median(share):.2f} %, "
-          f"GRPO {100 * statistics.median(share_g):.2f} %")
     # logprob is the same code on the same weights for both objectives: its ratio is the noise floor
     print("A/A control: the logprob phase runs identical work for both objectives (its ratio should be 1)")
     med, lo, hi = describe("step ratio LAD/GRPO, wall", ratios)
