@@ -47,10 +47,7 @@ stated settings; what does collapse it) are in README.md, section "Bandit".
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import inspect
 import json
 import math
 import multiprocessing as mp
@@ -63,6 +60,7 @@ import torch
 from tqdm import tqdm
 
 import lad
+from common import parse_args as parse_cli
 
 
 @dataclass
@@ -140,28 +138,11 @@ METHODS = ["grpo", "flowrl"] + [f"lad-{d}" for d in lad.DIVERGENCES] + ["lad-the
 
 
 # ----------------------------------------------------------------------------------------------------
-# CLI: Args -> argparse, help text from the field docstrings
+# CLI: common.parse_args (the flags of every script: --flag true|false for booleans)
 # ----------------------------------------------------------------------------------------------------
 
-def _field_docs(cls):
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    docs = {}
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-            docs[a.target.id] = b.value.value
-    return docs
-
-
 def parse_args(argv=None) -> Args:
-    p = argparse.ArgumentParser(prog="bandit.py", description=__doc__.split("\n")[0])
-    docs = _field_docs(Args)
-    for f in dataclasses.fields(Args):
-        flag, h = "--" + f.name.replace("_", "-"), f"{docs.get(f.name, '')} (default: {f.default})"
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=h)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=h)
-    return Args(**vars(p.parse_args(argv)))
+    return parse_cli(Args, argv, prog="bandit.py")
 
 
 def _floats(s, name):

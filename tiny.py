@@ -26,6 +26,7 @@ Deliberately left out: BPE (characters suffice for digits), a chat template (pro
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -260,8 +261,10 @@ def default_model_dir(seed=0, rebuild=False, log=print):
 
 
 def evaluate_sum(model, tok, split="heldout", k=16, temperature=1.0, seed=0, max_new_tokens=16):
-    """Accuracy (Avg@k) and mean distinct correct answers per prompt of `model` on a split."""
-    import verifier
+    """Held-out figures of `model` on a split of the built-in task: metrics.py's, under eval.py's and
+    lad.py's names (eval/avg@n, eval/pass@k, eval/distinct_answers, ...)."""
+    import data
+    import metrics
     from rollout import HFEngine
 
     rows = task_split(split)
@@ -270,24 +273,30 @@ def evaluate_sum(model, tok, split="heldout", k=16, temperature=1.0, seed=0, max
     samples = engine.generate(prompts, k, temperature=temperature, top_p=1.0,
                               max_new_tokens=max_new_tokens, seed=seed)
     texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-    golds = [rows[s.prompt_index]["gold"] for s in samples]
-    rewards = verifier.score_batch(texts, golds, kind="sum")
-    acc = sum(rewards) / len(rewards)
-    distinct = []
-    for i in range(len(rows)):
-        ok = {verifier.sum_task_answer(texts[j]) for j in range(i * k, (i + 1) * k) if rewards[j] > 0}
-        distinct.append(len(ok))
-    return {"accuracy": acc, "distinct_correct": sum(distinct) / len(distinct), "prompts": len(rows), "k": k}
+    rewards = data.rewards(texts, [rows[s.prompt_index]["gold"] for s in samples], "sum")
+    per = [[{"reward": float(rewards[j]), "response": texts[j], "answer": data.answer_key(texts[j], "sum"),
+             "num_tokens": len(samples[j].response_ids), "truncated": bool(samples[j].truncated)}
+            for j in range(i * k, (i + 1) * k)] for i in range(len(rows))]
+    vals = [metrics.problem_values(p, metrics.default_ks(k)) for p in per]
+    return {**metrics.mean_values(vals), "eval/n": k, "eval/prompts": len(rows)}
+
+
+@dataclasses.dataclass
+class Args:
+    """Build the embedded default model (see the module docstring)."""
+
+    seed: int = 0
+    """seed of the model's initialisation and warm start (lad.py's default model uses 0)"""
+    rebuild: bool = False
+    """rebuild the cached warm-started model even if it exists"""
+    out: str = ""
+    """write a random-init (not warm-started) tiny model to this folder instead; empty = the cached default"""
 
 
 if __name__ == "__main__":
-    import argparse
+    from common import parse_args
 
-    ap = argparse.ArgumentParser(description="Build the embedded default model (see module docstring).")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rebuild", action="store_true")
-    ap.add_argument("--out", default=None, help="write a random-init tiny model here instead")
-    a = ap.parse_args()
+    a = parse_args(Args)
     if a.out:
         print(init_model_dir(a.out, a.seed))
         sys.exit(0)

@@ -1,4 +1,4 @@
-"""bench/gpu_step.py -- issue 6's GPU figures: throughput, MFU and peak memory of lad.py's update phase
+"""bench/gpu_step.py -- GPU figures: throughput, MFU and peak memory of lad.py's update phase
 on a random-init Qwen2 of a real shape (FSDP2 + transformers, bf16), and a one-step numerical check
 that FSDP2 and single-device training give the same loss and gradient norm.
 
@@ -76,7 +76,7 @@ if not (os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALL
 
 @dataclasses.dataclass
 class Args:
-    """Update-phase tokens/s, MFU and peak memory of lad.py's training step (issue 6); --check: FSDP2 vs one device."""
+    """Update-phase tokens/s, MFU and peak memory of lad.py's training step; --check: FSDP2 vs one device."""
 
     shape: str = "0.5b"
     """model shape: tiny (CPU smoke test), 0.5b, 1.5b, 3b, 7b (Qwen2.5 configs, random init)"""

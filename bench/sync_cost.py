@@ -34,7 +34,7 @@ from rollout import VLLMEngine, hf_named_tensors  # noqa: E402
 
 @dataclasses.dataclass
 class Args:
-    """Weight-sync cost: one in-place sync into vLLM / one training step (issue 6)."""
+    """Weight-sync cost: one in-place sync into vLLM / one training step."""
 
     model: str = ""
     """HF model folder (default: tiny.py's random-init tiny Qwen2)"""

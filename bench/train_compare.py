@@ -12,7 +12,7 @@ mean +- std over seeds, plus wall time. Already finished runs are reused (delete
 Left out: hyper-parameter search per method (every method gets lad.py's defaults; GRPO its DAPO clips).
 """
 
-import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -23,6 +23,22 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from common import parse_args  # noqa: E402
+
+
+@dataclasses.dataclass
+class Args:
+    """GRPO vs LAD on the embedded default: one lad.py run per (method, seed), then one table."""
+
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["grpo", "lad-js", "lad-hd", "lad-kl"])
+    """methods: grpo, or lad-<divergence> (lad.py --loss lad --divergence <divergence>)"""
+    seeds: list[str] = dataclasses.field(default_factory=lambda: ["0", "1", "2"])
+    """seeds of the runs (lad.py --seed)"""
+    table_only: bool = False
+    """only re-read finished runs and print the table"""
+    extra: list[str] = dataclasses.field(default_factory=lambda: [""])
+    """extra lad.py flags, as one quoted string each (e.g. --extra "--steps 50")"""
 METRICS = [("eval/avg@n", "Avg@16"), ("eval/pass@1", "Pass@1"), ("eval/pass@4", "Pass@4"),
            ("eval/pass@16", "Pass@16"), ("eval/distinct_answers", "distinct correct / prompt"),
            ("train/entropy", "entropy"), ("train/reward_last20", "train reward (last 20 steps)")]
@@ -71,12 +87,9 @@ def ms(xs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", nargs="+", default=["grpo", "lad-js", "lad-hd", "lad-kl"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--table-only", action="store_true")
-    ap.add_argument("extra", nargs="*", help="extra lad.py flags after --")
-    a = ap.parse_args()
+    a = parse_args(Args)
+    a.seeds = [int(x) for x in a.seeds]
+    a.extra = [w for x in a.extra for w in x.split()]
     os.chdir(ROOT)
     results = {m: [] for m in a.methods}
     for s in a.seeds:                  # seed-major: an interrupted sweep still has every method
@@ -88,6 +101,8 @@ def main():
             else:
                 results[m].append(run(m, s, a.extra))
     results = {m: rs for m, rs in results.items() if rs}
+    if not results:
+        sys.exit("train_compare.py: no finished runs under runs/compare/ (run without --table-only first)")
     first = next(iter(results.values()))[0]
     print(f"\nwarm start (before RL, held-out): Avg@16 {first['eval0/avg_at_k']:.3f}, "
           f"distinct correct / prompt {first['eval0/distinct_correct']:.2f}\n")

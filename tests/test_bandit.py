@@ -123,7 +123,7 @@ def test_workers_give_identical_results():
 
 
 def test_main_writes_outputs(tmp_path, capsys):
-    bandit.main(["--steps", "20", "--seeds", "2", "--out", str(tmp_path), "--no-progress", "--workers", "1"])
+    bandit.main(["--steps", "20", "--seeds", "2", "--out", str(tmp_path), "--progress", "false", "--workers", "1"])
     out = capsys.readouterr().out
     run_dir = Path(out.split("run folder: ")[1].split()[0])
     for name in ("config.json", "results.json", "bandit.png", "bandit_fig2.png"):
