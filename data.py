@@ -5,9 +5,11 @@ A problem is {"id": str, "problem": str or chat messages, "gold": str, "meta": d
 trains on such rows and eval.py scores them, so a checkpoint is evaluated on prompts encoded exactly as
 it was trained. Every malformed row is reported with its file and line; nothing is silently dropped.
 
-Task kinds (the contract of a row's "gold" and its reward, verifier.py):
-    math   gold = an answer string; reward = verifier math equivalence of the response's final answer
-    sum    the built-in task of tiny.py: gold = "T|avoid|terms"; reward = a valid candidate line
+Task kinds (the contract of a row's "gold" and its reward):
+    math   gold = an answer string; reward = verifier.py's math equivalence of the final answer
+    sum    the built-in task of tiny.py: gold = its target spec; reward = a valid candidate line
+    code   gold = sandbox.py's problem dict (tests of any supported format); reward = 1 iff the last
+           fenced python block passes every test in the bubblewrap sandbox
 
 Commands: none (a module). Deliberately left out: downloading datasets (files are local paths only).
 """
@@ -22,7 +24,23 @@ from pathlib import Path
 from common import UsageError
 
 ROOT = Path(__file__).resolve().parent
-KINDS = ("math", "sum")
+KINDS = ("math", "sum", "code")
+CODE_KEYS = ("tests", "input_output", "inputs", "base_input")   # a row holding one of these is a code problem
+
+
+def is_code_row(row) -> bool:
+    """Code rows carry tests (LiveCodeBench, LeetCode, TACO/APPS, EvalPlus, or verl's ground_truth)."""
+    if not isinstance(row, dict):
+        return False
+    if any(k in row for k in CODE_KEYS):
+        return True
+    gt = row["reward_model"].get("ground_truth") if isinstance(row.get("reward_model"), dict) else None
+    if isinstance(gt, str) and gt.lstrip()[:1] in "[{":
+        try:
+            gt = json.loads(gt)
+        except ValueError:
+            return False
+    return isinstance(gt, (dict, list))
 
 
 # ROWS: benchmark and training files
@@ -41,6 +59,8 @@ BENCHMARKS = {  # name -> file stems tried in --data-dir (.jsonl, then .parquet)
     "math500": ["math500", "math_500", "MATH-500", "math-500"],
     "minerva": ["minerva_math", "minerva"],
     "olympiadbench": ["olympiadbench", "olympiad_bench"],
+    "humanevalplus": ["humanevalplus", "HumanEvalPlus"],                  # code (EvalPlus format)
+    "livecodebench": ["livecodebench_v5_test", "livecodebench"],         # code (public tests)
 }
 PROBLEM_FIELDS = ("problem", "question", "prompt")
 ANSWER_FIELDS = ("answer", "final_answer", "gold")
@@ -161,6 +181,9 @@ TEMPLATES = {
              "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
              "{problem}\n\nRemember to put your answer on its own line after \"Answer:\"."),
     "raw": "{problem}",
+    # code rows (DeepCoder's rule: the program is the response's last fenced python block)
+    "code": ("{problem}\n\nWrite your solution in Python 3 and put the complete program in a single "
+             "```python code block at the end of your response."),
 }
 
 
@@ -201,11 +224,12 @@ def load_file(path: Path, problem_field: str = "", answer_field: str = "", id_fi
             try:
                 if isinstance(row, Exception):
                     raise row
-                p = parse_row(row, where, problem_field, answer_field, id_field, default_id=str(i))
+                p = code_problem(row, where, str(i)) if is_code_row(row) else \
+                    {**parse_row(row, where, problem_field, answer_field, id_field, default_id=str(i)), "kind": "math"}
                 if p["id"] in seen:
                     raise ValueError(f"{where}: duplicate id {p['id']!r} (first at {seen[p['id']]})")
                 seen[p["id"]] = where
-                problems.append({**p, "kind": "math"})
+                problems.append(p)
             except ValueError as e:
                 errors.append(str(e))
     except (OSError, UnicodeDecodeError) as e:
@@ -217,17 +241,32 @@ def load_file(path: Path, problem_field: str = "", answer_field: str = "", id_fi
     return problems, errors
 
 
-def load_rows(path, template: str) -> list[dict]:
+def code_problem(row, where: str, default_id: str) -> dict:
+    """A code row -> problem (sandbox.py parses the test formats; its errors name file:line)."""
+    import sandbox
+
+    p = sandbox.parse_code_row(row, where)
+    pid = next((str(row[f]) for f in ("task_id", "question_id", *ID_FIELDS) if row.get(f) is not None), default_id)
+    return {"id": pid, "problem": p["prompt"], "gold": p, "meta": {}, "kind": "code"}
+
+
+def load_rows(path, template: str, code_template: str = "") -> list[dict]:
     """Training or held-out rows of a file, every row valid or a UsageError listing each bad one.
-    A row's prompt: its problem in `template` ({problem} replaced), or its chat messages as they are."""
+    A row's prompt: its problem in `template` ({problem} replaced; code rows: `code_template`, default
+    TEMPLATES["code"]), or its chat messages as they are."""
     problems, errors = load_file(Path(path))
     if errors:
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise UsageError(f"{len(errors)} bad row(s):\n  " + "\n  ".join(errors[:20]) + more)
     if not problems:
         raise UsageError(f"{path}: no rows")
+    kinds = sorted({p["kind"] for p in problems})
+    if len(kinds) > 1:
+        raise UsageError(f"{path}: mixes task kinds {kinds}; one file holds one kind")
+    pick = {"code": code_template or TEMPLATES["code"]}
     return [{"id": p["id"], "prompt": p["problem"] if p["meta"].get("templated") else
-             render_prompt(template, p["problem"]), "gold": p["gold"], "kind": p["kind"]} for p in problems]
+             render_prompt(pick.get(p["kind"], template), p["problem"]), "gold": p["gold"], "kind": p["kind"]}
+            for p in problems]
 
 
 def builtin_rows(split: str) -> list[dict]:
@@ -259,7 +298,13 @@ def encode_rows(rows, tok, chat: str, limit: int, what: str):
 
 
 def answer_key(text: str, kind: str):
-    """The answer a response gives: the candidate line (sum) or the extracted final answer (math)."""
+    """The answer a response gives: the candidate line (sum), the program (code: its last fenced python
+    block, whitespace-normalised) or the extracted final answer (math)."""
+    if kind == "code":
+        import sandbox
+
+        prog = sandbox.extract_program(text)
+        return None if prog is None else "\n".join(ln.rstrip() for ln in prog.strip().splitlines())
     import verifier
 
     return verifier.sum_task_answer(text) if kind == "sum" else verifier.extract_answer(text)
@@ -271,4 +316,8 @@ def rewards(texts: list[str], golds: list, kind: str) -> list[float]:
 
     if kind not in KINDS:
         raise ValueError(f"unknown task kind {kind!r}; choose from {KINDS}")
+    if kind == "code":                 # parallel bubblewrap sandboxes, one interpreter per program
+        import sandbox
+
+        return [r for r, _ in sandbox.score_code_batch(texts, golds)]
     return verifier.score_batch(texts, golds, kind=kind)

@@ -7,6 +7,8 @@ Avg@k (mean accuracy over the k samples of a problem), Pass@k with the unbiased 
 paper does not tabulate but that explain its claims: distinct correct final answers per prompt, mean
 response length and truncation rate. Every figure is computed per benchmark and macro-averaged over
 benchmarks (each benchmark weighs the same, as in the paper's "Avg" column), each with a spread.
+The metric functions and their names are metrics.py's, the row loader, templates and prompt encoder
+data.py's: the same ones lad.py's periodic evaluation uses, so its curves and these tables agree.
 
 Commands
     built-in task, CPU (tiny model):   python eval.py --benchmark tiny --model runs/<run>/ckpt-000200 --name lad
@@ -60,7 +62,7 @@ ROOT = Path(__file__).resolve().parent
 class Args:
     """Avg@k, Pass@k and diversity, side by side (see the module docstring)."""
 
-    CHOICES = {"kind": ["auto", "math", "sum"], "on_bad_row": ["error", "skip"], "engine": ["auto", "hf", "vllm"],
+    CHOICES = {"kind": ["auto", "math", "sum", "code"], "on_bad_row": ["error", "skip"], "engine": ["auto", "hf", "vllm"],
                "chat": ["auto", "true", "false"], "device": ["auto", "cpu", "cuda"]}
     benchmark: str = ""
     """comma-separated: tiny, aime24, aime25, amc23, math500, minerva, olympiadbench, or .jsonl/.parquet paths (default tiny when generating)"""
@@ -73,7 +75,7 @@ class Args:
     id_field: str = ""
     """field holding the problem id (default: id, idx, unique_id or problem_id, else the row number)"""
     kind: str = "auto"
-    """verifier kind: math, sum (the built-in task) or auto (sum for tiny, math otherwise)"""
+    """task kind: math, sum (the built-in task), code (sandboxed tests) or auto (from the rows: sum for tiny)"""
     limit: int = 0
     """evaluate only the first LIMIT problems of each benchmark (0: all); recorded, for quick runs"""
     shard: str = ""
@@ -164,7 +166,10 @@ def load_benchmark(name: str, args: Args) -> tuple[list[dict], list[str], str, s
         if not path.is_file():
             raise EvalError(f"benchmark file not found: {path}")
     problems, errors = load_file(path, args)
-    return problems, errors, "math", str(path)
+    kinds = sorted({p["kind"] for p in problems}) or ["math"]
+    if len(kinds) > 1:
+        raise EvalError(f"{path}: mixes task kinds {kinds}; one benchmark file holds one kind")
+    return problems, errors, kinds[0], str(path)
 
 
 def bench_name(spec: str) -> str:
@@ -288,7 +293,8 @@ def read_generations(paths: list[Path], args: Args, golds: dict) -> list[dict]:
                         raise ValueError(f"{where}: response is {type(resp).__name__}, not text")
                     rows.append({"benchmark": bench, "id": pid, "sample": j, "response": resp,
                                  "truncated": None if tr is None else bool(tr),
-                                 "num_tokens": None if nt is None else int(nt), "gold": _gold_str(gold),
+                                 "num_tokens": None if nt is None else int(nt),
+                                 "gold": gold if isinstance(gold, dict) else _gold_str(gold),
                                  "kind": row.get("kind"), "where": where})
             except ValueError as e:
                 errors.append(str(e))
@@ -649,7 +655,8 @@ def evaluate(args: Args) -> int:
         print(f"warning: skipping {len(bad)} bad row(s):\n  {listing}", file=sys.stderr)
 
     # ---- settings that depend on the benchmark kind ----
-    templates = {b: (args.prompt_template if args.prompt_template != "auto" else ("raw" if k == "sum" else "boxed"))
+    templates = {b: (args.prompt_template if args.prompt_template != "auto" else
+                     {"sum": "raw", "code": "code"}.get(k, "boxed"))
                  for b, k in kinds.items()}
     if args.max_new_tokens == 0:
         cfg["max_new_tokens"] = 16 if kinds and all(k == "sum" for k in kinds.values()) else 8192

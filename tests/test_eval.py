@@ -4,6 +4,7 @@ benchmark files, scoring of a synthetic generations file, and --compare."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import sys
 from pathlib import Path
@@ -434,3 +435,19 @@ def test_shards_merge_into_one_evaluation(tmp_path):
     assert s["benchmarks"]["tiny"]["problems"] == 5 and s["config"]["missing_problems"] == {}
     assert s["benchmarks"]["tiny"]["metrics"]["eval/avg@n"]["mean"] == pytest.approx(
         sum(r["reward"] for r in shards) / 10)
+
+
+def test_humanevalplus_canonical_solutions_pass_and_broken_ones_fail(tmp_path):
+    """Code benchmarks score through the training reward (data.rewards -> sandbox.py): the canonical
+    solution of each of the first HumanEval+ problems passes base and plus tests; returning None fails."""
+    rows = [json.loads(x) for x in (BENCH_DIR / "humanevalplus.jsonl").read_text().splitlines()[:3]]
+    gens = tmp_path / "gens.jsonl"
+    with open(gens, "w") as f:
+        for r in rows:
+            for body in (r["canonical_solution"], "    return None\n"):
+                f.write(json.dumps({"id": r["task_id"], "response": f"```python\n{r['prompt']}{body}\n```"}) + "\n")
+    assert ev.main(["--benchmark", "humanevalplus", "--data-dir", str(BENCH_DIR), "--limit", "3",
+                    "--generations", str(gens), "--out-dir", str(tmp_path / "out"), "--bootstrap", "0"]) == 0
+    got = [json.loads(x) for x in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reward"]) for r in got] == [(r["task_id"], x) for r in rows for x in (1.0, 0.0)]
+    assert all(r["kind"] == "code" for r in got)
