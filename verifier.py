@@ -413,8 +413,11 @@ def _text_key(s: str) -> str:
 
 def _is_text(norm: str) -> bool:
     """A prose answer (a word of 3+ letters that is no function, Greek letter or LaTeX command)."""
-    plain = re.sub(r"\\(?:begin|end)\s*\{[A-Za-z*]*\}|\\[A-Za-z]+", " ", norm)
+    plain = re.sub(r"\\(?:begin|end)\s*\{[A-Za-z*]*\}|\\[A-Za-z]+|_\{[^{}]*\}", " ", norm)  # and subscripts
+    labelled = "=" in plain  # S_{ABC}:S = 4:9, PQR = 5: capital runs before a value are point names
     for w in re.findall(r"[A-Za-z]{3,}", plain):
+        if labelled and w.isupper():
+            continue
         if w not in _FUNC_WORDS and w not in _GREEK and w.lower() not in _FUNC_WORDS:
             return True
     return False
@@ -1172,7 +1175,10 @@ def _numeric_node(node, env, pct, deg_rad):
         f = node[1]
         return mp.mpf(f.numerator) / f.denominator
     if t == "sym":
-        return env[node[1]]
+        v = env.get(node[1])
+        if v is None:
+            raise _NotExact("free symbol")  # e.g. a symbolic interval endpoint
+        return v
     if t == "const":
         return {"pi": mp.pi, "e": mp.e, "i": mp.mpc(0, 1), "oo": mp.inf}[node[1]] + 0
     if t == "neg":
@@ -1367,6 +1373,8 @@ def _sympy_equal(a, b):
             return True
         if d.is_Number:
             return False
+        if sp.factor_terms(d) == 0:  # common powers taken out: (x+1)^{100000}-(x+1)^{99999} = x(x+1)^{99999}
+            return True
         if max(_max_int_exponent(a), _max_int_exponent(b)) <= MAX_EXPAND_POWER:
             e = sp.expand(d)
             if e == 0:
@@ -1575,19 +1583,20 @@ def _to_intervals(node):
                 a, b = _endpoint_value(phi), _endpoint_value(hi)
                 if a < b or (a == b and not phc):
                     hi, hc = phi, phc if a < b else False
-        except (_NotExact, _TooBig, _Undefined, ValueError):
+        except (_NotExact, _TooBig, _Undefined, ValueError, TypeError):
             return None
         return [(lo, hi, lc, hc)]
     if t == "empty":
         return []
     if t == "rel":
         ops, xs = node[2], node[1]
-        if ops == ["\\in"] and xs[0][0] == "sym":
+        if ops == ["\\in"] and _is_var_head(xs[0]):
             return _to_intervals(xs[1])
         if not all(o in _INEQ for o in ops):
             return None
-        var_pos = [k for k, x in enumerate(xs) if x[0] == "sym"]
-        if len(var_pos) != 1 or any(_symbols(x) for k, x in enumerate(xs) if k != var_pos[0]):
+        # one variable, or a function value (0 < g(t) < 2), against constant bounds
+        var_pos = [k for k, x in enumerate(xs) if _symbols(x)]
+        if len(var_pos) != 1 or not _is_var_head(xs[var_pos[0]]):
             return None
         v = var_pos[0]
         lo, hi, lc, hc = ("neg", oo), oo, False, False
@@ -1637,8 +1646,10 @@ def _intervals_equal(a, b) -> bool:
 
     try:
         ca, cb = canon(a), canon(b)
-    except (_NotExact, _TooBig, _Undefined, ValueError):
-        return False
+    except (_NotExact, _TooBig, _Undefined, ValueError, TypeError):
+        # symbolic endpoints ((a, b], [0, 2\pi k)): no order to sort by; compare as written, in order
+        return len(a) == len(b) and all(
+            x[2] == y[2] and x[3] == y[3] and _equiv(x[0], y[0]) and _equiv(x[1], y[1]) for x, y in zip(a, b))
     if len(ca) != len(cb):
         return False
     mp = _mp()
@@ -1909,8 +1920,11 @@ def _rule_sets(p, g):
         xs, ys = _dedupe(xs), _dedupe(ys)
     if tp == "list" and tg == "list" or len(xs) != len(ys) or len(xs) != 1:
         # a list of assignments "x = 1, x = 2" vs "1, 2"
-        xs = [_strip_assignment(x) if x[0] == "rel" else x for x in xs]
-        ys = [_strip_assignment(y) if y[0] == "rel" else y for y in ys]
+        # (only against values: two systems "x = 1, y = 2" vs "y = 1, x = 2" compare equation by equation)
+        rel_x, rel_y = all(x[0] == "rel" for x in xs), all(y[0] == "rel" for y in ys)
+        if not (rel_x and rel_y):
+            xs = [_strip_assignment(x) if x[0] == "rel" else x for x in xs]
+            ys = [_strip_assignment(y) if y[0] == "rel" else y for y in ys]
     return _unordered_equal(xs, ys)
 
 
@@ -2387,7 +2401,7 @@ class _Pool:
     def __init__(self):
         self.workers: list[_Worker] = []
         self.lock = threading.Lock()
-        self.stats = {"kills": 0, "max_latency_s": 0.0, "soft_timeouts": 0, "errors": 0}
+        self.stats = {"kills": 0, "max_latency_s": 0.0, "soft_timeouts": 0, "errors": 0, "error_reasons": {}}
 
     def _grow(self, n):
         self.workers = [w for w in self.workers if w.proc.poll() is None]
@@ -2449,7 +2463,10 @@ class _Pool:
                         lat = time.monotonic() - w.item_start
                         self.stats["max_latency_s"] = max(self.stats["max_latency_s"], lat)
                         self.stats["soft_timeouts"] += note == "soft timeout"
-                        self.stats["errors"] += note.startswith("error")
+                        if note.startswith("error"):  # a verdict that raised inside: 0, counted by reason
+                            self.stats["errors"] += 1
+                            reasons = self.stats["error_reasons"]
+                            reasons[note] = reasons.get(note, 0) + 1
                         w.items.popleft()
                         w.item_start = time.monotonic()
                     if w in busy and not w.items:
@@ -2602,8 +2619,11 @@ def score_batch(responses, golds, *, kind: str = "math", workers: int | None = N
 
 
 def pool_stats() -> dict:
-    """Counters of this process's worker pool: kills, soft timeouts, errors, max verdict latency (s)."""
-    return dict(_pool().stats)
+    """Counters of this process's worker pool: kills, soft timeouts, errors (verdicts that raised inside
+    the worker and scored 0) with their reasons ("error: KeyError": n), max verdict latency (s)."""
+    stats = dict(_pool().stats)
+    stats["error_reasons"] = dict(stats["error_reasons"])
+    return stats
 
 
 # ----------------------------------------------------------------------------------------------------

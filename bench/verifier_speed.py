@@ -338,4 +338,6 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(V._parse_args(Args))
+    from common import parse_args  # the one Args -> argparse helper of every script
+
+    main(parse_args(Args))
