@@ -8,6 +8,10 @@ whose gradient is f'(x) * r * grad log pi_theta (Eq. 9), next to the baselines i
 (GRPO/DAPO clipped surrogate, FlowRL), group-normalised advantages, and the RL training loop.
 
 The "LOSS" section below is self-contained (only `torch`): copy it into verl, TRL or OpenRLHF as is.
+The "TRAINING" section is the torchrun entry point: a flat loop in `main` calling one named phase per
+line (sample_groups, build_batch, old_logprobs, update_policy, push_weights, reduce_metrics, evaluate,
+save_checkpoint); the shared parts live in common.py (command line, seeds), data.py (rows, prompts,
+task kinds), metrics.py (held-out metrics), rollout.py (engines) and verifier.py (rewards).
 
 Commands
     CPU, one process:   python lad.py --divergence js
@@ -132,6 +136,45 @@ def _masked_mean(x, mask, n):
     return (x * mask).sum() / n
 
 
+def _lad_token_terms(logp, old_logp, advantages, mask, divergence, eta, ratio, log_ratio_clamp,
+                     max_log_weight):
+    """lad_token_loss's (B, T) loss plus the log-space terms lad_loss reports (no extra pass)."""
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; choose from {sorted(DIVERGENCES)}")
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0, got {eta}")
+    mask = mask.to(logp.dtype)
+    adv = advantages if advantages.dim() == 2 else advantages[:, None]          # (B, T) or (B, 1)
+    log_r_tok = logp - old_logp.detach()                                        # (B, T)
+    if ratio == "seq":
+        n_tok = mask.sum(-1, keepdim=True).clamp_min(1)                         # (B, 1)
+        log_r_tok = (log_r_tok * mask).sum(-1, keepdim=True) / n_tok            # (B, 1)
+        if adv.shape[-1] != 1:
+            adv = (adv * mask).sum(-1, keepdim=True) / n_tok
+    elif ratio != "token":
+        raise ValueError(f"unknown ratio {ratio!r}; choose 'token' or 'seq'")
+    adv_scaled_raw = adv.detach().to(logp.dtype) / eta                          # A/eta (Eq. 5 exponent)
+    adv_scaled = adv_scaled_raw.clamp(-max_log_weight, max_log_weight)
+    log_r_c = log_r_tok.clamp(-log_ratio_clamp, log_ratio_clamp)                # zero grad outside
+    per_tok = _LADTokenLoss.apply(log_r_c, adv_scaled, DIVERGENCES[divergence])  # Eq. 8, (B, T)
+    if per_tok.shape != mask.shape:
+        per_tok = per_tok.expand_as(mask)
+    return per_tok, mask, log_r_tok, adv_scaled_raw, adv_scaled
+
+
+def lad_token_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, ratio="token",
+                   log_ratio_clamp=LOG_RATIO_CLAMP, max_log_weight=MAX_LOG_WEIGHT):
+    """Per-token practical LAD loss (paper Eq. 8 integrand), (B, T), before any aggregation.
+
+    Token t of response b: e^{A_b/eta} * f(r_t * e^{-A_b/eta}), whose gradient w.r.t. log r_t is
+    r_t * f'(x) (Eq. 9). Arguments as lad_loss. Padded positions are not zeroed: reduce with the
+    mask (aggregate(), or a framework's own, e.g. verl's agg_loss). This is the hook for frameworks
+    that aggregate themselves; lad_loss = aggregate(lad_token_loss(...) * weights, mask, agg, denom).
+    """
+    return _lad_token_terms(logp, old_logp, advantages, mask, divergence, eta, ratio,
+                            log_ratio_clamp, max_log_weight)[0]
+
+
 def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, ratio="token",
              agg="token-mean", denom=None, weights=None, log_ratio_clamp=LOG_RATIO_CLAMP,
              max_log_weight=MAX_LOG_WEIGHT):
@@ -146,43 +189,25 @@ def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, rat
       as GSPO; the plain sum over thousands of tokens would saturate any clamp), shared by its tokens.
     agg, denom: see aggregate(). weights: optional (B, T) or (B, 1) per-token multipliers, detached
     (a truncated importance-sampling correction, or exact expectation weights pi_old(y)).
-    Returns (loss scalar, dict of detached float tensors).
+    Returns (loss scalar, dict of detached float tensors). The per-token loss is lad_token_loss.
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; choose from {sorted(DIVERGENCES)}")
-    if not eta > 0:
-        raise ValueError(f"eta must be > 0, got {eta}")
-    mask = mask.to(logp.dtype)
-    adv = advantages if advantages.dim() == 2 else advantages[:, None]          # (B, T) or (B, 1)
-    log_r = logp - old_logp.detach()                                            # (B, T)
-    if ratio == "seq":
-        n_tok = mask.sum(-1, keepdim=True).clamp_min(1)                         # (B, 1)
-        log_r = (log_r * mask).sum(-1, keepdim=True) / n_tok                    # (B, 1)
-        if adv.shape[-1] != 1:
-            adv = (adv * mask).sum(-1, keepdim=True) / n_tok
-    elif ratio != "token":
-        raise ValueError(f"unknown ratio {ratio!r}; choose 'token' or 'seq'")
-    u_raw = adv.detach().to(logp.dtype) / eta                                   # A/eta (Eq. 5 exponent)
-    u = u_raw.clamp(-max_log_weight, max_log_weight)
-    log_r_c = log_r.clamp(-log_ratio_clamp, log_ratio_clamp)                    # zero grad outside
-    per_tok = _LADTokenLoss.apply(log_r_c, u, DIVERGENCES[divergence])          # Eq. 8, (B, T)
-    if per_tok.shape != mask.shape:
-        per_tok = per_tok.expand_as(mask)
+    per_tok, mask, log_r_tok, adv_scaled_raw, adv_scaled = _lad_token_terms(
+        logp, old_logp, advantages, mask, divergence, eta, ratio, log_ratio_clamp, max_log_weight)
     if weights is not None:
         per_tok = per_tok * weights.detach()
     loss = aggregate(per_tok, mask, agg, denom)
 
     with torch.no_grad():
         n = mask.sum().clamp_min(1)
-        lr = log_r.expand_as(mask)
-        uu = u.expand_as(mask)
+        log_r_all = log_r_tok.expand_as(mask)                                   # (B, T)
+        adv_all = adv_scaled.expand_as(mask)                                    # A/eta, clamped
         stats = {
-            "loss/ratio_mean": _masked_mean(lr.clamp(-log_ratio_clamp, log_ratio_clamp).exp(), mask, n),
-            "loss/log_ratio_abs_mean": _masked_mean(lr.abs(), mask, n),
-            "loss/log_x_mean": _masked_mean(lr - uu, mask, n),
-            "loss/weight_mean": _masked_mean(uu.exp(), mask, n),
-            "loss/weight_clamp_frac": _masked_mean((u_raw.abs() > max_log_weight).expand_as(mask).to(mask.dtype), mask, n),
-            "loss/log_ratio_clamp_frac": _masked_mean((lr.abs() > log_ratio_clamp).to(mask.dtype), mask, n),
+            "loss/ratio_mean": _masked_mean(log_r_all.clamp(-log_ratio_clamp, log_ratio_clamp).exp(), mask, n),
+            "loss/log_ratio_abs_mean": _masked_mean(log_r_all.abs(), mask, n),
+            "loss/log_x_mean": _masked_mean(log_r_all - adv_all, mask, n),      # log x = log r - A/eta
+            "loss/weight_mean": _masked_mean(adv_all.exp(), mask, n),           # e^{A/eta}
+            "loss/weight_clamp_frac": _masked_mean((adv_scaled_raw.abs() > max_log_weight).expand_as(mask).to(mask.dtype), mask, n),
+            "loss/log_ratio_clamp_frac": _masked_mean((log_r_all.abs() > log_ratio_clamp).to(mask.dtype), mask, n),
             "loss/value": loss.detach(),
         }
     return loss, stats
@@ -376,7 +401,7 @@ class Args:
     """rollout engine: auto (vLLM when installed and a GPU is present, else hf), hf, vllm; with --fsdp the hf
     engine samples from its own unsharded copy of the model (bf16 on GPU), synced after every step"""
     wandb: str = "disabled"
-    """wandb mode: disabled, offline, online (wandb is not in requirements.txt; install it to use)"""
+    """wandb mode: disabled (default), offline (a local run folder under --out, no network), online"""
     wandb_project: str = "lad"
     """wandb project name"""
     dynamic_sampling: bool = True
