@@ -20,6 +20,7 @@ verdicts per second per core, every verdict <= timeout + 0.1 s):
 
 Commands
     python bench/verifier_speed.py                  # project venv: ours only (says math-verify is absent)
+    (or `pip install math-verify` into the project venv: how bench/RESULTS.md's 2026-12-02 rows were run)
     .venv-bench/bin/python bench/verifier_speed.py  # bench venv (requirements.txt + math-verify)
     (make the bench venv: python3 -m venv .venv-bench && .venv-bench/bin/pip install -r requirements.txt math-verify)
 

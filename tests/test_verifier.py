@@ -406,7 +406,7 @@ def test_never_raises_on_str_and_typeerror_otherwise():
     rng = random.Random(0)
     atoms = ["\\frac{", "}", "{", "(", ")", "[", "]", "\\sqrt", "^", "_", "x", "1", "0", "-", "+", "/", "\\pi", "=",
              "<", "\\le", ",", "\\{", "\\}", "i", "e", "%", "\\circ", "!", "|", "\\text{", "\\pm", "&", "\\\\",
-             "\\begin{pmatrix}", "\\end{pmatrix}", ".", " ", "\\infty", "\\cup", "\x00", "\ud800", "é", "$", "\\boxed{"]
+             "\\begin{pmatrix}", "\\end{pmatrix}", "\\begin{cases}", "\\end{cases}", "\\sum_{k=", "\\prod_{", "k", ":", ".", " ", "\\infty", "\\cup", "\x00", "\ud800", "é", "$", "\\boxed{"]
     strings = ["".join(rng.choice(atoms) for _ in range(rng.randint(0, 25))) for _ in range(300)]
     for s in strings:
         V.extract_answer(s)
