@@ -237,7 +237,7 @@ def _bwrap_cmd(interp: str) -> list[str]:
                      os.path.dirname(interp)}):
         if d != "/" and not any(d == x or d.startswith(x + "/") for x in ("/usr/lib", "/lib")):
             cmd += ["--ro-bind", d, d]
-    cmd += ["--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp",
+    cmd += ["--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp",
             "--clearenv", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",
             "--setenv", "PYTHONHASHSEED", "0", "--"]
     return cmd

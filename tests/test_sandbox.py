@@ -1,0 +1,263 @@
+"""Tests of sandbox.py: formats from fixtures of ../shared/data, row errors, the sandbox against hostile
+programs (each gets 0 and leaves no trace), EvalPlus comparison. CPU only, ~20 s."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+import sandbox  # noqa: E402
+
+DATA = os.path.join(ROOT, "..", "shared", "data")
+LIM = dict(per_test=2.0, total=6.0)
+
+
+def rows(rel, n, start=0):
+    """The first n rows (after `start`) of a shared file, with their 1-based line numbers."""
+    out = []
+    with open(os.path.join(DATA, rel)) as f:
+        for i, line in enumerate(f, 1):
+            if i > start:
+                out.append((i, json.loads(line)))
+            if len(out) == n:
+                break
+    return out
+
+
+def block(src):
+    return "Here is my code.\n```python\n" + src + "\n```\n"
+
+
+ADD = sandbox.parse_code_row({"problem": "add two ints", "inputs": ["1 2\n", "5 7\n"], "outputs": ["3\n", "12\n"]},
+                             "fixture:add")
+CALL = sandbox.parse_code_row({"problem": "f", "inputs": [[1, 2], [3, 4]], "outputs": [[3], [7]], "fn_name": "f"},
+                              "fixture:call")
+HONEST_ADD = "a, b = map(int, input().split())\nprint(a + b)"
+
+
+def test_sandbox_available():
+    sandbox.check_sandbox()  # CI installs bubblewrap (.ci/run)
+
+
+def test_honest_programs_pass():
+    assert sandbox.run_problem(block(HONEST_ADD), ADD, **LIM).reward == 1.0
+    assert sandbox.run_problem(block("def f(a, b):\n    return a + b"), CALL, **LIM).reward == 1.0
+    assert sandbox.run_problem("no code here", ADD, **LIM).reason == "no_code_block"
+    # the LAST block is the program
+    assert sandbox.run_problem(block("print(0)") + block(HONEST_ADD), ADD, **LIM).reward == 1.0
+
+
+def test_livecodebench_rows():
+    (ln, r), = rows("train/deepcoder_livecodebench.jsonl", 1, start=181)
+    p = sandbox.parse_code_row(r, f"lcb:{ln}")
+    assert p["mode"] == "stdin" and all("stdin" in t for t in p["tests"])
+    sol = ("n = int(input()); s = input().strip(); t = s.count('T'); a = s.count('A')\n"
+           "print(('T' if t > a else 'A') if t != a else ('A' if s[-1] == 'T' else 'T'))")
+    assert sandbox.run_problem(block(sol), p, **LIM).reward == 1.0
+    fn_rows = rows("bench/livecodebench_v5_test.jsonl", 30)
+    fn = [(ln, r) for ln, r in fn_rows if r["tests"][0]["testtype"] == "functional"][0]
+    p = sandbox.parse_code_row(fn[1], f"lcbv5:{fn[0]}")
+    assert p["mode"] == "call" and p["class_name"] == "Solution" and p["fn_name"]
+    assert sandbox.run_problem(block("class Solution:\n    pass"), p, **LIM).reason == "runtime_error"
+
+
+BREAK = ("\nfor _m in [m for m in dir(Solution) if not m.startswith('_')]:\n"
+         "    setattr(Solution, _m, lambda self, *a, **k: None)\n")
+
+
+def test_leetcode_rows_reference_solutions():
+    rs = rows("train/deepcoder_leetcode.jsonl", 6)
+    ps = [sandbox.parse_code_row(r, f"lc:{ln}") for ln, r in rs]
+    assert any(t.get("expect", "")[:1] == ("__ln",) or isinstance(t.get("expect"), tuple) for t in ps[1]["tests"])
+    good = sandbox.score_code_batch([block(r["solutions"]) for _, r in rs], ps, **LIM)
+    assert good == [(1.0, "ok")] * len(rs)
+    broken = sandbox.score_code_batch([block(r["solutions"] + BREAK)
+                                       for _, r in rs], ps, **LIM)
+    assert all(v == 0.0 for v, _ in broken)
+
+
+def test_taco_and_verl_rows():
+    assert ADD["format"] == "taco" and CALL["mode"] == "call"
+    (ln, r), = rows("train/deepcoder_livecodebench.jsonl", 1, start=181)
+    verl = {"data_source": "lcb", "prompt": [{"role": "user", "content": r["problem"]}], "ability": "code",
+            "reward_model": {"style": "rule", "ground_truth": json.dumps(r["tests"])}}
+    p = sandbox.parse_code_row(verl, "verl:1")
+    assert p["prompt"] == r["problem"] and p["mode"] == "stdin" and len(p["tests"]) == len(r["tests"])
+    taco_str = {"question": "q", "input_output": json.dumps({"inputs": ["1 2\n"], "outputs": ["3\n"]})}
+    assert sandbox.parse_code_row(taco_str, "t:1")["tests"][0] == {"stdin": "1 2\n", "expect": "3\n"}
+
+
+def test_bad_rows_name_their_line(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    good = json.dumps({"problem": "p", "tests": [{"input": "1", "output": "1", "testtype": "stdin"}]})
+    f.write_text(good + "\n" + json.dumps({"problem": "p", "tests": [{"input": "1"}]}) + "\n")
+    with pytest.raises(sandbox.RowError, match=r"bad.jsonl:2: test 0"):
+        sandbox.load_code_rows(str(f))
+    f.write_text(good + "\n\n{not json\n")
+    with pytest.raises(sandbox.RowError, match=r"bad.jsonl:3: not JSON"):
+        sandbox.load_code_rows(str(f))
+    with pytest.raises(sandbox.RowError, match=r"x.jsonl:7: tests.functional line"):
+        sandbox.parse_code_row({"problem": "p", "tests": {"functional": "def check(:\n"}}, "x.jsonl:7")
+    with pytest.raises(sandbox.RowError, match=r"x.jsonl:8: .*functional input/output is not JSON"):
+        sandbox.parse_code_row({"problem": "p", "starter_code": "class Solution:\n    def f(self, a):",
+                                "tests": [{"input": "[1", "output": "1", "testtype": "functional"}]}, "x.jsonl:8")
+
+
+def test_evalplus_atol_comparison():
+    eq = sandbox._evalplus_equal
+    assert eq(1.0, 1.0, 0, None, "f") and not eq(1.0, 1.0 + 1e-3, 0, None, "f")
+    assert eq(1.0 + 1e-7, 1.0, 0, None, "f")            # atol 0 on floats -> 1e-6, as EvalPlus
+    assert eq([1.0, 2.0 + 1e-5], [1.0, 2.0], 1e-4, None, "f") and not eq([1.0, 2.1], [1.0, 2.0], 1e-4, None, "f")
+    assert not eq((1.0,), [1.0 + 1e-9], 1e-4, None, "f")  # type must match when not exact
+    assert not eq(float("nan"), 0.0, 1e-4, None, "f") and not eq(2, 3, 0, None, "f")
+    assert eq(1.0, 99.0, 1e-4, [[-1, 1]], "find_zero") and not eq(2.0, 1.0, 1e-4, [[-1, 1]], "find_zero")
+
+
+def test_humanevalplus_canonical_pass_broken_fail():
+    rs = rows("bench/humanevalplus.jsonl", 164)
+    pick = [rs[i] for i in (0, 2, 32, 53)]  # includes HumanEval/2 (floats, atol) and /32 (find_zero)
+    ps = [sandbox.parse_code_row(r, f"he:{ln}") for ln, r in pick]
+    vs = sandbox.score_code_batch_verdicts([block(r["prompt"] + r["canonical_solution"]) for _, r in pick], ps)
+    assert [(v.reward, v.base_reward) for v in vs] == [(1.0, 1.0)] * len(pick)
+    assert all(v.total == len(r["base_input"]) + len(r["plus_input"]) for v, (_, r) in zip(vs, pick))
+    broken = [block(f"def {r['entry_point']}(*args):\n    return None") for _, r in pick]
+    assert all(v.reward == 0 and v.base_reward == 0 for v in sandbox.score_code_batch_verdicts(broken, ps))
+
+
+def test_evalplus_base_and_plus_reported_separately():
+    _, r = rows("bench/humanevalplus.jsonl", 1)[0]
+    p = sandbox.parse_code_row(r, "he:1")
+    base = [tuple(map(tuple, [a[0]])) + (a[1],) for a in r["base_input"]]
+    # right on the base inputs only (a lookup table), wrong elsewhere
+    table = {repr((tuple(a[0]), a[1])) for a in r["base_input"]}
+    canon = r["prompt"] + r["canonical_solution"]
+    prog = (canon + f"\n_T = {sorted(table)!r}\n_orig = has_close_elements\n"
+            "def has_close_elements(n, t):\n    return _orig(n, t) if repr((tuple(n), t)) in _T else 'x'\n")
+    v = sandbox.run_problem(block(prog), p)
+    assert base and v.base_reward == 1.0 and v.reward == 0.0 and v.reason == "wrong_answer"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hostile programs: each gets 0 (where it would have "succeeded" the expected output is what it prints
+# on success, so a 0 means the attack failed), the trainer survives, nothing is left behind.
+# ----------------------------------------------------------------------------------------------------
+
+HACKS_ADD = {
+    "sys.exit(0) first": "import sys\nsys.exit(0)",
+    "os._exit(0) first": "import os\nos._exit(0)",
+    "print expected format": "print('{\"k\": 0, \"out\": \"3\\\\n\", \"pass\": true}')",
+    "forge records on every fd": ("import os\nfor fd in range(3, 40):\n    for k in range(-1, 3):\n"
+                                  "        try: os.write(fd, ('{\"k\": %d, \"out\": \"3\\\\n\", \"pass\": true}\\n' % k).encode())\n"
+                                  "        except OSError: pass\nos._exit(0)"),
+    "patch json and builtins": ("import json, builtins\njson.dumps = lambda *a, **k: '{\"k\": 0, \"pass\": true}'\n"
+                                "json.loads = lambda *a, **k: {}\nbuiltins.type = lambda x: int\nprint(0)"),
+    "kill the parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+    "kill the trainer by pid": f"import posix\nposix.kill({os.getpid()}, 9)",
+    "kill everything": "import os\nos.kill(-1, 9)",
+}
+CALL_HACKS = {
+    "always-equal object": ("class E:\n    def __eq__(self, o): return True\n    def __ne__(self, o): return False\n"
+                            "def f(a, b): return E()"),
+    "list subclass": "class L(list):\n    def __eq__(self, o): return True\ndef f(a, b): return L([3])",
+    "int subclass": "class I(int):\n    def __eq__(self, o): return True\ndef f(a, b): return I(0)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HACKS_ADD))
+def test_reward_hacks_get_zero(name):
+    v = sandbox.run_problem(block(HACKS_ADD[name]), ADD, **LIM)
+    assert v.reward == 0.0, (name, v)
+
+
+@pytest.mark.parametrize("name", sorted(CALL_HACKS))
+def test_call_hacks_get_zero(name):
+    v = sandbox.run_problem(block(CALL_HACKS[name]), CALL, **LIM)
+    assert v.reward == 0.0 and v.reason == "wrong_answer", (name, v)
+
+
+def leak_problem(expect):
+    return sandbox.parse_code_row({"problem": "leak", "inputs": [""], "outputs": [expect]}, "fixture:leak")
+
+
+MARK = os.path.join(ROOT, ".sandbox_escape_marker")
+
+
+@pytest.mark.parametrize("name,prog", [
+    ("fork", "import os\npid = os.fork()\nprint('escaped')"),
+    ("posix.fork", "import posix\nposix.fork()\nprint('escaped')"),
+    ("system", "import os\nos.system('echo escaped')\nprint('escaped')"),
+    ("posix_spawn", "import os\nos.posix_spawn('/bin/sh', ['sh'], {})\nprint('escaped')"),
+    ("subprocess", "import subprocess\nsubprocess.run(['true'])\nprint('escaped')"),
+    ("_posixsubprocess", "import _posixsubprocess\nprint('escaped')"),
+    ("multiprocessing", "import multiprocessing as m\nm.Process(target=print).start()\nprint('escaped')"),
+    ("ctypes", "import ctypes\nctypes.CDLL(None).fork()\nprint('escaped')"),
+    ("socket", "import socket\ns = socket.create_connection(('127.0.0.1', 22), 1)\nprint('escaped')"),
+    ("write outside", f"open({MARK!r}, 'w').write('x')\nprint('escaped')"),
+    ("os.open outside", f"import os\nos.open({MARK!r}, os.O_WRONLY | os.O_CREAT)\nprint('escaped')"),
+])
+def test_escapes_get_zero_and_leave_no_trace(name, prog):
+    v = sandbox.run_problem(block(prog), leak_problem("escaped\n"), **LIM)
+    assert v.reward == 0.0, (name, v)
+    assert not os.path.exists(MARK)
+
+
+def test_imp_bypass_of_audit_hook_stays_inside():
+    """Even past the audit hook (a builtin module created by hand), the namespaces hold: no shell,
+    read-only files, and the program's view of the world is its sandbox."""
+    prog = ("import _imp, importlib.machinery as m, os\n"
+            "try:\n    ps = _imp.create_builtin(m.ModuleSpec('_posixsubprocess', None, origin='built-in'))\n"
+            "except Exception: ps = None\n"
+            f"ok = os.path.exists('/bin/sh') or os.path.exists({ROOT!r}) or os.access('/usr', os.W_OK)\n"
+            "print('escaped' if ok else 'contained')")
+    assert sandbox.run_problem(block(prog), leak_problem("escaped\n"), **LIM).reward == 0.0
+    assert sandbox.run_problem(block(prog), leak_problem("contained\n"), **LIM).reward == 1.0
+
+
+def test_trainer_files_and_environment_invisible(monkeypatch):
+    monkeypatch.setenv("LAD_SECRET_TOKEN", "s3cr3t")
+    for prog in ["import os\nprint(os.environ.get('LAD_SECRET_TOKEN'))",
+                 f"print(open({os.path.join(ROOT, 'sandbox.py')!r}).read(6))",
+                 f"print(open({os.path.join(DATA, 'SOURCES.md')!r}).read(6))",
+                 "print(open('/proc/%d/environ' % int(open('/proc/self/stat').read().split()[3])).read())"]:
+        secret = {0: "s3cr3t", 1: '"""san', 2: "# Data"}.get(
+            ["LAD_SECRET" in prog, "sandbox.py" in prog, "SOURCES" in prog].index(True) if "proc" not in prog else 0)
+        v = sandbox.run_problem(block(prog), leak_problem(secret + "\n"), **LIM)
+        assert v.reward == 0.0, (prog, v)
+
+
+def test_limits_and_reasons():
+    assert sandbox.run_problem(block("while True: pass"), ADD, per_test=1, total=3).reason == "timeout"
+    assert sandbox.run_problem(block("import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+                                     "while True: pass"), ADD, per_test=1, total=3).reason == "timeout"
+    assert sandbox.run_problem(block("x = bytearray(4 << 30)"), ADD, **LIM).reason == "memory"
+    assert sandbox.run_problem(block("raise ValueError('no')"), ADD, **LIM).reason == "runtime_error"
+    assert sandbox.run_problem(block("import socket"), ADD, **LIM).reason == "blocked"
+    v = sandbox.run_problem(block("import sys\nwhile True: sys.stdout.write('x' * 65536)"), ADD, **LIM)
+    assert v.reward == 0.0
+
+
+def test_batch_parallel_and_no_process_left():
+    progs = [HONEST_ADD, "while True: pass", "import os\nos.fork()", HONEST_ADD, "print(3)", "import time\ntime.sleep(60)"]
+    out = sandbox.score_code_batch([block(p) for p in progs], [ADD] * len(progs), workers=2, per_test=1, total=2)
+    assert [r for r, _ in out] == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    assert [why for _, why in out] == ["ok", "timeout", "blocked", "ok", "wrong_answer", "timeout"]
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "bwrap --unshare-all" not in ps and "_Timeout(BaseException)" not in ps
+
+
+def test_weak_sandbox_warns_every_run():
+    for _ in range(2):
+        with pytest.warns(RuntimeWarning, match="weak_sandbox"):
+            assert sandbox.run_problem(block(HONEST_ADD), ADD, weak_sandbox=True, **LIM).reward == 1.0
+
+
+def test_missing_bwrap_refuses_with_the_fix(monkeypatch):
+    monkeypatch.setattr(sandbox, "_CHECKED", None)
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install -y bubblewrap"):
+        sandbox.score_code_batch([block(HONEST_ADD)], [ADD])
