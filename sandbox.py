@@ -77,7 +77,7 @@ MEMORY_MB = 1024
 """RLIMIT_AS of the sandboxed interpreter."""
 TMPFS_BYTES = 64 << 20
 """Size of the program's own /tmp."""
-OUTPUT_CAP = 64 << 20
+OUTPUT_CAP = 256 << 20
 """Most bytes the parent reads from a sandbox before killing it."""
 REASONS = ("ok", "wrong_answer", "runtime_error", "timeout", "memory", "blocked", "no_code_block")
 
@@ -135,6 +135,7 @@ signal.signal(signal.SIGALRM, on_alarm)
 OUT = os.open(".out", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
 def enc(x, d=0):
     t = _type(x)
+    if t is int and (x > 1 << 4096 or x < -(1 << 4096)): return {"__ih": hex(x)}  # linear, unlike str
     if x is None or t is bool or t is int or t is float or t is str: return x
     if d > 200: return {"__r": "too deep"}
     if t is list: return [enc(v, d + 1) for v in x]
@@ -426,6 +427,8 @@ def _dec(x):
             return set(_dec(e) for e in v)
         if tag == "__d":
             return {_dec(a): _dec(b) for a, b in v}
+        if tag == "__ih":
+            return int(v, 16)
         if tag == "__b":
             return bytes.fromhex(v)
         if tag == "__c":
