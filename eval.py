@@ -32,7 +32,8 @@ trained on DAPO-Math's own prompt), in the tokenizer's chat template when it has
 
 Deliberately left out
     - the GPT-4 "logical diversity" judge (App. C.2): it needs a network and a paid API;
-    - the code benchmarks (LiveCodeBench, CodeForces, HumanEval+): they need a code sandbox;
+    - CodeForces ratings (Table 2): they need contest data we do not have; HumanEval+ and LiveCodeBench
+      (public tests) are scored through sandbox.py, but base and base+plus are not yet reported apart;
     - majority voting and any answer post-processing beyond verifier.py.
 """
 
