@@ -20,6 +20,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -87,3 +88,17 @@ def seed_for(purpose: str, seed: int, step: int = 0, rank: int = 0, round: int =
     if purpose not in formula:
         raise ValueError(f"unknown seed purpose {purpose!r}; choose from {sorted(formula)}")
     return formula[purpose]()
+
+
+def cores_per_rank() -> int:
+    """Usable cores / local ranks (torchrun's LOCAL_WORLD_SIZE), at least 1: the default size of the
+    verifier's and the sandbox's worker pools, so ranks on one node do not oversubscribe its cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, cores // local)

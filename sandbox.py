@@ -956,15 +956,9 @@ def run_problem(response: str, problem: dict, *, per_test: float = PER_TEST_S, t
 
 
 def _default_workers() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    try:
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local = 1
-    return max(1, cores // local)
+    from common import cores_per_rank
+
+    return cores_per_rank()
 
 
 def score_code_batch_verdicts(responses, problems, workers: int | None = None, **limits) -> list[Verdict]:

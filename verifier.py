@@ -2531,16 +2531,10 @@ MAX_DEFAULT_WORKERS = 16
 
 
 def _default_workers() -> int:
-    """Usable cores / local ranks (torchrun's LOCAL_WORLD_SIZE), in [1, MAX_DEFAULT_WORKERS]."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    try:
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local = 1
-    return max(1, min(MAX_DEFAULT_WORKERS, cores // local))
+    """Usable cores / local ranks (common.cores_per_rank), at most MAX_DEFAULT_WORKERS."""
+    from common import cores_per_rank
+
+    return min(MAX_DEFAULT_WORKERS, cores_per_rank())
 
 
 def _check_timeout(timeout):
