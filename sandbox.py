@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import ast
 import json
+import marshal
 import math
 import os
 import re
@@ -67,6 +68,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from itertools import compress
 from dataclasses import dataclass, field
 
 PER_TEST_S = 6.0
@@ -94,12 +96,20 @@ class SandboxUnavailable(RuntimeError):
 # ----------------------------------------------------------------------------------------------------
 
 _HARNESS = r'''
-import builtins, io, json, os, resource, signal, sys
-job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+import builtins, io, marshal, os, resource, sys, _signal
+job = marshal.loads(sys.stdin.buffer.read())   # from the trusted parent, after this code (see _BOOT)
 R = os.dup(1)
-_write, _dumps, _type, _len, _isinst = os.write, json.dumps, type, len, isinstance
+_write, _type, _len, _isinst = os.write, type, len, isinstance
+try:  # the C JSON encoder without importing json (json and signal import re, enum, ...: ~12 ms a start)
+    from _json import make_encoder, encode_basestring_ascii
+    def _plain_only(o): raise TypeError(_type(o).__name__)
+    _iterenc = make_encoder(None, _plain_only, encode_basestring_ascii, None, ":", ",", False, False, True)
+    def _dumps(o): return "".join(_iterenc(o, 0))
+    _dumps({"k": [1, 1.5, "x", None, True]})
+except (ImportError, TypeError):
+    from json import dumps as _dumps
 def send(rec):
-    data = (_dumps(rec) + "\n").encode("utf-8", "replace")
+    data = (_dumps(rec) + "\n").encode("ascii", "replace")
     while data:
         data = data[_write(R, data):]
 def lim(r, v):
@@ -131,14 +141,31 @@ def hook(event, args):
 sys.addaudithook(hook)
 class _Timeout(BaseException): pass
 def on_alarm(*a): raise _Timeout()
-signal.signal(signal.SIGALRM, on_alarm)
+_signal.signal(_signal.SIGALRM, on_alarm)
 OUT = os.open(".out", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+_BIG, _FLAT, _INTS, _NUMS, _KIND = 1 << 4096, {str, bool, float, _type(None)}, {int, bool}, {int, float}, {int: 1, float: 0}
+_array = None
+def pack(x, ts):
+    # a long list of numbers as the raw bytes of an array, in hex (C speed both ways, exact)
+    global _array
+    if _array is None: from array import array as _array
+    try: a = _array("d", x)
+    except OverflowError: return None
+    if ts == {float}: return {"__fa": a.tobytes().hex()}
+    if a.tolist() != x: return None                      # an int that a double does not hold exactly
+    return {"__na": [a.tobytes().hex(), bytes(map(_KIND.__getitem__, map(_type, x))).hex()]}
 def enc(x, d=0):
     t = _type(x)
-    if t is int and (x > 1 << 4096 or x < -(1 << 4096)): return {"__ih": hex(x)}  # linear, unlike str
+    if t is int and (x > _BIG or x < -_BIG): return {"__ih": hex(x)}  # linear, unlike str
     if x is None or t is bool or t is int or t is float or t is str: return x
     if d > 200: return {"__r": "too deep"}
-    if t is list: return [enc(v, d + 1) for v in x]
+    if t is list:
+        ts = set(map(_type, x))                          # C speed: no per-element Python for flat lists
+        if _len(x) > 64 and float in ts and ts <= _NUMS:
+            v = pack(x, ts)
+            if v is not None: return v
+        if ts <= _FLAT or (ts <= _INTS and max(x) <= _BIG and min(x) >= -_BIG): return x
+        return [enc(v, d + 1) for v in x]
     if t is tuple: return {"__t": [enc(v, d + 1) for v in x]}
     if t is set or t is frozenset: return {"__s": [enc(v, d + 1) for v in x]}
     if t is dict: return {"__d": [[enc(k, d + 1), enc(v, d + 1)] for k, v in x.items()]}
@@ -160,9 +187,9 @@ def enc(x, d=0):
     return {"__r": n}
 def err(e): return _type(e).__name__ + ": " + str(e)[:300]
 def timed(k, fn):
-    signal.setitimer(signal.ITIMER_REAL, job["per_test"])
+    _signal.setitimer(_signal.ITIMER_REAL, job["per_test"])
     try: return fn()
-    finally: signal.setitimer(signal.ITIMER_REAL, 0)
+    finally: _signal.setitimer(_signal.ITIMER_REAL, 0)
 def run_stdin(code):
     for k, t in enumerate(job["tests"]):
         fd = os.open(".in", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -213,6 +240,18 @@ except BaseException as e:
 (run_stdin if job["mode"] == "stdin" else run_call)(code)
 _exit(0)
 '''
+
+# The interpreter's command line: read the harness's compiled code (marshal, compiled once per parent by
+# the same interpreter) from stdin, then run it; the harness then reads the job that follows it.
+_BOOT = "import marshal,sys;exec(marshal.loads(sys.stdin.buffer.read({})))"
+_HARNESS_CODE: bytes | None = None
+
+
+def _harness_code() -> bytes:
+    global _HARNESS_CODE
+    if _HARNESS_CODE is None:
+        _HARNESS_CODE = marshal.dumps(compile(_HARNESS, "<harness>", "exec"))
+    return _HARNESS_CODE
 
 # ----------------------------------------------------------------------------------------------------
 # bubblewrap command line and availability check
@@ -290,6 +329,7 @@ class _Run:
 
 def _run_job(job: dict, weak: bool) -> _Run:
     interp = _interpreter()
+    code = _harness_code()
     tmp = None
     if weak:
         warnings.warn("sandbox.py: weak_sandbox=True -- programs run WITHOUT bubblewrap (no namespaces; "
@@ -297,18 +337,18 @@ def _run_job(job: dict, weak: bool) -> _Run:
                       RuntimeWarning, stacklevel=3)
         print("WARNING: sandbox.py weak sandbox in use (no bubblewrap isolation)", file=sys.stderr)
         tmp = tempfile.mkdtemp(prefix="lad-code-")
-        cmd = [interp, "-I", "-S", "-c", _HARNESS]
+        cmd = [interp, "-I", "-S", "-c", _BOOT.format(len(code))]
         kw = dict(cwd=tmp, env={"LANG": "C.UTF-8", "HOME": tmp, "PYTHONHASHSEED": "0"})
     else:
         check_sandbox()
-        cmd = _bwrap_cmd(interp) + [interp, "-I", "-S", "-c", _HARNESS]
+        cmd = _bwrap_cmd(interp) + [interp, "-I", "-S", "-c", _BOOT.format(len(code))]
         kw = dict(env={})
     run = _Run()
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, close_fds=True, **kw)
         try:
-            _pump(proc, json.dumps(job).encode(), job, run)
+            _pump(proc, code + marshal.dumps(job), job, run)
         finally:
             _kill(proc)
         run.rc = proc.returncode
@@ -331,7 +371,7 @@ def _pump(proc, payload: bytes, job: dict, run: _Run) -> None:
     hard_end = t0 + job["total"] + 1.0
     next_due = t0 + job["per_test"] + 2.0          # start-up plus the first test (or the module setup)
     bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    out_fd, total = proc.stdout.fileno(), 0
+    out_fd, total, scan = proc.stdout.fileno(), 0, 0
     open_fds = set(bufs)
     while open_fds:
         now = time.monotonic()
@@ -351,7 +391,7 @@ def _pump(proc, payload: bytes, job: dict, run: _Run) -> None:
                 return
             if fd == out_fd:
                 bufs[fd] += chunk
-                n = _take_records(bufs[fd], run)
+                n, scan = _take_records(bufs[fd], run, scan)
                 if n:
                     next_due = time.monotonic() + job["per_test"] + 0.5
             elif len(bufs[fd]) < 65536:
@@ -359,14 +399,17 @@ def _pump(proc, payload: bytes, job: dict, run: _Run) -> None:
     run.stderr = bufs[proc.stderr.fileno()].decode("utf-8", "replace")
 
 
-def _take_records(buf: bytearray, run: _Run) -> int:
-    n = 0
+def _take_records(buf: bytearray, run: _Run, scan: int) -> tuple[int, int]:
+    """Parse the complete lines of `buf` (searching for newlines from `scan`, where the last search
+    stopped: a record of many megabytes arrives in many chunks) -> (records taken, next scan offset)."""
+    n, start = 0, 0
     while True:
-        i = buf.find(b"\n")
+        i = buf.find(b"\n", max(start, scan))
         if i < 0:
-            return n
-        line = bytes(buf[:i])
-        del buf[: i + 1]
+            del buf[:start]
+            return n, len(buf)
+        line = bytes(buf[start:i])
+        start = i + 1
         try:
             rec = json.loads(line)
         except ValueError:
@@ -414,8 +457,23 @@ class _Opaque:
         return f"<opaque {self.name}>"
 
 
+_NESTED = (list, dict)
+
+
+def _unpack(code: str, hexdata) -> list:
+    from array import array
+
+    if not isinstance(hexdata, str):
+        raise TypeError("packed array is not a hex string")
+    a = array(code)
+    a.frombytes(bytes.fromhex(hexdata))
+    return a.tolist()
+
+
 def _dec(x):
     if isinstance(x, list):
+        if set(map(type, x)).isdisjoint(_NESTED):   # a flat list of JSON scalars is its own value
+            return x
         return [_dec(v) for v in x]
     if not isinstance(x, dict):
         return x
@@ -429,13 +487,22 @@ def _dec(x):
             return {_dec(a): _dec(b) for a, b in v}
         if tag == "__ih":
             return int(v, 16)
+        if tag == "__fa":
+            return _unpack("d", v)
+        if tag == "__na":                          # numbers of both kinds: doubles, and a mask of the ints
+            vals, mask = _unpack("d", v[0]), bytes.fromhex(v[1])
+            if len(mask) != len(vals):
+                raise ValueError("mask length")
+            for i in compress(range(len(vals)), mask):
+                vals[i] = int(vals[i])
+            return vals
         if tag == "__b":
             return bytes.fromhex(v)
         if tag == "__c":
             return complex(*v)
         if tag in ("__ln", "__tn"):
             return (tag, tuple(_freeze(_dec(e)) for e in v))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         pass
     return _Opaque(str(v)[:50])
 
