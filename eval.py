@@ -1,5 +1,5 @@
-"""eval.py -- Avg@k, Pass@k and diversity of checkpoints (or generation files) on math benchmarks and on
-the built-in task, side by side.
+"""eval.py -- Avg@k, Pass@k and diversity of checkpoints (or generation files) on math and code benchmarks
+and on the built-in task, side by side.
 
 Implements the evaluation of the LAD paper (Sec. 5.1 and Appendix C.2-C.3; Tables 1, 3, 4, 7):
 Avg@k (mean accuracy over the k samples of a problem), Pass@k with the unbiased estimator of Chen et al.
@@ -20,6 +20,8 @@ Commands
         python eval.py --benchmark aime24,amc23 --out-dir runs/eval/m \\
             --generations "$(ls runs/eval/m/shard*/samples.jsonl | paste -sd,)"
     score generations made elsewhere:  python eval.py --benchmark aime24 --generations gens.jsonl
+    code, 1 GPU (Table 2: n = 16):     python eval.py --model <hf-path> --engine vllm --benchmark humanevalplus,livecodebench \\
+                                           --lcb-start 2024-08-01 --lcb-end 2025-02-01
     side by side (table + plot):       python eval.py --compare runs/eval/grpo/summary.json \\
                                            runs/eval/lad/summary.json --plot docs/passk.png
 
@@ -29,11 +31,19 @@ temperature, App. C.2; it states no separate evaluation temperature), 8192 new t
 for its 1.5B models), and lad.py's prompt (the paper gives none: "...put your final answer within
 \\boxed{}", so lad.py's checkpoints are scored as they were trained; `--prompt-template dapo` for models
 trained on DAPO-Math's own prompt), in the tokenizer's chat template when it has one, as lad.py does.
+Code benchmarks (Table 2: Avg@16, Pass@16, so n = 16 when every benchmark is code): the code prompt
+(data.TEMPLATES["code"]); the reward is training's (sandbox.py: 1 iff the last fenced python block passes
+every test, bubblewrap sandbox, 6 s per test, 60 s a program); HumanEval+ is reported as base + plus
+tests (`humanevalplus`, EvalPlus's HumanEval+) and base tests only (`humanevalplus:base`, its HumanEval;
+not in the macro); LiveCodeBench can be cut to a contest-date window (--lcb-start/--lcb-end, dates from
+the `_meta` file beside it). samples.jsonl keeps a compact reference of a code problem, not its tests.
 
 Deliberately left out
     - the GPT-4 "logical diversity" judge (App. C.2): it needs a network and a paid API;
-    - CodeForces ratings (Table 2): they need contest data we do not have; HumanEval+ and LiveCodeBench
-      (public tests) are scored through sandbox.py, but base and base+plus are not yet reported apart;
+    - CodeForces ratings (Table 2): they need contest data we do not have (problem ratings, contestants'
+      results); the shared files hold none (checked: ../shared/data/SOURCES.md lists no CodeForces data);
+    - LiveCodeBench's private tests: the shared copy holds public tests only (1-6 per problem), so its
+      figures are upper bounds of official LCB grading;
     - majority voting and any answer post-processing beyond verifier.py.
 """
 
@@ -66,7 +76,7 @@ class Args:
     CHOICES = {"kind": ["auto", "math", "sum", "code"], "on_bad_row": ["error", "skip"], "engine": ["auto", "hf", "vllm"],
                "chat": ["auto", "true", "false"], "device": ["auto", "cpu", "cuda"]}
     benchmark: str = ""
-    """comma-separated: tiny, aime24, aime25, amc23, math500, minerva, olympiadbench, or .jsonl/.parquet paths (default tiny when generating)"""
+    """comma-separated: tiny, aime24, aime25, amc23, math500, minerva, olympiadbench, humanevalplus, livecodebench, or .jsonl/.parquet paths (default tiny when generating)"""
     data_dir: str = ""
     """folder holding the benchmark files (default: ./data/bench, else ../shared/data/bench next to this repo)"""
     problem_field: str = ""
@@ -78,7 +88,11 @@ class Args:
     kind: str = "auto"
     """task kind: math, sum (the built-in task), code (sandboxed tests) or auto (from the rows: sum for tiny)"""
     limit: int = 0
-    """evaluate only the first LIMIT problems of each benchmark (0: all); recorded, for quick runs"""
+    """evaluate only the first LIMIT problems of each benchmark (0: all; after the date filter); recorded, for quick runs"""
+    lcb_start: str = ""
+    """LiveCodeBench: keep problems whose contest date (from <file>_meta.jsonl beside the file) is on or after YYYY-MM-DD"""
+    lcb_end: str = ""
+    """LiveCodeBench: keep problems whose contest date is on or before YYYY-MM-DD (inclusive)"""
     shard: str = ""
     """i/N: evaluate only problems whose index is i mod N (data-parallel generation; merge with --generations)"""
     on_bad_row: str = "error"
@@ -93,8 +107,8 @@ class Args:
     """vllm engine: fraction of the GPU it may take (nothing is trained alongside, unlike lad.py's 0.4)"""
     dtype: str = "auto"
     """model dtype: float32, bfloat16, float16, or auto (bfloat16 on GPU, float32 on CPU)"""
-    n: int = 32
-    """samples per problem (paper: Avg@32 in Table 1, Avg@16/Pass@16 in Tables 3, 6)"""
+    n: int = 0
+    """samples per problem (0: 16 when every benchmark is code, Table 2's Avg@16/Pass@16; else 32, Table 1's Avg@32)"""
     k: str = ""
     """Pass@k values, comma-separated (default: 1, 2, 4, ... up to n, and n); each must be <= n"""
     temperature: float = 1.0
@@ -177,6 +191,71 @@ def bench_name(spec: str) -> str:
     return spec if spec == "tiny" or spec in BENCHMARKS else Path(spec).stem
 
 
+# LiveCodeBench contest-date window (contamination control). Line i of livecodebench_v5_test.jsonl is
+# described by line i of livecodebench_v5_test_meta.jsonl ({question_id, contest_id, contest_date, ...}).
+
+def is_lcb(name: str) -> bool:
+    """Benchmarks the --lcb-start/--lcb-end window applies to: `livecodebench` and files named livecodebench*."""
+    return name.lower().startswith("livecodebench")
+
+
+def parse_day(text: str, what: str):
+    """YYYY-MM-DD (or an ISO date-time such as 2024-08-03T00:00:00) -> datetime.date; ValueError naming `what`."""
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(text).date() if "T" in text else datetime.date.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: not a date YYYY-MM-DD: {text!r}") from None
+
+
+def meta_path(source: str) -> Path:
+    """The `_meta` file beside a benchmark file: x.jsonl -> x_meta.jsonl."""
+    p = Path(source)
+    return p.with_name(p.stem + "_meta.jsonl")
+
+
+def contest_dates(meta: Path) -> dict:
+    """line number -> contest date of every row of a _meta file; errors name meta:line."""
+    if not meta.is_file():
+        raise EvalError(f"--lcb-start/--lcb-end need the contest dates in {meta} (row i describes row i of the "
+                        f"benchmark file); it does not exist")
+    dates = {}
+    for where, row, lineno in read_rows(meta):
+        if isinstance(row, Exception):
+            raise EvalError(str(row))
+        if not isinstance(row, dict) or "contest_date" not in row:
+            raise EvalError(f"{where}: no 'contest_date' field")
+        try:
+            dates[lineno] = parse_day(row["contest_date"], where)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
+    return dates
+
+
+def date_filter(problems: list[dict], source: str, start, end) -> list[dict]:
+    """The problems whose contest date lies in [start, end] (either may be None); a problem without a
+    date in the _meta file is an error (naming both lines), never silently dropped."""
+    meta = meta_path(source)
+    dates = contest_dates(meta)
+    with open(source, encoding="utf-8") as f:
+        n_rows = sum(1 for ln in f if ln.strip())
+    if len(dates) != n_rows:
+        raise EvalError(f"{meta}: {len(dates)} rows, but {source} has {n_rows}: line i must describe line i")
+    kept = []
+    for p in problems:
+        where = p["gold"]["where"] if isinstance(p.get("gold"), dict) else ""
+        line = where.rsplit(":", 1)[-1]
+        if not line.isdigit():
+            raise EvalError(f"{source}: problem {p['id']}: no line number to look its contest date up by ({where!r})")
+        if int(line) not in dates:
+            raise EvalError(f"{where}: no contest date: {meta} has no row {line}")
+        d = dates[int(line)]
+        if (start is None or d >= start) and (end is None or d <= end):
+            kept.append(p)
+    return kept
+
+
 # ----------------------------------------------------------------------------------------------------
 # PROMPTS AND GENERATION (torch / transformers / vLLM are imported here, never at module import)
 # ----------------------------------------------------------------------------------------------------
@@ -243,17 +322,28 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
 #
 # One JSON object per line, either one sample {"id", "response"} or one problem {"id", "responses": [...]}.
 # Optional: "benchmark" (needed when several are scored), "gold" (else taken from --benchmark by id),
-# "sample", "truncated", "num_tokens", "kind" (math or sum). eval.py's own samples.jsonl is such a file.
+# "sample", "truncated", "num_tokens", "kind" (math, sum or code). eval.py's own samples.jsonl is such a
+# file; for code its "gold" is a compact reference (code_ref_of), so scoring it needs --benchmark.
 # ----------------------------------------------------------------------------------------------------
 
 RESPONSE_FIELDS = ("response", "output", "completion", "generation")
 RESPONSES_FIELDS = ("responses", "outputs", "completions", "generations")
 
 
-def read_generations(paths: list[Path], args: Args, golds: dict) -> list[dict]:
-    """Per-sample rows from generation files; `golds` maps (bench, id) -> gold for rows without one."""
-    benches = sorted({b for b, _ in golds})
-    rows, errors = [], []
+def code_ref_of(gold: dict) -> dict:
+    """What samples.jsonl keeps of a code problem's gold (its tests stay in the benchmark file: HumanEval+
+    holds up to 1000 inputs a problem): where it came from, its format and test counts."""
+    ref = {"code_ref": gold.get("where"), "format": gold.get("format"), "tests": len(gold.get("tests", ()))}
+    if gold.get("format") == "evalplus":
+        ref["base_tests"] = gold.get("n_base")
+    return ref
+
+
+def read_generations(paths: list[Path], args: Args, golds: dict, excluded=frozenset()) -> tuple[list[dict], int]:
+    """Per-sample rows from generation files -> (rows, samples skipped); `golds` maps (bench, id) -> gold
+    for rows without one (or with a code_ref); rows of problems in `excluded` (the date filter) are skipped."""
+    benches = sorted({b for b, _ in golds} | {b for b, _ in excluded})
+    rows, errors, skipped = [], [], 0
     for path in paths:
         if not path.is_file():
             raise EvalError(f"generations file not found: {path}")
@@ -273,7 +363,16 @@ def read_generations(paths: list[Path], args: Args, golds: dict) -> list[dict]:
                         raise ValueError(f"{where}: no 'benchmark' field and --benchmark names "
                                          f"{len(benches)} benchmarks; cannot tell which this row belongs to")
                     bench = benches[0]
+                if (bench, pid) in excluded:
+                    many = next((row[f] for f in RESPONSES_FIELDS if isinstance(row.get(f), list)), None)
+                    skipped += 1 if many is None else len(many)
+                    continue
                 gold = row.get("gold")
+                if isinstance(gold, dict) and "code_ref" in gold:   # samples.jsonl of a code benchmark
+                    if (bench, pid) not in golds:
+                        raise ValueError(f"{where}: gold of {bench}/{pid} is a reference to {gold['code_ref']}; "
+                                         f"pass that benchmark with --benchmark to score it")
+                    gold = None
                 if gold is None:
                     if (bench, pid) not in golds:
                         raise ValueError(f"{where}: problem {bench}/{pid} is not in --benchmark and the row has no 'gold'")
@@ -308,7 +407,7 @@ def read_generations(paths: list[Path], args: Args, golds: dict) -> list[dict]:
         counts[key] = counts.get(key, 0) + 1
         if r["sample"] is None:
             r["sample"] = counts[key] - 1
-    return rows
+    return rows, skipped
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -317,17 +416,75 @@ def read_generations(paths: list[Path], args: Args, golds: dict) -> list[dict]:
 
 
 def score(rows: list[dict], kinds: dict) -> None:
-    """Adds 'answer' and 'reward' to every row (data.py's task kinds; verifier.py is imported there)."""
+    """Adds 'answer' and 'reward' to every row (data.py's task kinds; verifier.py is imported there).
+    Code rows also get 'reason' and, for EvalPlus problems, 'base_reward' (base tests only): the same
+    sandbox.score_code_batch_verdicts whose rewards data.rewards hands to training."""
     for kind in sorted(set(kinds.values())):
         idx = [i for i, r in enumerate(rows) if kinds[r["benchmark"]] == kind]
         chunk = 256
         for lo in tqdm(range(0, len(idx), chunk), desc=f"score ({kind})", unit="chunk",
                        total=(len(idx) + chunk - 1) // chunk):
             part = [rows[i] for i in idx[lo:lo + chunk]]
-            rewards = data.rewards([r["response"] for r in part], [r["gold"] for r in part], kind)
-            for r, rew in zip(part, rewards):
-                r["reward"] = float(rew)
+            if kind == "code":
+                import sandbox
+
+                verdicts = sandbox.score_code_batch_verdicts([r["response"] for r in part], [r["gold"] for r in part])
+                for r, v in zip(part, verdicts):
+                    r.update(reward=float(v.reward), reason=v.reason, base_reward=v.base_reward)
+            else:
+                for r, rew in zip(part, data.rewards([r["response"] for r in part], [r["gold"] for r in part], kind)):
+                    r["reward"] = float(rew)
+            for r in part:
                 r["answer"] = data.answer_key(r["response"], kind)
+
+
+BASE = ":base"
+"""Suffix of the line that scores an EvalPlus benchmark on its base tests only (humanevalplus:base is
+HumanEval as EvalPlus reports it; humanevalplus itself is HumanEval+, base + plus tests)."""
+
+
+def base_rows(rows: list[dict]) -> list[dict]:
+    """Copies of the EvalPlus rows scored on their base tests (benchmark <name>:base); not in the macro."""
+    return [{**r, "benchmark": r["benchmark"] + BASE, "reward": r["base_reward"]}
+            for r in rows if r.get("base_reward") is not None]
+
+
+def reason_counts(rows: list[dict], bench: str) -> dict:
+    """Code: how many samples of a benchmark got each sandbox reason (ok, wrong_answer, timeout, ...)."""
+    out = {}
+    for r in rows:
+        if r["benchmark"] == bench and r.get("reason"):
+            out[r["reason"]] = out.get(r["reason"], 0) + 1
+    return dict(sorted(out.items()))
+
+
+def protocol(kinds: dict, problems: dict, cfg: dict) -> dict:
+    """The evaluation protocol of this run, in numbers and words (summary.json config.protocol)."""
+    out = {"sampling": {k: cfg[k] for k in ("n", "k", "temperature", "top_p", "max_new_tokens", "seed")},
+           "metrics": "per problem Avg@n (mean 0/1 reward of its n samples) and unbiased Pass@k (Chen et al. 2021), "
+                      "then the mean over a benchmark's problems; macro = mean over benchmarks (each weighs the same)",
+           "paper": "Table 1 / 7: Avg@32 / Pass@32 on the math benchmarks; Table 2: Avg@16 and Pass@16 on "
+                    "LiveCodeBench and HumanEval+ (its CodeForces rating is left out: no contest data here)"}
+    if {"math", "sum"} & set(kinds.values()):
+        out["reward_math"] = "1 iff verifier.py judges the response's final answer equivalent to the gold (sum: a valid candidate line)"
+    code = [b for b, k in kinds.items() if k == "code"]
+    if code:
+        import sandbox
+
+        out["reward_code"] = ("1 iff the response's last fenced python block passes every test (DeepCoder's sparse "
+                              "outcome reward), else 0 with the reason; no block -> 0 (no_code_block)")
+        out["sandbox"] = {"per_test_s": sandbox.PER_TEST_S, "total_s": sandbox.TOTAL_S, "memory_mb": sandbox.MEMORY_MB,
+                          "tmpfs_bytes": sandbox.TMPFS_BYTES, "output_cap_bytes": sandbox.OUTPUT_CAP,
+                          "isolation": "bubblewrap (user/pid/net/ipc/uts/mount namespaces, uid 65534, read-only root, "
+                                       "tmpfs /tmp), rlimits and an audit hook inside; expected values compared in the parent"}
+        formats = {b: sorted({p["gold"]["format"] for p in problems.get(b, []) if isinstance(p.get("gold"), dict)})
+                   for b in code}
+        out["tests"] = {b: ("EvalPlus: base + plus inputs, expected outputs from the canonical solution, atol as EvalPlus; "
+                            f"{b}{BASE} scores the base inputs only") if "evalplus" in f else
+                        "the file's tests" + (" (the shared LiveCodeBench copy holds public tests only)" if is_lcb(b) else "")
+                        for b, f in formats.items()}
+        out["lcb_filter"] = cfg["lcb_filter"]
+    return out
 
 
 def per_problem(rows: list[dict]) -> dict:
@@ -340,9 +497,11 @@ def per_problem(rows: list[dict]) -> dict:
     return groups
 
 
-def summarise(groups: dict, benches: list[str], ks: list[int], n_boot: int, seed: int) -> dict:
+def summarise(groups: dict, benches: list[str], ks: list[int], n_boot: int, seed: int, base_of=None) -> dict:
     """Per-benchmark mean, std over problems and bootstrap 95% interval of every figure, and the macro
-    average over benchmarks (its interval from resampling the problems of every benchmark at once)."""
+    average over benchmarks (its interval from resampling the problems of every benchmark at once).
+    `base_of` maps a derived base-tests line (<name>:base) to its benchmark; derived lines are not in the macro."""
+    base_of = base_of or {}
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -373,7 +532,11 @@ def summarise(groups: dict, benches: list[str], ks: list[int], n_boot: int, seed
                   "metrics": metrics,
                   "per_problem": {"ids": [pid for pid, _ in probs],
                                   "values": {m: [v[m] for v in vals] for m in metrics}}}
-    done = list(out)
+    for b, parent in base_of.items():
+        if b in out:
+            out[b].update(tests="base", base_of=parent)
+            out[parent]["tests"] = "base+plus"
+    done = [b for b in out if b not in base_of]
     macro = {}
     for m in (out[done[0]]["metrics"] if done else []):
         if not all(m in out[b]["metrics"] for b in done):
@@ -429,8 +592,9 @@ def common_n(summaries: list[dict]):
 def summary_table(summary: dict) -> str:
     """Markdown: one row per benchmark and the macro average; mean [95% interval] per figure."""
     rows = [(b, v["metrics"], v["problems"]) for b, v in summary["benchmarks"].items()]
-    if len(rows) > 1:
-        rows.append(("macro", summary["macro"]["metrics"], sum(r[2] for r in rows)))
+    members = summary["macro"]["benchmarks"]
+    if len(members) > 1:
+        rows.append(("macro", summary["macro"]["metrics"], sum(n for b, _, n in rows if b in members)))
     names = metric_order(m for _, ms, _ in rows for m in ms)
     n = common_n([summary])
     lines = ["| benchmark | problems | " + " | ".join(label(m, n) for m in names) + " |",
@@ -481,7 +645,8 @@ def compare_table(summaries: list[dict], labels: list[str], n_boot: int = 1000, 
     benches = []
     for s in summaries:
         benches += [b for b in s["benchmarks"] if b not in benches]
-    scopes = benches + (["macro"] if len(benches) > 1 else [])
+    members = [b for b in benches if all(b in s["macro"]["benchmarks"] for s in summaries)]
+    scopes = benches + (["macro"] if len(members) > 1 else [])
 
     def get(s, scope):
         return s["macro"]["metrics"] if scope == "macro" else s["benchmarks"].get(scope, {}).get("metrics", {})
@@ -498,7 +663,7 @@ def compare_table(summaries: list[dict], labels: list[str], n_boot: int = 1000, 
                 if v is None or vals[0] is None:
                     diffs.append("-")
                     continue
-                ci = paired_diff_interval(summaries[0], s, benches if scope == "macro" else [scope], m,
+                ci = paired_diff_interval(summaries[0], s, members if scope == "macro" else [scope], m,
                                           n_boot, seed) if n_boot else None
                 diffs.append(signed(m, v - vals[0]) + (f" [{signed(m, ci[0])}, {signed(m, ci[1])}]" if ci else ""))
             lines.append(f"| {scope} | {label(m, n)} | " + " | ".join(fmt(m, v) for v in vals) + " | "
@@ -515,7 +680,7 @@ def plot_pass_at_k(summaries: list[dict], labels: list[str], path: Path) -> None
     benches = []
     for s in summaries:
         benches += [b for b in s["benchmarks"] if b not in benches]
-    scopes = benches + (["macro"] if len(benches) > 1 else [])
+    scopes = benches + (["macro"] if len(summaries[0]["macro"]["benchmarks"]) > 1 else [])
     fig, axes = plt.subplots(1, len(scopes), figsize=(4.2 * len(scopes), 3.4), squeeze=False)
     for ax, scope in zip(axes[0], scopes):
         for s, lb in zip(summaries, labels):
@@ -584,8 +749,8 @@ def parse_args(argv=None) -> Args:
 
 def resolve(args: Args) -> tuple[dict, dict]:
     """Check the arguments and fill every default that depends on others -> (config, templates)."""
-    if args.n < 1:
-        raise EvalError(f"--n must be >= 1, got {args.n}")
+    if args.n < 0:
+        raise EvalError(f"--n must be >= 1 (or 0: the protocol's default), got {args.n}")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise EvalError("--temperature must be >= 0 and --top-p in (0, 1]")
     if args.bootstrap < 0 or args.limit < 0 or args.batch_size < 1:
@@ -598,9 +763,18 @@ def resolve(args: Args) -> tuple[dict, dict]:
         if not m or not int(m[1]) < int(m[2]):
             raise EvalError(f"--shard must be i/N with 0 <= i < N, got {args.shard!r}")
         shard = (int(m[1]), int(m[2]))
+    window = []
+    for flag, text in (("--lcb-start", args.lcb_start), ("--lcb-end", args.lcb_end)):
+        try:
+            window.append(parse_day(text, flag) if text else None)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
+    if window[0] and window[1] and window[0] > window[1]:
+        raise EvalError(f"--lcb-start {args.lcb_start} is after --lcb-end {args.lcb_end}")
     cfg = dataclasses.asdict(args)
     cfg.pop("compare"), cfg.pop("plot")
     cfg["shard"] = shard
+    cfg["lcb_window"] = window
     return cfg
 
 
@@ -632,15 +806,28 @@ def evaluate(args: Args) -> int:
         raise EvalError(f"--k must be comma-separated integers, got {args.k!r}") from None
     if ks and min(ks) < 1:
         raise EvalError(f"--k values must be >= 1, got {args.k}")
-    if ks and not scoring_only and max(ks) > args.n:
-        raise EvalError(f"Pass@{max(ks)} needs n >= {max(ks)} samples per problem, but --n is {args.n}")
 
     # ---- load the benchmarks (every bad row is reported with its file and line) ----
     problems, kinds, sources, bad = {}, {}, {}, []
+    window, excluded = cfg.pop("lcb_window"), set()
+    cfg["lcb_filter"] = {"start": args.lcb_start or None, "end": args.lcb_end or None, "inclusive": True,
+                         "benchmarks": {}} if any(window) else None
+    if any(window) and not any(is_lcb(bench_name(s)) for s in specs):
+        raise EvalError("--lcb-start/--lcb-end filter LiveCodeBench, but --benchmark names none "
+                        f"(livecodebench or a livecodebench*.jsonl file): {args.benchmark!r}")
     for spec in specs:
         probs, errors, kind, source = load_benchmark(spec, args)
         name = bench_name(spec)
         bad += errors
+        if any(window) and is_lcb(name):
+            kept = date_filter(probs, source, *window)
+            keep = {id(p) for p in kept}
+            excluded |= {(name, p["id"]) for p in probs if id(p) not in keep}
+            cfg["lcb_filter"]["benchmarks"][name] = {"kept": len(kept), "of": len(probs),
+                                                     "dates_from": str(meta_path(source))}
+            print(f"{name}: {len(kept)} of {len(probs)} problems with contest dates in "
+                  f"[{args.lcb_start or '-inf'}, {args.lcb_end or '+inf'}]", file=sys.stderr)
+            probs = kept
         if args.limit:
             probs = probs[:args.limit]
         if cfg["shard"]:
@@ -661,6 +848,10 @@ def evaluate(args: Args) -> int:
                  for b, k in kinds.items()}
     if args.max_new_tokens == 0:
         cfg["max_new_tokens"] = 16 if kinds and all(k == "sum" for k in kinds.values()) else 8192
+    if args.n == 0:
+        cfg["n"] = 16 if kinds and all(k == "code" for k in kinds.values()) else 32
+    if ks and not scoring_only and max(ks) > cfg["n"]:
+        raise EvalError(f"Pass@{max(ks)} needs n >= {max(ks)} samples per problem, but --n is {cfg['n']}")
     cfg.update(templates=templates, kinds=kinds, sources=sources, bad_rows=bad,
                command="python " + " ".join(sys.argv))
 
@@ -668,7 +859,9 @@ def evaluate(args: Args) -> int:
     if scoring_only:
         golds = {(b, p["id"]): p["gold"] for b, ps in problems.items() for p in ps}
         paths = [Path(x.strip()) for x in args.generations.split(",") if x.strip()]
-        rows = read_generations(paths, args, golds)
+        rows, skipped = read_generations(paths, args, golds, excluded)
+        if cfg["lcb_filter"]:
+            cfg["lcb_filter"]["samples_skipped"] = skipped
         for r in rows:
             # verifier kind: --kind, else the loaded benchmark's, else the row's own (eval.py writes it),
             # else sum for the built-in task's name and math otherwise
@@ -709,12 +902,20 @@ def evaluate(args: Args) -> int:
     if not rows:
         raise EvalError("no samples to score")
     if ks is None:   # default Pass@k grid: up to the smallest number of samples any problem has
-        ks = default_ks(min(len(g) for g in per_problem(rows).values()) if scoring_only else args.n)
+        ks = default_ks(min(len(g) for g in per_problem(rows).values()) if scoring_only else cfg["n"])
     cfg["k"] = ks
     score(rows, kinds)
-    benches = list(dict.fromkeys(list(problems) + [r["benchmark"] for r in rows]))
-    groups = per_problem(rows)
-    summary = summarise(groups, benches, ks, args.bootstrap, args.seed)
+    extra = base_rows(rows)        # EvalPlus: the same samples on the base tests only (<name>:base)
+    base_of = {r["benchmark"]: r["benchmark"][:-len(BASE)] for r in extra}
+    benches = []
+    for b in dict.fromkeys(list(problems) + [r["benchmark"] for r in rows]):
+        benches += [b] + [d for d, parent in base_of.items() if parent == b]
+    groups = per_problem(rows + extra)
+    summary = summarise(groups, benches, ks, args.bootstrap, args.seed, base_of)
+    for b, entry in summary["benchmarks"].items():
+        if kinds.get(base_of.get(b, b)) == "code" and b not in base_of:
+            entry["reasons"] = reason_counts(rows, b)
+    cfg["protocol"] = protocol(kinds, problems, cfg)
     summary = {"name": name, "config": cfg, **summary, "seconds": round(time.time() - t0, 1)}
 
     # ---- outputs ----
@@ -722,12 +923,18 @@ def evaluate(args: Args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "samples.jsonl", "w") as f:
         for r in rows:
+            kind = kinds[r["benchmark"]]
             keep = ("benchmark", "id", "sample", "response", "answer", "reward", "gold", "truncated", "num_tokens")
-            f.write(json.dumps({**{k: r.get(k) for k in keep}, "kind": kinds[r["benchmark"]]}) + "\n")
+            out = {**{k: r.get(k) for k in keep}, "kind": kind}
+            if kind == "code":         # a compact reference, not the whole test spec; and the sandbox's verdict
+                out.update(gold=code_ref_of(r["gold"]), reason=r.get("reason"), base_reward=r.get("base_reward"))
+            f.write(json.dumps(out) + "\n")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = summary_table(summary)
+    notes = "".join(f"{d}: the samples of {b} on its base tests only (EvalPlus's base benchmark; {b} is base + plus); "
+                    "not in the macro.\n" for d, b in base_of.items())
     (out_dir / "summary.md").write_text(f"# {name}\n\n{table}\nmean [bootstrap 95% interval over problems]; "
-                                        f"accuracies and truncation in %.\n")
+                                        f"accuracies and truncation in %.\n{notes}")
     print(table, end="")
     print(f"wrote {out_dir}/samples.jsonl, summary.json, summary.md ({summary['seconds']} s)", file=sys.stderr)
     return 0

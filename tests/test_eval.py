@@ -451,3 +451,120 @@ def test_humanevalplus_canonical_solutions_pass_and_broken_ones_fail(tmp_path):
     got = [json.loads(x) for x in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert [(r["id"], r["reward"]) for r in got] == [(r["task_id"], x) for r in rows for x in (1.0, 0.0)]
     assert all(r["kind"] == "code" for r in got)
+
+
+# ----------------------------------------------------------------------------------------------------
+# code benchmarks: base vs base+plus, LiveCodeBench date window, compact golds, LeetCode references
+# ----------------------------------------------------------------------------------------------------
+
+def code_block(src: str) -> str:
+    return f"```python\n{src}\n```"
+
+
+def test_humanevalplus_base_and_plus_are_separate_lines(tmp_path):
+    """A program right on the base inputs only (a lookup table) passes humanevalplus:base, fails
+    humanevalplus (base + plus); the base line is not in the macro; samples.jsonl holds a compact gold."""
+    r = json.loads((BENCH_DIR / "humanevalplus.jsonl").read_text().splitlines()[0])
+    table = sorted(repr((tuple(a[0]), a[1])) for a in r["base_input"])
+    canon = r["prompt"] + r["canonical_solution"]
+    base_only = (canon + f"\n_T = {table!r}\n_orig = has_close_elements\n"
+                 "def has_close_elements(n, t):\n    return _orig(n, t) if repr((tuple(n), t)) in _T else 'x'\n")
+    gens = tmp_path / "g.jsonl"
+    gens.write_text(json.dumps({"id": r["task_id"], "responses": [code_block(base_only), code_block(canon)]}) + "\n")
+    out = tmp_path / "out"
+    assert ev.main(["--benchmark", "humanevalplus", "--data-dir", str(BENCH_DIR), "--limit", "1",
+                    "--generations", str(gens), "--out-dir", str(out), "--bootstrap", "0"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    full, base = s["benchmarks"]["humanevalplus"], s["benchmarks"]["humanevalplus" + ev.BASE]
+    assert full["metrics"]["eval/avg@n"]["mean"] == 0.5 and base["metrics"]["eval/avg@n"]["mean"] == 1.0
+    assert (full["tests"], base["tests"], base["base_of"]) == ("base+plus", "base", "humanevalplus")
+    assert s["macro"]["benchmarks"] == ["humanevalplus"] and full["reasons"] == {"ok": 1, "wrong_answer": 1}
+    assert s["config"]["protocol"]["sandbox"]["per_test_s"] > 0 and "humanevalplus" in s["config"]["protocol"]["tests"]
+    got = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    n_tests = len(r["base_input"]) + len(r["plus_input"])
+    assert [g["gold"] for g in got] == [{"code_ref": f"{BENCH_DIR / 'humanevalplus.jsonl'}:1", "format": "evalplus",
+                                         "tests": n_tests, "base_tests": len(r["base_input"])}] * 2
+    assert [(g["reward"], g["base_reward"], g["reason"]) for g in got] == [(0.0, 1.0, "wrong_answer"), (1.0, 1.0, "ok")]
+    # samples.jsonl scores again with the benchmark given, and says what is missing without it
+    assert ev.main(["--benchmark", "humanevalplus", "--data-dir", str(BENCH_DIR), "--limit", "1", "--generations",
+                    str(out / "samples.jsonl"), "--out-dir", str(tmp_path / "again"), "--bootstrap", "0"]) == 0
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["benchmarks"]["humanevalplus"]["metrics"] == full["metrics"]
+    with pytest.raises(ev.EvalError, match=r"samples.jsonl:1: gold of humanevalplus/HumanEval/0 is a reference"):
+        ev.evaluate(ev.parse_args(["--generations", str(out / "samples.jsonl"), "--out-dir", str(tmp_path / "x")]))
+
+
+def lcb_fixture(tmp_path, dates):
+    """The first len(dates) LiveCodeBench rows and a _meta file with the given contest dates."""
+    lines = (BENCH_DIR / "livecodebench_v5_test.jsonl").read_text().splitlines()[:len(dates)]
+    meta = (BENCH_DIR / "livecodebench_v5_test_meta.jsonl").read_text().splitlines()[:len(dates)]
+    (tmp_path / "livecodebench_x.jsonl").write_text("\n".join(lines) + "\n")
+    rows = [{**json.loads(m), "contest_date": d} for m, d in zip(meta, dates)]
+    (tmp_path / "livecodebench_x_meta.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gens = tmp_path / "g.jsonl"
+    gens.write_text("".join(json.dumps({"id": str(i + 1), "response": code_block("print(1)")}) + "\n"
+                            for i in range(len(dates))))
+    return tmp_path / "livecodebench_x.jsonl", gens
+
+
+def test_livecodebench_date_window(tmp_path):
+    bench, gens = lcb_fixture(tmp_path, ["2024-07-31T00:00:00", "2024-08-01T00:00:00", "2024-09-15T00:00:00",
+                                         "2025-02-01T00:00:00", "2025-02-02T00:00:00"])
+    out = tmp_path / "out"
+    assert ev.main(["--benchmark", str(bench), "--generations", str(gens), "--lcb-start", "2024-08-01",
+                    "--lcb-end", "2025-02-01", "--out-dir", str(out), "--bootstrap", "0"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["benchmarks"]["livecodebench_x"]["problems"] == 3      # both ends inclusive
+    f = s["config"]["lcb_filter"]
+    assert (f["start"], f["end"], f["samples_skipped"]) == ("2024-08-01", "2025-02-01", 2)
+    assert f["benchmarks"]["livecodebench_x"]["kept"] == 3 and f["benchmarks"]["livecodebench_x"]["of"] == 5
+    assert s["config"]["protocol"]["lcb_filter"] == f
+    got = {json.loads(x)["id"] for x in (out / "samples.jsonl").read_text().splitlines()}
+    assert got == {"2", "3", "4"}
+
+
+@pytest.mark.parametrize("dates,meta_edit,match", [
+    (["2024-08-01", "soon"], None, r"livecodebench_x_meta.jsonl:2: not a date"),
+    (["2024-08-01", "2024-08-02"], lambda t: t.splitlines()[0] + "\n", r"_meta.jsonl: 1 rows, but .* has 2"),
+    (["2024-08-01", "2024-08-02"], lambda t: t.replace('"contest_date"', '"date"', 1), r"_meta.jsonl:1: no 'contest_date'"),
+    (["2024-08-01"], "delete", r"need the contest dates in .*livecodebench_x_meta.jsonl"),
+])
+def test_livecodebench_date_errors_name_the_line(tmp_path, dates, meta_edit, match):
+    bench, gens = lcb_fixture(tmp_path, dates)
+    meta = tmp_path / "livecodebench_x_meta.jsonl"
+    if meta_edit == "delete":
+        meta.unlink()
+    elif meta_edit:
+        meta.write_text(meta_edit(meta.read_text()))
+    with pytest.raises(ev.EvalError, match=match):
+        ev.evaluate(ev.parse_args(["--benchmark", str(bench), "--generations", str(gens), "--lcb-start", "2024-01-01",
+                                   "--out-dir", str(tmp_path / "o")]))
+
+
+def test_date_flags_are_checked(tmp_path):
+    with pytest.raises(ev.EvalError, match="--lcb-end: not a date"):
+        ev.evaluate(ev.parse_args(["--benchmark", "livecodebench", "--lcb-end", "2025-02-30", "--generations", "x"]))
+    with pytest.raises(ev.EvalError, match="is after --lcb-end"):
+        ev.evaluate(ev.parse_args(["--benchmark", "livecodebench", "--lcb-start", "2025-02-02", "--lcb-end", "2025-02-01"]))
+    with pytest.raises(ev.EvalError, match="names none"):
+        ev.evaluate(ev.parse_args(["--benchmark", "aime24", "--lcb-start", "2025-01-01", "--generations", "x"]))
+
+
+def test_leetcode_reference_solutions_through_generations(tmp_path):
+    """DeepCoder's LeetCode rows as a --benchmark file: each reference solution passes, the same with every
+    public method returning None fails (the correctness bench does all rows: bench/code_correctness.py)."""
+    src = ROOT.parent / "shared" / "data" / "train" / "deepcoder_leetcode.jsonl"
+    lines = src.read_text().splitlines()[:4]
+    bench = tmp_path / "lc.jsonl"
+    bench.write_text("\n".join(lines) + "\n")
+    broken = ("\nfor _m in [m for m in dir(Solution) if not m.startswith('_')]:\n"
+              "    setattr(Solution, _m, lambda self, *a, **k: None)\n")
+    gens = tmp_path / "g.jsonl"
+    with open(gens, "w") as f:
+        for i, ln in enumerate(lines):
+            sol = json.loads(ln)["solutions"]
+            f.write(json.dumps({"id": str(i + 1), "responses": [code_block(sol), code_block(sol + broken)]}) + "\n")
+    assert ev.main(["--benchmark", str(bench), "--generations", str(gens), "--out-dir", str(tmp_path / "o"),
+                    "--bootstrap", "0"]) == 0
+    got = [json.loads(x) for x in (tmp_path / "o" / "samples.jsonl").read_text().splitlines()]
+    assert [(g["id"], g["reward"]) for g in got] == [(str(i + 1), x) for i in range(4) for x in (1.0, 0.0)]
