@@ -261,3 +261,16 @@ def test_missing_bwrap_refuses_with_the_fix(monkeypatch):
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install -y bubblewrap"):
         sandbox.score_code_batch([block(HONEST_ADD)], [ADD])
+
+
+def test_hostile_programs_mixed_into_a_batch():
+    """bench/code_hostile.py's checks on one of each hostile kind among 14 ordinary programs: every hostile
+    one 0 with an expected reason, every ordinary one its verdict, within the bound, nothing left, the
+    calling process unchanged (the bench runs 64 + 128: bench/RESULTS.md)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import code_hostile
+
+    n = len(code_hostile.hostile_catalogue(os.getpid()))
+    res = code_hostile.run(n, 14, workers=2, per_test=1.0, total=3.0, seed=1)
+    assert res["failures"] == [] and res["processes_left"] == 0, res["failures"]
+    assert len(res["reasons_by_program"]) == n + len(code_hostile.ordinary_catalogue())

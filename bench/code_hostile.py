@@ -1,0 +1,225 @@
+"""bench/code_hostile.py -- hostile programs mixed into a batch of ordinary ones, under load.
+
+One call of sandbox.score_code_batch_verdicts on a shuffled batch of --hostile hostile programs (fork
+bombs, memory hogs, infinite loops, sleeps, huge outputs, file writes, sockets, signals to the parent
+and to this process, the reward hacks: exiting before the tests, forged report records, patched json /
+builtins, always-equal objects) and --ordinary ordinary ones (correct, wrong and crashing programs
+whose verdicts are known). Checked, and the script exits 1 when any check fails:
+    - every hostile program gets reward 0 with a reason from its kind's expected set;
+    - every ordinary program gets exactly its expected (reward, reason);
+    - the batch finishes within its bound: sum over programs of their limit (hostile: total + 1.5 s,
+      ordinary: 1 s) / workers, plus one program's limit;
+    - no process is left: no descendant of this process, no new process of uid 65534 (the sandbox's);
+    - this process is unaffected: same pid, open fds, threads, environment, signal handlers, a sentinel
+      file next to it unchanged, nothing written outside the sandboxes.
+
+Commands
+    python bench/code_hostile.py                          # 64 hostile + 128 ordinary
+    python bench/code_hostile.py --hostile 8 --ordinary 8 --per-test 1 --total 3
+
+Deliberately left out: GPU, several ranks at once (each rank runs its own pool the same way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import sandbox  # noqa: E402
+from common import parse_args  # noqa: E402
+
+
+@dataclass
+class Args:
+    """Hostile programs under load (see the module docstring)."""
+
+    hostile: int = 64
+    """hostile programs in the batch (cycled through the catalogue)"""
+    ordinary: int = 128
+    """ordinary programs in the batch (correct, wrong, crashing)"""
+    workers: int = 0
+    """parallel sandboxes (0: sandbox.py's default, usable cores per rank)"""
+    per_test: float = 2.0
+    """per-test time limit, seconds"""
+    total: float = 6.0
+    """per-program time limit, seconds"""
+    seed: int = 0
+    """shuffle seed"""
+    out: str = ""
+    """write the JSON result here too"""
+
+
+ADD = sandbox.parse_code_row({"problem": "add two ints", "inputs": ["1 2\n", "5 7\n"], "outputs": ["3\n", "12\n"]},
+                             "code_hostile:add")
+CALL = sandbox.parse_code_row({"problem": "f(a, b) = a + b", "inputs": [[1, 2], [3, 4]], "outputs": [[3], [7]],
+                               "fn_name": "f"}, "code_hostile:call")
+MARK = ROOT / ".code_hostile_marker"
+
+
+def hostile_catalogue(trainer_pid: int) -> list[tuple[str, str, dict, set]]:
+    """(name, program, problem, allowed reasons) of every hostile kind; each must get reward 0."""
+    T = {"timeout"}
+    return [
+        ("fork bomb (os.fork)", "import os\nwhile True:\n    os.fork()", ADD, {"blocked"}),
+        ("fork bomb (posix)", "import posix\nwhile True:\n    posix.fork()", ADD, {"blocked"}),
+        ("spawn a shell", "import os\nos.system('sh -c \"yes > /dev/null\"')", ADD, {"blocked"}),
+        ("subprocess", "import subprocess\nsubprocess.Popen(['sleep', '100'])", ADD, {"blocked"}),
+        ("multiprocessing", "import multiprocessing as m\nm.Process(target=print).start()", ADD, {"blocked"}),
+        ("memory hog (one block)", "x = bytearray(8 << 30)", ADD, {"memory"}),
+        ("memory hog (growing)", "l = []\nwhile True:\n    l.append(' ' * 10**7)", ADD, {"memory", "timeout"}),
+        ("infinite loop", "while True:\n    pass", ADD, T),
+        ("infinite loop ignoring SIGALRM", "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+                                           "while True:\n    pass", ADD, T),
+        ("sleep", "import time\ntime.sleep(3600)", ADD, T),
+        ("huge output", "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", ADD, {"runtime_error", "timeout"}),
+        ("huge output (call)", "def f(a, b):\n    return 'x' * (900 << 20)", CALL, {"memory", "runtime_error", "timeout"}),
+        ("write outside the folder", f"open({str(MARK)!r}, 'w').write('x')\nprint(3)", ADD, {"blocked"}),
+        ("fill the tmpfs", "f = open('big', 'wb')\nwhile True:\n    f.write(b'x' * (1 << 20))", ADD,
+         {"runtime_error", "timeout"}),
+        ("socket", "import socket\nsocket.create_connection(('127.0.0.1', 22), 1)\nprint(3)", ADD, {"blocked"}),
+        ("kill the parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", ADD, {"blocked"}),
+        ("kill the trainer by pid", f"import posix\nposix.kill({trainer_pid}, 9)", ADD, {"blocked"}),
+        ("kill every process", "import os\nos.kill(-1, 9)", ADD, {"blocked"}),
+        ("sys.exit(0) before the tests", "import sys\nsys.exit(0)", ADD, {"wrong_answer"}),
+        ("os._exit(0) before the tests", "import os\nos._exit(0)", ADD, {"runtime_error"}),
+        ("print the report format", "print('{\"k\": 0, \"out\": \"3\\\\n\", \"pass\": true}')", ADD, {"wrong_answer"}),
+        ("forge records on every fd", "import os\nfor fd in range(3, 40):\n    for k in range(-1, 3):\n"
+                                      "        try: os.write(fd, ('{\"k\": %d, \"out\": \"3\\\\n\", \"pass\": true}\\n' % k).encode())\n"
+                                      "        except OSError: pass\nos._exit(0)", ADD,
+         {"wrong_answer", "runtime_error"}),
+        ("patch json and builtins", "import json, builtins\njson.dumps = lambda *a, **k: '{\"k\": 0, \"pass\": true}'\n"
+                                    "builtins.type = lambda x: int\nprint(0)", ADD, {"wrong_answer"}),
+        ("always-equal object", "class E:\n    def __eq__(self, o): return True\ndef f(a, b): return E()", CALL,
+         {"wrong_answer"}),
+        ("int subclass equal to all", "class I(int):\n    def __eq__(self, o): return True\ndef f(a, b): return I(0)",
+         CALL, {"wrong_answer"}),
+        ("read the trainer's files", f"print(open({str(ROOT / 'sandbox.py')!r}).read(3))", ADD, {"runtime_error"}),
+    ]
+
+
+def ordinary_catalogue() -> list[tuple[str, str, dict, tuple]]:
+    """(name, program, problem, expected (reward, reason))."""
+    return [
+        ("correct (stdin)", "a, b = map(int, input().split())\nprint(a + b)", ADD, (1.0, "ok")),
+        ("correct (call)", "def f(a, b):\n    return a + b", CALL, (1.0, "ok")),
+        ("correct, slower", "import math\na, b = map(int, input().split())\nprint(sum([1] * a) + b)", ADD, (1.0, "ok")),
+        ("wrong (stdin)", "a, b = map(int, input().split())\nprint(a - b)", ADD, (0.0, "wrong_answer")),
+        ("wrong (call)", "def f(a, b):\n    return a * b", CALL, (0.0, "wrong_answer")),
+        ("crash", "raise ValueError('no')", ADD, (0.0, "runtime_error")),
+        ("no code block", None, ADD, (0.0, "no_code_block")),
+    ]
+
+
+def block(src):
+    return "no code here" if src is None else f"```python\n{src}\n```"
+
+
+def process_table() -> dict:
+    """pid -> (ppid, uid, name) of every process visible here."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/status") as f:
+                st = dict(ln.split(":", 1) for ln in f.read().splitlines() if ":" in ln)
+            out[int(d)] = (int(st["PPid"]), int(st["Uid"].split()[0]), st["Name"].strip())
+        except (OSError, KeyError, ValueError):
+            pass
+    return out
+
+
+def descendants(pid: int, table: dict) -> list[int]:
+    kids, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        for c, (pp, _, _) in table.items():
+            if pp == p:
+                kids.append(c)
+                frontier.append(c)
+    return kids
+
+
+def trainer_state() -> dict:
+    """What a hostile program must not change in the calling process."""
+    return {"pid": os.getpid(), "fds": len(os.listdir("/proc/self/fd")), "threads": threading.active_count(),
+            "env": dict(os.environ), "handlers": {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)},
+            "cwd": os.getcwd()}
+
+
+def build_batch(n_hostile: int, n_ordinary: int, seed: int):
+    """Shuffled [(kind, name, response, problem, expected)] cycling through both catalogues."""
+    hc, oc = hostile_catalogue(os.getpid()), ordinary_catalogue()
+    batch = [("hostile", *hc[i % len(hc)]) for i in range(n_hostile)]
+    batch += [("ordinary", *oc[i % len(oc)]) for i in range(n_ordinary)]
+    random.Random(seed).shuffle(batch)
+    return [(kind, name, block(prog), prob, exp) for kind, name, prog, prob, exp in batch]
+
+
+def run(n_hostile, n_ordinary, workers, per_test, total, seed) -> dict:
+    """Score the batch once and check everything in the module docstring -> result dict ("failures")."""
+    workers = workers or sandbox._default_workers()
+    batch = build_batch(n_hostile, n_ordinary, seed)
+    sentinel = ROOT / ".code_hostile_sentinel"
+    sentinel.write_text("untouched")
+    before, table0 = trainer_state(), process_table()
+    uid_before = {p for p, (_, uid, _) in table0.items() if uid == 65534}
+    load0 = os.getloadavg()
+    t = time.perf_counter()
+    verdicts = sandbox.score_code_batch_verdicts([b[2] for b in batch], [b[3] for b in batch], workers=workers,
+                                                 per_test=per_test, total=total)
+    seconds = time.perf_counter() - t
+    time.sleep(0.2)                       # let the kernel reap what was killed
+    table1, after = process_table(), trainer_state()
+    bound = (sum(total + 1.5 if b[0] == "hostile" else 1.0 for b in batch) / workers) + total + 1.5
+    failures, by_kind = [], {}
+    for (kind, name, _, _, exp), v in zip(batch, verdicts):
+        by_kind.setdefault(name, {}).setdefault(v.reason, 0)
+        by_kind[name][v.reason] += 1
+        ok = (v.reward == 0.0 and v.reason in exp) if kind == "hostile" else ((v.reward, v.reason) == exp)
+        if not ok:
+            failures.append(f"{kind} {name!r}: got {v.reward} {v.reason} ({v.detail[:80]}), expected {exp}")
+    if seconds > bound:
+        failures.append(f"batch took {seconds:.1f} s, over its bound {bound:.1f} s")
+    left = descendants(os.getpid(), table1)
+    new_sandbox_uid = {p for p, (_, uid, _) in table1.items() if uid == 65534} - uid_before
+    if left:
+        failures.append(f"processes left under this one: {[table1[p] for p in left]}")
+    if new_sandbox_uid:
+        failures.append(f"new uid-65534 processes left: {[table1[p] for p in new_sandbox_uid]}")
+    for key in before:
+        if before[key] != after[key]:
+            failures.append(f"calling process changed: {key} {before[key]!r} -> {after[key]!r}")
+    if sentinel.read_text() != "untouched" or MARK.exists():
+        failures.append("a file outside the sandboxes was written")
+    sentinel.unlink()
+    return {"programs": len(batch), "hostile": n_hostile, "ordinary": n_ordinary, "workers": workers,
+            "per_test_s": per_test, "total_s": total, "seconds": round(seconds, 2), "bound_s": round(bound, 1),
+            "load_average_start": [round(x, 2) for x in load0],
+            "processes_left": len(left) + len(new_sandbox_uid), "reasons_by_program": by_kind,
+            "failures": failures}
+
+
+def main(argv=None) -> int:
+    a = parse_args(Args, argv)
+    res = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+           **run(a.hostile, a.ordinary, a.workers, a.per_test, a.total, a.seed)}
+    text = json.dumps(res, indent=1)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    return 1 if res["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
