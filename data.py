@@ -269,10 +269,14 @@ def load_rows(path, template: str, code_template: str = "") -> list[dict]:
             for p in problems]
 
 
-def builtin_rows(split: str) -> list[dict]:
-    """The built-in task's prompts (tiny.py), kind "sum", used as they are (no template)."""
+def builtin_rows(split: str, task: str = "sum") -> list[dict]:
+    """A built-in task's prompts (tiny.py), used as they are (no template): task "sum" (kind "sum") or
+    "code" (kind "code": each row's problem parsed by the code-row parser like a file's)."""
     import tiny
 
+    if task == "code":
+        return [{"id": r["id"], "prompt": r["prompt"], "gold": code_problem(r["row"], f"builtin-code:{r['id']}", r["id"])["gold"],
+                 "kind": "code"} for r in tiny.code_split(split)]
     return [{**r, "kind": "sum"} for r in tiny.task_split(split)]
 
 
@@ -310,14 +314,21 @@ def answer_key(text: str, kind: str):
     return verifier.sum_task_answer(text) if kind == "sum" else verifier.extract_answer(text)
 
 
-def rewards(texts: list[str], golds: list, kind: str) -> list[float]:
-    """0/1 rewards of responses against their golds for one task kind (verifier.py, time-bounded)."""
+def reward_verdicts(texts: list[str], golds: list, kind: str, *, weak_sandbox: bool = False) -> list[tuple[float, str]]:
+    """(reward, reason) of responses against their golds for one task kind: code through sandbox.py (parallel
+    bubblewrap sandboxes, one interpreter per program; reason one of sandbox.REASONS), math and sum through
+    verifier.py (time-bounded; reason "ok" or "wrong_answer"). weak_sandbox: sandbox.py's option."""
     import verifier
 
     if kind not in KINDS:
         raise ValueError(f"unknown task kind {kind!r}; choose from {KINDS}")
-    if kind == "code":                 # parallel bubblewrap sandboxes, one interpreter per program
+    if kind == "code":
         import sandbox
 
-        return [r for r, _ in sandbox.score_code_batch(texts, golds)]
-    return verifier.score_batch(texts, golds, kind=kind)
+        return sandbox.score_code_batch(texts, golds, weak_sandbox=weak_sandbox)
+    return [(r, "ok" if r > 0 else "wrong_answer") for r in verifier.score_batch(texts, golds, kind=kind)]
+
+
+def rewards(texts: list[str], golds: list, kind: str, *, weak_sandbox: bool = False) -> list[float]:
+    """0/1 rewards of responses against their golds for one task kind (reward_verdicts without the reasons)."""
+    return [r for r, _ in reward_verdicts(texts, golds, kind, weak_sandbox=weak_sandbox)]

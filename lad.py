@@ -361,10 +361,12 @@ class Args:
     model: str = ""
     """HF model folder (or a hub id already in the local cache); empty = the tiny warm-started model"""
     train_data: str = "builtin"
-    """'builtin' (the 'sum' task of tiny.py) or a .jsonl/.parquet file: problem+answer, or DAPO-style
-    prompt (messages) + reward_model.ground_truth"""
+    """'builtin' (tiny.py's 'sum' task), 'builtin-code' (tiny.py's code task: programs run in the sandbox) or a
+    .jsonl/.parquet file: math (problem+answer, or DAPO-style prompt messages + reward_model.ground_truth) or
+    code (LiveCodeBench/DeepCoder, LeetCode, TACO/APPS, EvalPlus, verl-style rows: README "Code rewards")"""
     eval_data: str = ""
-    """held-out file (same formats) for periodic evaluation; empty = tiny's heldout split for builtin, none otherwise"""
+    """held-out file (same formats) for periodic evaluation; empty = the built-in task's heldout split for
+    builtin and builtin-code, none otherwise"""
     prompt_template: str = data.TEMPLATES["boxed"]
     """template for file rows with a 'problem' field; {problem} is replaced (built-in prompts are used as is)"""
     chat: str = "auto"
@@ -377,8 +379,9 @@ class Args:
     """optimiser steps per rollout batch (mini-batches; paper App. C.2: 8)"""
     micro_batch: int = 64
     """responses per forward/backward on one rank (gradient accumulation inside a mini-batch)"""
-    max_new_tokens: int = 12
-    """response length cap in tokens (paper: 8192; the built-in task needs <= 8)"""
+    max_new_tokens: int = 0
+    """response length cap in tokens; 0 = the task's: 12 for builtin (answers <= 8), 32 for builtin-code
+    (a fenced print(a+b) is 26), 1024 for files (paper: 8192)"""
     temperature: float = 1.0
     """sampling temperature (paper: 1.0); the trainer's log-probs use the same (as verl)"""
     top_p: float = 1.0
@@ -431,6 +434,9 @@ class Args:
     weights on GPU, also in one process (python lad.py); either engine"""
     activation_checkpointing: bool = False
     """recompute each decoder layer's activations in backward (less memory, about a third more compute)"""
+    weak_sandbox: bool = False
+    """code rewards without bubblewrap (only the resource limits and audit hook; warns every run): for hosts
+    that cannot create user namespaces. Default off: code rewards refuse to run without bubblewrap"""
 
 
 
@@ -460,7 +466,7 @@ def check_args(a, world):
             raise UsageError(f"--wandb {a.wandb} needs the wandb package (pip install wandb); or --wandb disabled")
     for name in ("train_data", "eval_data"):
         v = getattr(a, name)
-        if v and v != "builtin" and not Path(v).is_file():
+        if v and v not in BUILTIN_TASKS and not Path(v).is_file():
             raise UsageError(f"--{name.replace('_', '-')}: data file not found: {v}")
     if a.vllm_tp < 1 or world % a.vllm_tp:
         raise UsageError(f"--vllm-tp {a.vllm_tp} must be >= 1 and divide the world size {world}")
@@ -468,8 +474,19 @@ def check_args(a, world):
         raise UsageError(f"--gpu-memory-utilization must be in (0, 1), got {a.gpu_memory_utilization}")
     if a.tis_cap < 0:
         raise UsageError(f"--tis-cap must be >= 0 (0 = off), got {a.tis_cap}")
-    if a.train_data != "builtin" and "{problem}" not in a.prompt_template:
+    if a.train_data not in BUILTIN_TASKS and "{problem}" not in a.prompt_template:
         raise UsageError("--prompt-template must contain {problem}")
+    if a.eval_data in BUILTIN_TASKS:
+        raise UsageError("--eval-data takes a file; the built-in tasks' heldout split is used when it is empty")
+
+
+BUILTIN_TASKS = {"builtin": "sum", "builtin-code": "code"}   # --train-data name -> tiny.py task
+MAX_NEW_TOKENS = {"builtin": 12, "builtin-code": 32}          # --max-new-tokens 0: the task's (else 1024)
+
+
+def resolve_args(a):
+    """The defaults that depend on other flags, filled in once (config.json logs the resolved values)."""
+    return dataclasses.replace(a, max_new_tokens=a.max_new_tokens or MAX_NEW_TOKENS.get(a.train_data, 1024))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -723,8 +740,15 @@ def sample_groups(engine, tok, train, cursor, step, args, rank, world, device):
         t0 = time.perf_counter()
         texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
         kind = rows[0]["kind"]
-        rewards = data.rewards(texts, [rows[s.prompt_index]["gold"] for s in samples], kind)
+        verdicts = data.reward_verdicts(texts, [rows[s.prompt_index]["gold"] for s in samples], kind,
+                                        weak_sandbox=args.weak_sandbox)
+        rewards = [x for x, _ in verdicts]
         times["reward"] += time.perf_counter() - t0
+        if kind == "code":             # every rank has the same keys: all start at 0 (reduce_metrics)
+            import sandbox
+
+            for reason in sandbox.REASONS:
+                sums[f"code_{reason}"] = sums.get(f"code_{reason}", 0.0) + sum(v == reason for _, v in verdicts)
         sums["drawn"] += len(rows)
         for i, r in enumerate(rows):
             grp, rw, tx = samples[i * G:(i + 1) * G], rewards[i * G:(i + 1) * G], texts[i * G:(i + 1) * G]
@@ -874,6 +898,11 @@ def step_metrics(s, mx, grad_norms, lr):
     m.update({k: v for k, v in mx.items() if k.startswith("perf/")})
     if s["stats_n"]:
         m.update({k: v / s["stats_n"] for k, v in s.items() if k.startswith("loss/")})
+    if "code_ok" in s:                 # code rewards: each sandbox verdict's share of the step's responses
+        import sandbox
+
+        m["rollout/code_pass_rate"] = s["code_ok"] / s["responses"]
+        m.update({f"rollout/code_{r}_frac": s[f"code_{r}"] / s["responses"] for r in sandbox.REASONS if r != "ok"})
     if "rollout/tokens" in s:          # rollout/trainer mismatch (README "vllm")
         n_tok = max(s["rollout/tokens"], 1.0)
         m["rollout/logp_diff_mean"] = s["rollout/logp_diff_sum"] / n_tok
@@ -897,7 +926,7 @@ def evaluate(engine, rows, args, rank, world, tok, step):
     per = []
     for i, r in enumerate(mine):
         sm, tx = samples[i * k:(i + 1) * k], texts[i * k:(i + 1) * k]
-        rw = data.rewards(tx, [r["gold"]] * len(tx), r["kind"])
+        rw = data.rewards(tx, [r["gold"]] * len(tx), r["kind"], weak_sandbox=args.weak_sandbox)
         per.append([{"reward": float(x), "response": t, "answer": data.answer_key(t, r["kind"]),
                      "num_tokens": len(s.response_ids), "truncated": bool(s.truncated)}
                     for t, x, s in zip(tx, rw, sm)])
@@ -943,13 +972,24 @@ def init_process_group(args, rk):
 def load_data(args):
     """Train and held-out rows (identical on every rank: a bad file fails on all of them, before any model
     is built or collective run). Returns (train rows, held-out rows or None)."""
-    if args.train_data == "builtin":
-        train = data.builtin_rows("train")
-        held = data.builtin_rows("heldout") if not args.eval_data else None
+    if args.train_data in BUILTIN_TASKS:
+        train = data.builtin_rows("train", BUILTIN_TASKS[args.train_data])
+        held = data.builtin_rows("heldout", BUILTIN_TASKS[args.train_data]) if not args.eval_data else None
     else:
         train, held = data.load_rows(args.train_data, args.prompt_template), None
     if args.eval_data:
         held = data.load_rows(args.eval_data, args.prompt_template)
+    if "code" in {r["kind"] for r in train + (held or [])}:
+        import sandbox
+
+        if args.weak_sandbox:
+            print("lad.py: WARNING: --weak-sandbox true: model-written programs run WITHOUT bubblewrap (resource "
+                  "limits and the audit hook only); do not train on untrusted code like this", file=sys.stderr, flush=True)
+        else:
+            try:
+                sandbox.check_sandbox()            # refuse now, with the fix, not after the warm start
+            except sandbox.SandboxUnavailable as e:
+                raise UsageError(f"code rewards need the bubblewrap sandbox: {e}") from None
     return train, held
 
 
@@ -965,7 +1005,8 @@ def load_model(args, rk, ckpt):
     else:
         import tiny
 
-        model_path = tiny.default_model_dir(0, log=print if rk["rank"] == 0 else (lambda *a: None))
+        model_path = tiny.default_model_dir(0, log=print if rk["rank"] == 0 else (lambda *a: None),
+                                            task=BUILTIN_TASKS.get(args.train_data, "sum"))
     init_process_group(args, rk)
     if args.model and not Path(args.model).exists() and ckpt is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")                  # no network at run time
@@ -1073,6 +1114,7 @@ def main(args):
     import transformers
 
     transformers.utils.logging.disable_progress_bar()          # our own tqdm bar is the only one
+    args = resolve_args(args)
     rk = setup_ranks(args)
     rank, world, device = rk["rank"], rk["world"], rk["device"]
     ckpt = find_checkpoint(args.resume) if args.resume else None

@@ -19,7 +19,9 @@ only), deliberately short so that RL has room left (README "training" gives the 
 Commands
     python tiny.py                 # build (or reuse) the cached warm-started model; print its accuracy
     python tiny.py --rebuild       # rebuild it
+    python tiny.py --task code     # the built-in code task's model (lad.py --train-data builtin-code)
     python tiny.py --out DIR       # random-init tiny model (no warm start) into DIR
+    python tiny.py --out DIR --context 8192   # ... whose context holds real code prompts (one token per byte)
 
 Deliberately left out: BPE (characters suffice for digits), a chat template (prompts are plain text).
 """
@@ -108,6 +110,65 @@ def task_split(split):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Task (kind "code", `lad.py --train-data builtin-code`): the same arithmetic written as a program, run in
+# the sandbox (sandbox.py) like any code problem. Prompt "13 py:"; a correct response is a fenced python
+# block whose program prints 13, e.g. "```python\nprint(8+5)\n```"; the one stdin test expects "13".
+# Any program printing 13 passes (print(4+9), print(13), ...): several correct programs per prompt,
+# counted as distinct by their text. The warm start teaches print(a+b) with digits a, b.
+# ----------------------------------------------------------------------------------------------------
+
+CODE_TERMS = 2                 # digits in the warm start's print(a+b) (warm-started from the sum model)
+CODE_SPLIT_SEED = "lad-code-v1"
+
+
+def code_prompt(target):
+    return f"{target} py:"
+
+
+def code_program(digits):
+    """The response the warm start teaches: print(a+b) in a fenced python block (DeepCoder's format)."""
+    return "```python\nprint(" + "+".join(map(str, digits)) + ")\n```"
+
+
+def code_gold(target):
+    """The problem as a LiveCodeBench-style row (one stdin test), parsed by sandbox.parse_code_row."""
+    return {"problem": code_prompt(target), "tests": [{"input": "", "output": f"{target}\n", "testtype": "stdin"}]}
+
+
+def code_targets():
+    return [t for t in range(9 * CODE_TERMS + 1) if count_answers(t, -1, CODE_TERMS) >= MIN_ANSWERS]
+
+
+def code_split(split):
+    """The built-in code task's rows: split in {"train", "heldout"} -> list of {"id", "prompt", "row"};
+    "row" is the code problem in a file format (data.builtin_rows parses it)."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"unknown split {split!r}; choose 'train' or 'heldout'")
+    rows = []
+    for t in code_targets():
+        h = int(hashlib.sha256(f"{CODE_SPLIT_SEED}:{t}".encode()).hexdigest()[:8], 16) / 16 ** 8
+        if (h < HELDOUT_FRACTION) == (split == "heldout"):
+            rows.append({"id": f"code-{t}", "prompt": code_prompt(t), "row": code_gold(t)})
+    return rows
+
+
+def _examples(task):
+    """(prompt, answer) draws of a task's training split for the warm start: rng -> (str, str)."""
+    if task == "sum":
+        train_ids = {r["id"] for r in task_split("train")}
+        rows = [r for r in _triples() if f"sum-{r[0]}-{r[1]}-{r[2]}" in train_ids]
+        return lambda rng: (lambda t, d, k: (sum_prompt(t, d, k), random_answer(t, d, k, rng)))(*rng.choice(rows))
+    if task == "code":
+        targets = [int(r["id"].split("-")[1]) for r in code_split("train")]
+
+        def draw(rng):
+            t = rng.choice(targets)
+            return code_prompt(t), code_program(random_answer(t, -1, CODE_TERMS, rng).split("+"))
+        return draw
+    raise ValueError(f"unknown built-in task {task!r}; choose 'sum' or 'code'")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Tokenizer and model
 # ----------------------------------------------------------------------------------------------------
 
@@ -133,7 +194,7 @@ MODEL_CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                     tie_word_embeddings=True, rms_norm_eps=1e-6)
 
 
-def make_tokenizer():
+def make_tokenizer(context=None):
     """Character-level tokenizer: one token per byte (so per ASCII character); <pad>=0, <eos>=1, <unk>=2.
 
     Built as a byte-level BPE with no merges. Why that form: transformers 5 loads any folder whose
@@ -150,15 +211,16 @@ def make_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   unk_token="<unk>", model_max_length=MODEL_CONFIG["max_position_embeddings"])
+                                   unk_token="<unk>", model_max_length=context or MODEL_CONFIG["max_position_embeddings"])
 
 
-def make_model(seed=0):
+def make_model(seed=0, context=None):
+    """Random-init tiny Qwen2 and its tokenizer; context: max_position_embeddings (default MODEL_CONFIG's)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tok = make_tokenizer()
+    tok = make_tokenizer(context)
     cfg = Qwen2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      bos_token_id=None, **MODEL_CONFIG)
+                      bos_token_id=None, **{**MODEL_CONFIG, **({"max_position_embeddings": context} if context else {})})
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(cfg)
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -166,9 +228,10 @@ def make_model(seed=0):
     return model, tok
 
 
-def init_model_dir(path, seed=0):
-    """Random-init tiny Qwen2 (head_dim 64) saved in HF format with its tokenizer; returns the path."""
-    model, tok = make_model(seed)
+def init_model_dir(path, seed=0, context=None):
+    """Random-init tiny Qwen2 (head_dim 64) saved in HF format with its tokenizer; returns the path.
+    context: its max_position_embeddings (e.g. 8192 to hold real code prompts, one token per byte)."""
+    model, tok = make_model(seed, context)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
@@ -184,13 +247,12 @@ WARM = dict(steps=300, batch=64, lr=3e-3, warmup=20)  # calibrated: README "trai
 
 
 def warm_start(model, tok, seed=0, steps=WARM["steps"], batch=WARM["batch"], lr=WARM["lr"], log=print,
-               callback=None):
-    """Train `model` in place on random correct answers of the training prompts (deterministic in seed)."""
+               callback=None, task="sum"):
+    """Train `model` in place on random correct answers of the training prompts of `task` (sum or code;
+    deterministic in seed)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    rows = [(t, d, k) for t, d, k in _triples()]
-    train_ids = {r["id"] for r in task_split("train")}
-    rows = [r for r in rows if f"sum-{r[0]}-{r[1]}-{r[2]}" in train_ids]
+    draw = _examples(task)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARM["warmup"]))
     model.train()
@@ -198,9 +260,9 @@ def warm_start(model, tok, seed=0, steps=WARM["steps"], batch=WARM["batch"], lr=
     for step in range(steps):
         seqs, masks = [], []
         for _ in range(batch):
-            t, d, k = rng.choice(rows)
-            p = tok(sum_prompt(t, d, k))["input_ids"]
-            a = tok(random_answer(t, d, k, rng))["input_ids"] + [tok.eos_token_id]
+            prompt, answer = draw(rng)
+            p = tok(prompt)["input_ids"]
+            a = tok(answer)["input_ids"] + [tok.eos_token_id]
             seqs.append(p + a)
             masks.append([0] * len(p) + [1] * len(a))
         width = max(map(len, seqs))
@@ -227,18 +289,25 @@ def cache_root():
     return Path(os.environ.get("LAD_CACHE", Path(__file__).resolve().parent / ".cache"))
 
 
-def _cache_key(seed):
-    blob = json.dumps({"model": MODEL_CONFIG, "warm": WARM, "terms": TERMS, "tmax": TARGET_MAX, "min": MIN_ANSWERS,
-                       "split": SPLIT_SEED, "tokenizer": "bytelevel-nomerge", "seed": seed, "v": 2}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+def _cache_key(seed, task="sum"):
+    d = {"model": MODEL_CONFIG, "warm": WARM, "terms": TERMS, "tmax": TARGET_MAX, "min": MIN_ANSWERS,
+         "split": SPLIT_SEED, "tokenizer": "bytelevel-nomerge", "seed": seed, "v": 2}
+    if task != "sum":                  # the sum model's key (and so its cached folder) stays as it was
+        d.update(task=task, code_terms=CODE_TERMS, code_split=CODE_SPLIT_SEED, base="sum")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def default_model_dir(seed=0, rebuild=False, log=print):
-    """Path of the cached warm-started tiny model; built on first use (under a file lock, so that
-    several ranks or processes calling this at once build it once)."""
+def default_model_dir(seed=0, rebuild=False, log=print, task="sum"):
+    """Path of the cached tiny model warm-started on `task` (sum or code); built on first use (under a
+    file lock, so that several ranks or processes calling this at once build it once)."""
+    # The code model starts from the sum model: from a random init, print(a+b) stayed at chance for 500+
+    # steps (the digits sit 11-14 characters after the target, the sum task's 1-5); from the sum model it
+    # reaches about 0.3 training accuracy in 300 (README "training"). Resolved before the lock (flock is
+    # per open file: taking it twice in one process would deadlock).
+    base = default_model_dir(seed, rebuild=False, log=log) if task == "code" else None
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"tiny-sum-s{seed}-{_cache_key(seed)}"
+    final = root / f"tiny-{task}-s{seed}-{_cache_key(seed, task)}"
     with open(root / ".tiny.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -249,8 +318,13 @@ def default_model_dir(seed=0, rebuild=False, log=print):
                 tmp = root / f".tmp-{final.name}-{os.getpid()}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 n_threads = torch.get_num_threads()
-                model, tok = make_model(seed)
-                warm_start(model, tok, seed=seed, log=log)
+                if base is None:
+                    model, tok = make_model(seed)
+                else:
+                    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                    model, tok = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
+                warm_start(model, tok, seed=seed, log=log, task=task)
                 torch.set_num_threads(n_threads)
                 model.save_pretrained(tmp)
                 tok.save_pretrained(tmp)
@@ -260,21 +334,22 @@ def default_model_dir(seed=0, rebuild=False, log=print):
     return str(final)
 
 
-def evaluate_sum(model, tok, split="heldout", k=16, temperature=1.0, seed=0, max_new_tokens=16):
-    """Held-out figures of `model` on a split of the built-in task: metrics.py's, under eval.py's and
-    lad.py's names (eval/avg@n, eval/pass@k, eval/distinct_answers, ...)."""
+def evaluate_builtin(model, tok, split="heldout", k=16, temperature=1.0, seed=0, max_new_tokens=32, task="sum"):
+    """Held-out figures of `model` on a split of a built-in task (sum or code): metrics.py's, under
+    eval.py's and lad.py's names (eval/avg@n, eval/pass@k, eval/distinct_answers, ...)."""
     import data
     import metrics
     from rollout import HFEngine
 
-    rows = task_split(split)
+    rows = data.builtin_rows(split, task)
+    kind = rows[0]["kind"]
     engine = HFEngine(model, tok)
     prompts = [tok(r["prompt"])["input_ids"] for r in rows]
     samples = engine.generate(prompts, k, temperature=temperature, top_p=1.0,
                               max_new_tokens=max_new_tokens, seed=seed)
     texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-    rewards = data.rewards(texts, [rows[s.prompt_index]["gold"] for s in samples], "sum")
-    per = [[{"reward": float(rewards[j]), "response": texts[j], "answer": data.answer_key(texts[j], "sum"),
+    rewards = data.rewards(texts, [rows[s.prompt_index]["gold"] for s in samples], kind)
+    per = [[{"reward": float(rewards[j]), "response": texts[j], "answer": data.answer_key(texts[j], kind),
              "num_tokens": len(samples[j].response_ids), "truncated": bool(samples[j].truncated)}
             for j in range(i * k, (i + 1) * k)] for i in range(len(rows))]
     vals = [metrics.problem_values(p, metrics.default_ks(k)) for p in per]
@@ -285,12 +360,18 @@ def evaluate_sum(model, tok, split="heldout", k=16, temperature=1.0, seed=0, max
 class Args:
     """Build the embedded default model (see the module docstring)."""
 
+    CHOICES = {"task": ["sum", "code"]}
+
+    task: str = "sum"
+    """built-in task the model is warm-started on: sum (lad.py's default) or code (--train-data builtin-code)"""
     seed: int = 0
     """seed of the model's initialisation and warm start (lad.py's default model uses 0)"""
     rebuild: bool = False
     """rebuild the cached warm-started model even if it exists"""
     out: str = ""
     """write a random-init (not warm-started) tiny model to this folder instead; empty = the cached default"""
+    context: int = 0
+    """with --out: the model's context (max_position_embeddings, tokens = bytes); 0 = 256 (MODEL_CONFIG)"""
 
 
 if __name__ == "__main__":
@@ -298,13 +379,14 @@ if __name__ == "__main__":
 
     a = parse_args(Args)
     if a.out:
-        print(init_model_dir(a.out, a.seed))
+        print(init_model_dir(a.out, a.seed, a.context or None))
         sys.exit(0)
     t0 = time.time()
-    path = default_model_dir(a.seed, rebuild=a.rebuild)
+    path = default_model_dir(a.seed, rebuild=a.rebuild, task=a.task)
     print(f"model: {path}  ({time.time() - t0:.0f}s)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     m, t = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    print(f"train prompts {len(task_split('train'))}, heldout prompts {len(task_split('heldout'))}")
-    print("heldout before RL:", json.dumps(evaluate_sum(m, t)))
+    split = task_split if a.task == "sum" else code_split
+    print(f"{a.task}: train prompts {len(split('train'))}, heldout prompts {len(split('heldout'))}")
+    print("heldout before RL:", json.dumps(evaluate_builtin(m, t, task=a.task)))
