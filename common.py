@@ -77,13 +77,15 @@ def parse_args(cls, argv=None, prog: str | None = None):
 # The multipliers are distinct primes (or prime-ish spacings) chosen once; changing one changes results.
 def seed_for(purpose: str, seed: int, step: int = 0, rank: int = 0, round: int = 0) -> int:
     """The seed of one random stream: init (torch/python RNGs), data (epoch permutation; step = epoch),
-    rollout (one generate round), shuffle (mini-batch order), eval (held-out sampling)."""
+    rollout (one generate round), shuffle (mini-batch order), eval (held-out sampling), clipcov (Clip-Cov's
+    token draws: one generator per rank for the run, its state checkpointed)."""
     formula = {
         "init": lambda: seed * 1000 + rank,
         "data": lambda: seed * 1000003 + step,
         "rollout": lambda: (seed * 1000003 + step * 101 + round) * 64 + rank,
         "shuffle": lambda: seed * 7 + step * 31 + rank,
         "eval": lambda: seed * 7919 + 104729 * step + rank,
+        "clipcov": lambda: seed * 15485863 + 999331 + rank,
     }
     if purpose not in formula:
         raise ValueError(f"unknown seed purpose {purpose!r}; choose from {sorted(formula)}")

@@ -417,7 +417,7 @@ def read_generations(paths: list[Path], args: Args, golds: dict, excluded=frozen
 
 def score(rows: list[dict], kinds: dict) -> None:
     """Adds 'answer' and 'reward' to every row (data.py's task kinds; verifier.py is imported there).
-    Code rows also get 'reason' and, for EvalPlus problems, 'base_reward' (base tests only): the same
+    Code rows also get 'reason', 'detail' and, for EvalPlus problems, 'base_reward' (base tests only): the same
     sandbox.score_code_batch_verdicts whose rewards data.rewards hands to training."""
     for kind in sorted(set(kinds.values())):
         idx = [i for i, r in enumerate(rows) if kinds[r["benchmark"]] == kind]
@@ -430,7 +430,7 @@ def score(rows: list[dict], kinds: dict) -> None:
 
                 verdicts = sandbox.score_code_batch_verdicts([r["response"] for r in part], [r["gold"] for r in part])
                 for r, v in zip(part, verdicts):
-                    r.update(reward=float(v.reward), reason=v.reason, base_reward=v.base_reward)
+                    r.update(reward=float(v.reward), reason=v.reason, detail=v.detail, base_reward=v.base_reward)
             else:
                 for r, rew in zip(part, data.rewards([r["response"] for r in part], [r["gold"] for r in part], kind)):
                     r["reward"] = float(rew)
@@ -927,7 +927,8 @@ def evaluate(args: Args) -> int:
             keep = ("benchmark", "id", "sample", "response", "answer", "reward", "gold", "truncated", "num_tokens")
             out = {**{k: r.get(k) for k in keep}, "kind": kind}
             if kind == "code":         # a compact reference, not the whole test spec; and the sandbox's verdict
-                out.update(gold=code_ref_of(r["gold"]), reason=r.get("reason"), base_reward=r.get("base_reward"))
+                out.update(gold=code_ref_of(r["gold"]), reason=r.get("reason"), detail=r.get("detail"),
+                           base_reward=r.get("base_reward"))
             f.write(json.dumps(out) + "\n")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = summary_table(summary)

@@ -26,7 +26,7 @@ Commands
 Deliberately left out
     - a learned critic (PPO/GAE): advantages are group-normalised outcome rewards, as in the paper;
     - reference-model KL for LAD: the paper uses none (its trust region is pi_old, Eq. 2);
-    - Clip-Cov, KL-Cov, EntAdv baselines (planned; see README).
+    - a KL term in FlowRL: the authors' script sets use_kl_loss, but their actor code has it commented out.
 """
 
 from __future__ import annotations
@@ -111,29 +111,42 @@ class _LADTokenLoss(torch.autograd.Function):
         return grad_out * coef, None, None
 
 
+def _where_valid(valid, x):
+    """x where valid, else 0. torch.where, not x * mask: NaN * 0 is NaN, and the gradient of where is
+    exactly 0 at the masked positions, so padding values reach neither the loss nor the gradient."""
+    return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def aggregate(per_token, mask, agg="token-mean", denom=None):
-    """Reduce a (B, T) per-token loss to a scalar.
+    """Reduce a (B, T) per-token loss to a scalar (verl's agg_loss modes).
 
     token-mean:           sum_{b,t} l * m / denom,  denom = valid tokens (default: of this micro-batch).
-    seq-mean-token-mean:  sum_b (sum_t l * m / len_b) / denom,  denom = sequences (default: B).
-    seq-mean-token-sum:   sum_b (sum_t l * m) / denom,          denom = sequences (default: B).
+    seq-mean-token-mean:  sum_b (sum_t l * m / len_b) / denom,  denom = sequences (default: those of
+                          this micro-batch with >= 1 valid token, as verl's agg_loss).
+    seq-mean-token-sum:   sum_b (sum_t l * m) / denom,          denom = sequences (default: as above).
     For gradient accumulation / data parallelism pass the GLOBAL denominator (all ranks and
     micro-batches of the optimiser step), so every micro-batch is weighted as in one big batch.
+    Positions where mask is 0 contribute nothing, whatever per_token holds there (NaN, inf). A
+    fractional mask weighs its tokens (bandit.py's exact expectations pass pi_old as the mask).
     """
+    masked = _where_valid(mask > 0, per_token) * mask                 # (B, T)
     if agg == "token-mean":
-        d = mask.sum() if denom is None else denom
-        return (per_token * mask).sum() / d
-    seq = (per_token * mask).sum(-1)                                  # (B,)
+        if denom is None:
+            denom = mask.sum()
+            denom = torch.where(denom > 0, denom, torch.ones_like(denom))  # all padding: 0, not 0/0
+        return masked.sum() / denom
+    seq = masked.sum(-1)                                              # (B,)
     if agg == "seq-mean-token-mean":
         seq = seq / mask.sum(-1).clamp_min(1)
     elif agg != "seq-mean-token-sum":
         raise ValueError(f"unknown agg {agg!r}; choose from {AGGREGATIONS}")
-    d = mask.shape[0] if denom is None else denom
+    # verl agg_loss: a response with no valid token is not one of the sequences averaged over
+    d = (mask > 0).any(-1).sum().clamp_min(1) if denom is None else denom
     return seq.sum() / d
 
 
 def _masked_mean(x, mask, n):
-    return (x * mask).sum() / n
+    return (_where_valid(mask > 0, x) * mask).sum() / n
 
 
 def _lad_token_terms(logp, old_logp, advantages, mask, divergence, eta, ratio, log_ratio_clamp,
@@ -143,9 +156,14 @@ def _lad_token_terms(logp, old_logp, advantages, mask, divergence, eta, ratio, l
         raise ValueError(f"unknown divergence {divergence!r}; choose from {sorted(DIVERGENCES)}")
     if not eta > 0:
         raise ValueError(f"eta must be > 0, got {eta}")
+    valid = mask > 0                                                            # (B, T) bool
     mask = mask.to(logp.dtype)
     adv = advantages if advantages.dim() == 2 else advantages[:, None]          # (B, T) or (B, 1)
-    log_r_tok = logp - old_logp.detach()                                        # (B, T)
+    # Padding (and a response without valid tokens) may hold NaN/inf: zero it before any arithmetic,
+    # since the custom backward multiplies by e^{A/eta} and 0 * NaN would reach the gradient.
+    adv = _where_valid(valid if adv.shape[-1] == mask.shape[-1] else valid.any(-1, keepdim=True),
+                       adv.detach().to(logp.dtype))
+    log_r_tok = _where_valid(valid, logp - old_logp.detach())                  # (B, T), 0 at padding
     if ratio == "seq":
         n_tok = mask.sum(-1, keepdim=True).clamp_min(1)                         # (B, 1)
         log_r_tok = (log_r_tok * mask).sum(-1, keepdim=True) / n_tok            # (B, 1)
@@ -194,7 +212,7 @@ def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, rat
     per_tok, mask, log_r_tok, adv_scaled_raw, adv_scaled = _lad_token_terms(
         logp, old_logp, advantages, mask, divergence, eta, ratio, log_ratio_clamp, max_log_weight)
     if weights is not None:
-        per_tok = per_tok * weights.detach()
+        per_tok = per_tok * _where_valid(mask > 0, weights.detach().to(per_tok.dtype))
     loss = aggregate(per_tok, mask, agg, denom)
 
     with torch.no_grad():
@@ -213,75 +231,355 @@ def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, rat
     return loss, stats
 
 
+# verl core_algos kl_penalty_forward, "low_var_kl"/"k3": the log ratio and k3 itself are clamped there
+K3_LOG_RATIO_CLAMP = 20.0
+K3_CLAMP = 10.0
+
+
+def _token_inputs(logp, old_logp, advantages, mask, log_ratio_clamp):
+    """The per-token inputs every PPO-family loss below shares, NaN-safe at padding.
+
+    Returns valid (B, T) bool; m (B, T) float mask; adv (B, T) detached, 0 at padding; lp (B, T) logp
+    with 0 at padding (keeps its graph); log_r (B, T) = lp - old, unclamped, 0 at padding; r (B, T) =
+    e^{log_r clamped to +-log_ratio_clamp}. Cleaning happens before any arithmetic so no NaN/inf at a
+    masked position can enter a product whose backward would multiply it by a zero gradient.
+    """
+    valid = mask > 0                                                            # (B, T)
+    m = mask.to(logp.dtype)
+    adv = advantages if advantages.dim() == 2 else advantages[:, None]          # (B, T) or (B, 1)
+    adv = _where_valid(valid, adv.detach().to(logp.dtype))                      # (B, T)
+    lp = _where_valid(valid, logp)                                              # (B, T)
+    log_r = lp - _where_valid(valid, old_logp.detach().to(logp.dtype))          # (B, T)
+    # verl compute_policy_loss_vanilla: the log ratio is clamped to +-20 before exp (float32 safety)
+    r = log_r.clamp(-log_ratio_clamp, log_ratio_clamp).exp()                   # (B, T)
+    return valid, m, adv, lp, log_r, r
+
+
+def _ppo_clipped(adv, r, clip_low, clip_high):
+    """PPO's clipped surrogate as a loss (B, T) and where its clipped branch is the max (B, T) bool."""
+    pg1 = -adv * r
+    # PPO (Schulman et al. 2017, Eq. 7) with DAPO's decoupled clip-higher (Yu et al. 2025, Eq. 10)
+    pg2 = -adv * r.clamp(1.0 - clip_low, 1.0 + clip_high)
+    return torch.maximum(pg1, pg2), pg2 > pg1
+
+
+def _token_weights(weights, valid, dtype):
+    return None if weights is None else _where_valid(valid, weights.detach().to(dtype))   # (B, T)
+
+
+def _ratio_stats(r, log_r, m, n):
+    return {"loss/ratio_mean": _masked_mean(r, m, n), "loss/log_ratio_abs_mean": _masked_mean(log_r.abs(), m, n)}
+
+
 def grpo_loss(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.28, dual_clip=None,
               ref_logp=None, kl_coef=0.0, agg="token-mean", denom=None, weights=None,
               log_ratio_clamp=LOG_RATIO_CLAMP):
-    """GRPO / DAPO clipped surrogate (PPO clip with clip-higher), optional dual-clip and k3 KL.
+    """GRPO / DAPO clipped surrogate (PPO clip with clip-higher), optional dual-clip and k3 KL, as verl.
 
-    Per token: max(-A r, -A clip(r, 1-clip_low, 1+clip_high)); with dual_clip=c, min(that, -A c)
-    where A < 0 (verl uses c = 3). ref_logp (B, T) with kl_coef > 0 adds kl_coef * k3, where
-    k3 = e^{ref-logp} - (ref-logp) - 1. Shapes, agg, denom and weights as lad_loss.
+    Per token: max(-A r, -A clip(r, 1-clip_low, 1+clip_high)); with dual_clip=c (> 1), min(that, -A c)
+    where A < 0 (dual-clip PPO, Ye et al. 2020). verl's vanilla loss always applies it with
+    clip_ratio_c = 3 by default; DAPO's and the entropy-mechanism authors' run scripts set 10.
+    ref_logp (B, T) with kl_coef > 0 adds kl_coef * k3 with verl's "low_var_kl" clamps: d = ref - logp
+    clamped to +-20, k3 = e^d - d - 1 clamped to [-10, 10] (no KL gradient past either clamp).
+    weights (B, T) or (B, 1), e.g. truncated IS: scale the policy-gradient term only, not the KL term
+    (verl multiplies pg_losses by rollout_is_weights and adds its KL loss unweighted).
+    Shapes, agg, denom as lad_loss. Masked positions may hold NaN or inf: they reach neither the loss
+    nor the gradient. Stats: loss/ratio_mean, loss/log_ratio_abs_mean, loss/clip_frac(_high, _low),
+    loss/dual_clip_frac (with dual_clip), loss/kl_mean and loss/kl_clamp_frac (with the KL), loss/value.
     """
-    mask = mask.to(logp.dtype)
-    adv = (advantages if advantages.dim() == 2 else advantages[:, None]).detach().to(logp.dtype)
-    log_r = (logp - old_logp.detach()).clamp(-log_ratio_clamp, log_ratio_clamp)  # (B, T)
-    r = log_r.exp()
-    pg1 = -adv * r
-    pg2 = -adv * r.clamp(1.0 - clip_low, 1.0 + clip_high)
-    pg = torch.maximum(pg1, pg2)
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise ValueError(f"dual_clip must be > 1 (verl asserts clip_ratio_c > 1), got {dual_clip}")
+    valid, m, adv, lp, log_r, r = _token_inputs(logp, old_logp, advantages, mask, log_ratio_clamp)
+    pg_c, clipped = _ppo_clipped(adv, r, clip_low, clip_high)                   # (B, T)
+    pg = pg_c
     if dual_clip is not None:
         pg3 = -adv * dual_clip
-        pg_dc = torch.where(adv < 0, torch.minimum(pg, pg3), pg)
-    else:
-        pg_dc = pg
-    per_tok = pg_dc
-    if ref_logp is not None and kl_coef > 0:
-        d = ref_logp.detach() - logp                                            # (B, T)
-        k3 = d.exp() - d - 1.0
+        # dual-clip (Ye et al. 2020; verl compute_policy_loss_vanilla): for A < 0 the loss is capped at -A c
+        pg = torch.where(adv < 0, torch.minimum(pg_c, pg3), pg_c)
+    tis = _token_weights(weights, valid, lp.dtype)
+    per_tok = pg if tis is None else pg * tis                                   # TIS on the PG term only
+    use_kl = ref_logp is not None and kl_coef > 0
+    if use_kl:
+        d_raw = _where_valid(valid, ref_logp.detach().to(lp.dtype)) - lp        # (B, T), log(pi_ref/pi)
+        d = d_raw.clamp(-K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
+        # k3 = e^d - d - 1 (Schulman, "Approximating KL divergence"), clamped as verl's low_var_kl
+        k3_raw = d.exp() - d - 1.0
+        k3 = k3_raw.clamp(-K3_CLAMP, K3_CLAMP)
         per_tok = per_tok + kl_coef * k3
-    if weights is not None:
-        per_tok = per_tok * weights.detach()
-    loss = aggregate(per_tok, mask, agg, denom)
+    loss = aggregate(per_tok, m, agg, denom)
 
     with torch.no_grad():
-        n = mask.sum().clamp_min(1)
-        clipped = (pg2 > pg1).to(mask.dtype)                                    # clipped branch wins
-        stats = {
-            "loss/ratio_mean": _masked_mean(r, mask, n),
-            "loss/log_ratio_abs_mean": _masked_mean(log_r.abs(), mask, n),
-            "loss/clip_frac": _masked_mean(clipped, mask, n),
-            "loss/clip_frac_high": _masked_mean(clipped * (adv > 0), mask, n),
-            "loss/clip_frac_low": _masked_mean(clipped * (adv < 0), mask, n),
-            "loss/value": loss.detach(),
-        }
+        n = m.sum().clamp_min(1)
+        cl = clipped.to(m.dtype)                                                # clipped branch wins
+        stats = {**_ratio_stats(r, log_r, m, n),
+                 "loss/clip_frac": _masked_mean(cl, m, n),
+                 "loss/clip_frac_high": _masked_mean(cl * (adv > 0), m, n),
+                 "loss/clip_frac_low": _masked_mean(cl * (adv < 0), m, n),
+                 "loss/value": loss.detach()}
         if dual_clip is not None:
-            stats["loss/dual_clip_frac"] = _masked_mean(((adv < 0) & (pg > pg3)).to(mask.dtype), mask, n)
-        if ref_logp is not None and kl_coef > 0:
-            stats["loss/kl_mean"] = _masked_mean(k3, mask, n)
+            stats["loss/dual_clip_frac"] = _masked_mean(((adv < 0) & (pg_c > pg3)).to(m.dtype), m, n)
+        if use_kl:
+            stats["loss/kl_mean"] = _masked_mean(k3, m, n)
+            stats["loss/kl_clamp_frac"] = _masked_mean(((d_raw.abs() > K3_LOG_RATIO_CLAMP) | (k3_raw > K3_CLAMP)).to(m.dtype), m, n)
     return loss, stats
 
 
-def flowrl_loss(logp, old_logp, advantages, mask, log_z, *, beta=15.0, ref_logp=None, w_cap=10.0):
-    """FlowRL trajectory-balance loss (FlowRL authors' recipe; paper Appendix B.5, Eq. 18).
+def _token_cov(adv, lp, m):
+    """(B, T) per-token covariance term of Clip-Cov/KL-Cov over the valid tokens of this micro-batch.
 
-    Per response: delta = log Z(x) + mean_t logp - beta * mean_t A - mean_t ref_logp, loss =
-    mean_b(w * delta^2) with w = min(exp(sum_t(logp - old_logp)), w_cap) detached.
-    log_z: (B,) learned log-partition per response's prompt. ref_logp defaults to old_logp
-    (Eq. 18's pi_old; FlowRL itself uses a frozen reference model).
+    adv, lp are 0 at padding (from _token_inputs), so plain sums are masked sums. log pi is detached:
+    the term only selects tokens.
     """
-    mask = mask.to(logp.dtype)
-    n_tok = mask.sum(-1).clamp_min(1)                                           # (B,)
-    adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(mask)
-    ref = old_logp if ref_logp is None else ref_logp
-    mean = lambda t: (t * mask).sum(-1) / n_tok                                 # noqa: E731, (B,)
-    # Eq. 18: log Z + log pi/pi_ref - A/eta, with beta playing 1/eta
-    delta = log_z + mean(logp) - beta * mean(adv.detach()) - mean(ref.detach())
+    n = m.sum().clamp_min(1)
+    lp_d = lp.detach()
+    # Cui et al. 2025 (Entropy Mechanism, Sec. 4): Cov(y_i) = (log pi(y_i) - mean_j log pi(y_j)) * (A(y_i) - mean_j A(y_j));
+    # verl compute_policy_loss_clip_cov / _kl_cov take both means over the valid tokens of the micro-batch
+    return (adv - adv.sum() / n) * (lp_d - lp_d.sum() / n) * m
+
+
+def clip_cov_loss(logp, old_logp, advantages, mask, *, generator, clip_cov_ratio=2e-4, cov_lb=1.0, cov_ub=5.0,
+                  clip_low=1.0, clip_high=1.0, agg="token-mean", denom=None, weights=None,
+                  log_ratio_clamp=LOG_RATIO_CLAMP):
+    """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", Sec. 4; verl
+    core_algos.compute_policy_loss_clip_cov): the PPO clipped surrogate, except that a few
+    high-covariance tokens have their loss and gradient removed.
+
+    Per token cov = (A - mean A)(log pi - mean log pi) over the valid tokens of the micro-batch (log pi
+    detached). Eligible: valid tokens with cov_lb < cov < cov_ub whose PPO clipped branch is not already
+    active. Of those, max(1, int(clip_cov_ratio * n_valid)) (or all, if fewer) drawn uniformly without
+    replacement with `generator` (a torch.Generator, so a resumed run can restore the draw; None uses
+    torch's global RNG as verl does) contribute 0 to the loss but stay in the token-mean denominator.
+    Defaults clip_cov_ratio 2e-4, bounds (1, 5): verl's code/config defaults and the authors'
+    recipe/entropy/{7b,32b}_clip_cov.sh. clip_low = clip_high = 1.0: those scripts' clip_ratio_low/high
+    for this method, i.e. PPO's lower clip never binds (r >= 0) and the upper one at r = 2, so the
+    covariance clip is the method's main trust region. (The LAD paper, App. C.2, says DAPO's
+    clip-higher 0.2/0.28 was applied to all baselines; pass those to reproduce that protocol.)
+    No dual-clip: verl's clip_cov loss has none. weights scale every token's loss (verl multiplies
+    rollout_is_weights into pg_losses). Other args as grpo_loss; NaN/inf at padding is harmless.
+    Stats: loss/ratio_mean, loss/log_ratio_abs_mean, loss/clip_frac (PPO clip active),
+    loss/cov_clip_frac (removed / valid), loss/cov_eligible_frac (eligible / valid), loss/cov_mean, loss/value.
+    """
+    if not clip_cov_ratio > 0:
+        raise ValueError(f"clip_cov_ratio must be > 0 (verl asserts it), got {clip_cov_ratio}")
+    valid, m, adv, lp, log_r, r = _token_inputs(logp, old_logp, advantages, mask, log_ratio_clamp)
+    pg, clipped = _ppo_clipped(adv, r, clip_low, clip_high)                     # (B, T)
     with torch.no_grad():
-        w = ((logp - old_logp) * mask).sum(-1).clamp(max=math.log(w_cap)).exp()
-    loss = (w * delta ** 2).mean()
-    stats = {"loss/value": loss.detach(), "loss/tb_delta_abs_mean": delta.detach().abs().mean(),
-             "loss/is_weight_mean": w.mean()}
+        cov = _token_cov(adv, lp, m)                                            # (B, T)
+        eligible = valid & ~clipped & (cov > cov_lb) & (cov < cov_ub)           # (B, T)
+        n_valid = int(valid.sum())
+        # verl: clip_num = max(int(clip_cov_ratio * n_valid), 1), a random subset of the eligible tokens
+        n_clip = max(int(clip_cov_ratio * n_valid), 1) if n_valid else 0
+        idx = eligible.flatten().nonzero().squeeze(-1)                          # (n_eligible,)
+        removed = torch.zeros(valid.numel(), dtype=torch.bool, device=valid.device)
+        if len(idx) > 0 and n_clip > 0:
+            dev = generator.device if generator is not None else "cpu"
+            perm = torch.randperm(len(idx), generator=generator, device=dev)[:n_clip].to(idx.device)
+            removed[idx[perm]] = True
+        removed = removed.view_as(valid)                                        # (B, T)
+    # Clip-Cov: the removed tokens' loss is 0 (no gradient); they stay in the denominator
+    per_tok = _where_valid(~removed, pg)
+    tis = _token_weights(weights, valid, lp.dtype)
+    if tis is not None:
+        per_tok = per_tok * tis
+    loss = aggregate(per_tok, m, agg, denom)
+
+    with torch.no_grad():
+        n = m.sum().clamp_min(1)
+        stats = {**_ratio_stats(r, log_r, m, n),
+                 "loss/clip_frac": _masked_mean(clipped.to(m.dtype), m, n),
+                 "loss/cov_clip_frac": removed.sum() / n,
+                 "loss/cov_eligible_frac": eligible.sum() / n,
+                 "loss/cov_mean": cov.sum() / n,
+                 "loss/value": loss.detach()}
     return loss, stats
+
+
+def kl_cov_loss(logp, old_logp, advantages, mask, *, kl_cov_ratio=2e-3, kl_coef=1.0, agg="token-mean",
+                denom=None, weights=None, log_ratio_clamp=LOG_RATIO_CLAMP):
+    """KL-Cov (Cui et al. 2025, Sec. 4; verl core_algos.compute_policy_loss_kl_cov): the unclipped
+    policy-gradient surrogate -A r, plus kl_coef * |log pi - log pi_old| on the top-k valid tokens by
+    covariance, k = max(1, int(kl_cov_ratio * n_valid)) of this micro-batch.
+
+    Cov as in clip_cov_loss. No PPO clip (as verl's kl_cov loss: the penalty is its trust region).
+    Defaults are the authors' 7B run (recipe/entropy/7b_kl_cov.sh: kl_cov_ratio=0.002, ppo_kl_coef=1);
+    verl's config defaults are kl_cov_ratio 2e-4 (also the authors' 32B script) and ppo_kl_coef 0.1.
+    r uses the log ratio clamped to +-log_ratio_clamp; the penalty uses the unclamped |log r| (finite,
+    its gradient is bounded), so a token that moved past the clamp is still pulled back.
+    weights scale every token's loss, penalty included (verl multiplies rollout_is_weights into
+    pg_losses after adding the penalty). Other args as grpo_loss; NaN/inf at padding is harmless.
+    Stats: loss/ratio_mean, loss/log_ratio_abs_mean, loss/kl_cov_frac (penalised / valid),
+    loss/kl_cov_abs_log_ratio_mean (mean |log r| of the penalised tokens), loss/cov_mean, loss/value.
+    """
+    if not kl_cov_ratio > 0:
+        raise ValueError(f"kl_cov_ratio must be > 0 (verl asserts it), got {kl_cov_ratio}")
+    valid, m, adv, lp, log_r, r = _token_inputs(logp, old_logp, advantages, mask, log_ratio_clamp)
+    # plain policy gradient, importance-weighted (verl kl_cov: pg_losses1 = -advantages * ratio)
+    pg = -adv * r                                                               # (B, T)
+    with torch.no_grad():
+        cov = _token_cov(adv, lp, m)                                            # (B, T)
+        n_valid = int(valid.sum())
+        k = max(1, int(n_valid * kl_cov_ratio)) if n_valid else 0
+        top = torch.zeros(valid.numel(), dtype=torch.bool, device=valid.device)
+        if k > 0:
+            ranked = torch.where(valid, cov, torch.full_like(cov, -math.inf)).flatten()
+            top[torch.topk(ranked, k).indices] = True
+        top = top.view_as(valid)                                                # (B, T)
+    # KL-Cov: + coef * |log pi - log pi_old| on the top-k covariance tokens only
+    per_tok = pg + _where_valid(top, kl_coef * log_r.abs())
+    tis = _token_weights(weights, valid, lp.dtype)
+    if tis is not None:
+        per_tok = per_tok * tis
+    loss = aggregate(per_tok, m, agg, denom)
+
+    with torch.no_grad():
+        n = m.sum().clamp_min(1)
+        stats = {**_ratio_stats(r, log_r, m, n),
+                 "loss/kl_cov_frac": top.sum() / n,
+                 "loss/kl_cov_abs_log_ratio_mean": _where_valid(top, log_r.abs()).sum() / top.sum().clamp_min(1),
+                 "loss/cov_mean": cov.sum() / n,
+                 "loss/value": loss.detach()}
+    return loss, stats
+
+
+def entropy_advantage(advantages, entropy, mask, *, alpha=0.4, kappa=2.0):
+    """Cheng et al. 2025 ("Reasoning with Exploration: An Entropy Perspective", arXiv 2506.14758) entropy-
+    based advantage, (B, T): A_t + min(alpha * H_t, |A_t| / kappa), H_t detached.
+
+    advantages (B,) or (B, T); entropy (B, T) of the current policy at each response position. The cap
+    |A|/kappa keeps the bonus from reversing a negative advantage (kappa >= 1: A + |A|/kappa <= 0 for
+    A <= 0) and gives a zero advantage no bonus. 0 at padding, whatever the inputs hold there.
+    """
+    if not alpha >= 0 or not kappa >= 1:
+        raise ValueError(f"need alpha >= 0 and kappa >= 1 (else a negative advantage can flip sign), got {alpha}, {kappa}")
+    valid = mask > 0                                                            # (B, T)
+    dtype = torch.promote_types(advantages.dtype, entropy.dtype)
+    adv = advantages if advantages.dim() == 2 else advantages[:, None]
+    adv = _where_valid(valid, adv.detach().to(dtype))                           # (B, T)
+    h = _where_valid(valid, entropy.detach().to(dtype))                         # (B, T)
+    # Cheng et al. 2025, Eq. (psi): psi(H_t) = min(alpha * H_t^detach, |A_t| / kappa); A^E_t = A_t + psi(H_t)
+    return adv + torch.minimum(alpha * h, adv.abs() / kappa)
+
+
+def entadv_loss(logp, old_logp, advantages, mask, entropy, *, alpha=0.4, kappa=2.0, clip_low=0.2,
+                clip_high=0.28, dual_clip=None, agg="token-mean", denom=None, weights=None,
+                log_ratio_clamp=LOG_RATIO_CLAMP):
+    """EntAdv: grpo_loss on entropy_advantage(advantages, entropy, mask) (Cheng et al. 2025, applied to GRPO).
+
+    entropy (B, T): the current policy's per-token entropy from the same forward as logp (detached
+    here). alpha = 0.4, kappa = 2: Cheng et al.'s values for GRPO. clip 0.2/0.28: grpo_loss's (DAPO
+    clip-higher, which the LAD paper applies to all baselines, App. C.2). Other args as grpo_loss.
+    Stats: grpo_loss's, plus loss/entadv_bonus_mean (mean psi over valid tokens) and
+    loss/entadv_bonus_capped_frac (tokens where |A|/kappa < alpha H, i.e. the cap binds).
+    """
+    shaped = entropy_advantage(advantages, entropy, mask, alpha=alpha, kappa=kappa)   # (B, T)
+    loss, stats = grpo_loss(logp, old_logp, shaped.to(logp.dtype), mask, clip_low=clip_low, clip_high=clip_high,
+                            dual_clip=dual_clip, agg=agg, denom=denom, weights=weights,
+                            log_ratio_clamp=log_ratio_clamp)
+    with torch.no_grad():
+        valid = mask > 0
+        m = mask.to(shaped.dtype)
+        n = m.sum().clamp_min(1)
+        base = _where_valid(valid, (advantages if advantages.dim() == 2 else advantages[:, None]).to(shaped.dtype))
+        h = _where_valid(valid, entropy.to(shaped.dtype))
+        stats["loss/entadv_bonus_mean"] = _masked_mean(shaped - base, m, n)
+        stats["loss/entadv_bonus_capped_frac"] = _masked_mean((base.abs() / kappa < alpha * h).to(m.dtype), m, n)
+    return loss, stats
+
+
+def flowrl_loss(logp, old_logp, advantages, mask, log_z, *, beta=15.0, ref_logp=None, w_cap=None, denom=None,
+                weights=None, log_ratio_clamp=LOG_RATIO_CLAMP):
+    """FlowRL's trajectory-balance loss as its authors run it (Zhu et al. 2025, FlowRL; their verl fork,
+    verl/workers/actor/dp_actor.py compute_flowrl_objective; LAD paper App. B.5, Eq. 18).
+
+    Per response b: delta_b = log Z(x_b) + mean_t log pi - beta * mean_t A - mean_t log pi_ref, and
+    loss = sum_b w_b * delta_b^2 / denom with w_b = exp(sum_t (log pi - log pi_old)) detached.
+    log_z: (B,) from LogZHead on prompt_mean_hidden (gradient flows into it). beta = 15: the authors'
+    hard-coded 15 * seq_log_reward. ref_logp (B, T): the frozen initial policy (the authors' reference
+    model); None means pi_old (Eq. 18: no extra model or forward).
+    w_cap: None (default) leaves w uncapped, as the authors' code (it computes a clipped weight and
+    multiplies by the unclipped one); a number caps w at it. Either way log w is clamped to
+    log_ratio_clamp before exp: a sum of per-token log ratios over thousands of tokens overflows
+    float32's exp past 88.7 (w = inf, then inf * 0 = NaN), so w <= e^20 always; the clamp does not
+    bind while the summed log ratio stays under 20 (loss/is_weight_clamp_frac counts rows past it).
+    denom: number of responses the loss is averaged over; default: the responses of this micro-batch
+    with >= 1 valid token (the authors' torch.mean over the micro-batch). For gradient accumulation
+    pass the GLOBAL response count of the mini-batch (the authors' dynamic-batch scaling
+    len(micro) / mini-batch size amounts to that). A response with no valid token contributes 0.
+    weights: optional (B,) per-response multipliers, detached (a per-token weight has no meaning for
+    this sequence-level loss; a (B, T) weight is refused). No agg: the aggregation is the definition.
+    Stats: loss/tb_delta_abs_mean, loss/tb_delta_mean, loss/is_weight_mean, loss/is_weight_clamp_frac,
+    loss/log_z_mean, loss/value (means over responses with >= 1 valid token).
+    """
+    valid = mask > 0                                                            # (B, T)
+    n_tok = valid.sum(-1)                                                       # (B,)
+    row = n_tok > 0                                                             # (B,)
+    n_tok = n_tok.clamp_min(1).to(logp.dtype)
+    adv = advantages if advantages.dim() == 2 else advantages[:, None]          # (B, T) or (B, 1)
+    adv = _where_valid(valid, adv.detach().to(logp.dtype))                      # (B, T)
+    lp = _where_valid(valid, logp)                                              # (B, T)
+    old = _where_valid(valid, old_logp.detach().to(logp.dtype))                 # (B, T)
+    ref = old if ref_logp is None else _where_valid(valid, ref_logp.detach().to(logp.dtype))
+    z = _where_valid(row, log_z.reshape(-1).to(logp.dtype))                    # (B,)
+    # FlowRL (authors' compute_flowrl_objective): delta = log_z + avg_logpf - 15 * seq_log_reward - avg_logp_ref,
+    # the averages masked means over the response tokens; LAD Eq. 18 with beta playing 1/eta
+    delta = z + lp.sum(-1) / n_tok - beta * adv.sum(-1) / n_tok - ref.sum(-1) / n_tok   # (B,)
+    with torch.no_grad():
+        log_w = (lp - old).sum(-1)                                              # (B,) summed log ratio
+        cap = log_ratio_clamp if w_cap is None else min(math.log(w_cap), log_ratio_clamp)
+        # authors: importance_weight = exp(masked_sum(logpf - logpf_old)).detach(), uncapped
+        w = log_w.clamp(max=cap).exp()                                          # (B,)
+        if weights is not None:
+            if weights.dim() == 2 and weights.shape[-1] != 1:
+                raise ValueError("flowrl_loss takes per-response weights (B,) or (B, 1), not per-token (B, T)")
+            w = w * weights.detach().reshape(-1).to(w.dtype)
+        w = _where_valid(row, w)
+    per_resp = _where_valid(row, w * delta ** 2)                                 # (B,)
+    d = row.sum().clamp_min(1) if denom is None else denom
+    loss = per_resp.sum() / d
+
+    with torch.no_grad():
+        nr = row.sum().clamp_min(1)
+        dl = _where_valid(row, delta.detach())
+        stats = {"loss/value": loss.detach(), "loss/tb_delta_abs_mean": dl.abs().sum() / nr,
+                 "loss/tb_delta_mean": dl.sum() / nr, "loss/is_weight_mean": w.sum() / nr,
+                 "loss/is_weight_clamp_frac": (row & (log_w > cap)).sum() / nr,
+                 "loss/log_z_mean": z.detach().sum() / nr}
+    return loss, stats
+
+
+class LogZHead(torch.nn.Module):
+    """FlowRL's learned log-partition log Z(x): an MLP on the policy's last hidden state averaged over
+    the prompt tokens (prompt_mean_hidden). The authors' ProjZModule (their verl fork,
+    verl/workers/fsdp_workers.py; porj_layer=3 in command/training/math/flowrl_7B_math.sh): num_layers - 1
+    blocks Linear(H, H)-GELU-LayerNorm(H)-Dropout(0.1), then Linear(H, 1); every width is H, the policy's
+    hidden size. They attach it to the actor, so the policy's optimiser (lr, weight decay) trains it.
+    forward: (B, H) -> (B,), computed in the head's own dtype (the input is cast to it).
+    """
+
+    def __init__(self, hidden_size, dropout=0.1, num_layers=3):
+        super().__init__()
+        layers = []
+        for _ in range(num_layers - 1):
+            layers += [torch.nn.Linear(hidden_size, hidden_size), torch.nn.GELU(),
+                       torch.nn.LayerNorm(hidden_size), torch.nn.Dropout(dropout)]
+        layers.append(torch.nn.Linear(hidden_size, 1))
+        self.net = torch.nn.Sequential(*layers)
+
+    def forward(self, x):                                                       # x: (B, H)
+        return self.net(x.to(self.net[-1].weight.dtype)).squeeze(-1)            # (B,)
+
+
+def prompt_mean_hidden(hidden, prompt_mask):
+    """Mean of hidden (B, L, H) over the positions where prompt_mask (B, L) is 1 -> (B, H); 0 for a row
+    with none. Not detached: in the authors' code the TB loss also reaches the policy through log Z
+    (their detach is commented out); detach the result to train only the head. The authors average
+    over the prompt tokens except the last one (their slice [:, :-response_length - 1]); this averages
+    over whatever prompt_mask marks, so clear its last prompt position to reproduce theirs.
+    """
+    valid = (prompt_mask > 0)[..., None]                                        # (B, L, 1)
+    s = _where_valid(valid, hidden).sum(1)                                      # (B, H)
+    # verl_F.masked_mean(prompts_last_hidden, prompt_attention_mask, axis=1) in the authors' actor
+    return s / valid.sum(1).clamp_min(1).to(hidden.dtype)
 
 
 def group_advantages(rewards, group_size, *, std_normalize=True, eps=1e-6):

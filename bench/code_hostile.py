@@ -191,7 +191,8 @@ def run(n_hostile, n_ordinary, workers, per_test, total, seed) -> dict:
             failures.append(f"{kind} {name!r}: got {v.reward} {v.reason} ({v.detail[:80]}), expected {exp}")
     if seconds > bound:
         failures.append(f"batch took {seconds:.1f} s, over its bound {bound:.1f} s")
-    left = descendants(os.getpid(), table1)
+    # children that existed before the batch (verifier.py's persistent math pool, say) are not the sandbox's
+    left = sorted(set(descendants(os.getpid(), table1)) - set(descendants(os.getpid(), table0)))
     new_sandbox_uid = {p for p, (_, uid, _) in table1.items() if uid == 65534} - uid_before
     if left:
         failures.append(f"processes left under this one: {[table1[p] for p in left]}")

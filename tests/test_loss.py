@@ -293,7 +293,9 @@ def test_grpo_k3_kl_term():
     base, _ = lad.grpo_loss(logp, old, adv, mask)
     with_kl, st = lad.grpo_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=0.1)
     d = ref - logp.detach()
-    k3 = ((d.exp() - d - 1) * mask).sum() / mask.sum()
+    k3_tok = (d.exp() - d - 1).clamp(max=10.0)                             # verl low_var_kl clamps k3 to 10
+    assert ((k3_tok == 10.0) & (mask > 0)).any()                           # the clamp is exercised here
+    k3 = (k3_tok * mask).sum() / mask.sum()
     assert with_kl.item() == pytest.approx(base.item() + 0.1 * k3.item(), rel=1e-12)
     assert st["loss/kl_mean"].item() == pytest.approx(k3.item(), rel=1e-12)
 
