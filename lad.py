@@ -640,12 +640,14 @@ def parse_args(cls=None, argv=None):
 class Args:
     """LAD / GRPO training on the embedded default (tiny Qwen2, built-in 'sum' task) or a real model."""
 
-    CHOICES = {"loss": ["lad", "grpo"], "divergence": sorted(DIVERGENCES), "ratio": ["token", "seq"],
+    CHOICES = {"loss": ["lad", "grpo", "flowrl", "clip-cov", "kl-cov", "entadv"], "flowrl_ref": ["init", "old"],
+               "divergence": sorted(DIVERGENCES), "ratio": ["token", "seq"],
                "engine": ["auto", "hf", "vllm"], "wandb": ["disabled", "offline", "online"],
                "chat": ["auto", "true", "false"]}
 
     loss: str = "lad"
-    """objective: lad (paper Eq. 8) or grpo (DAPO clipped surrogate with clip-higher, the paper's baseline)"""
+    """objective: lad (paper Eq. 8); the paper's baselines: grpo (DAPO clipped surrogate, clip-higher), flowrl
+    (trajectory balance with a learned log Z), clip-cov, kl-cov (Cui et al. 2025), entadv (Cheng et al. 2025)"""
     divergence: str = "js"
     """LAD's f (paper Table 5): kl, rkl, jf, tv, hd, js; js is the paper's main choice (Sec. 5)"""
     inv_eta: float = 4.0
@@ -656,6 +658,32 @@ class Args:
     """GRPO: PPO clip epsilon below 1 (DAPO clip-higher recipe, paper App. C.2)"""
     clip_high: float = 0.28
     """GRPO: PPO clip epsilon above 1 (DAPO clip-higher)"""
+    dual_clip: float = 10.0
+    """grpo/entadv: dual-clip c (> 1), a negative-advantage token's loss capped at -A c; 0 = off. 10: the
+    entropy-mechanism run scripts the paper's protocol follows (clip_ratio_c=10; verl's default is 3)"""
+    kl_coef: float = 0.0
+    """grpo: k3 KL to the frozen initial policy (verl use_kl_loss, low_var_kl); 0 = off, as DAPO and the paper"""
+    flowrl_beta: float = 15.0
+    """flowrl: reward scale beta in delta = log Z + mean log pi - beta mean A - mean log pi_ref (authors' 15)"""
+    flowrl_ref: str = "init"
+    """flowrl: pi_ref = init (the frozen initial policy, the authors' code; one extra no-grad forward) or old
+    (pi_old, paper Eq. 18: no extra model)"""
+    flowrl_w_cap: float = 0.0
+    """flowrl: cap on the importance weight w = exp(sum_t log r); 0 = uncapped, as the authors' code"""
+    clip_cov_ratio: float = 2e-4
+    """clip-cov: fraction of valid tokens whose loss is removed (verl default; authors' 7b/32b_clip_cov.sh)"""
+    clip_cov_lb: float = 1.0
+    """clip-cov: lower covariance bound of the eligible tokens (verl default, authors' scripts)"""
+    clip_cov_ub: float = 5.0
+    """clip-cov: upper covariance bound of the eligible tokens (verl default, authors' scripts)"""
+    kl_cov_ratio: float = 2e-3
+    """kl-cov: fraction k of valid tokens (top by covariance) that get the penalty (authors' 7b_kl_cov.sh)"""
+    kl_cov_coef: float = 1.0
+    """kl-cov: coefficient of |log pi - log pi_old| on those tokens (authors' 7b_kl_cov.sh; verl default 0.1)"""
+    entadv_alpha: float = 0.4
+    """entadv: alpha in A + min(alpha H_t, |A| / kappa) (Cheng et al. 2025's value for GRPO)"""
+    entadv_kappa: float = 2.0
+    """entadv: kappa in that cap, >= 1 (Cheng et al. 2025's value for GRPO)"""
     model: str = ""
     """HF model folder (or a hub id already in the local cache); empty = the tiny warm-started model"""
     train_data: str = "builtin"
@@ -776,6 +804,24 @@ def check_args(a, world):
         raise UsageError("--prompt-template must contain {problem}")
     if a.eval_data in BUILTIN_TASKS:
         raise UsageError("--eval-data takes a file; the built-in tasks' heldout split is used when it is empty")
+    if a.dual_clip != 0 and not a.dual_clip > 1:
+        raise UsageError(f"--dual-clip must be > 1 (dual-clip PPO caps -A r at -A c), or 0 = off; got {a.dual_clip}")
+    for name in ("kl_coef", "flowrl_beta", "flowrl_w_cap", "entadv_alpha", "kl_cov_coef"):
+        if getattr(a, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
+    for name in ("clip_cov_ratio", "kl_cov_ratio"):
+        if not 0 < getattr(a, name) <= 1:
+            raise UsageError(f"--{name.replace('_', '-')} is a fraction of the valid tokens, in (0, 1]; got {getattr(a, name)}")
+    if not a.clip_cov_lb < a.clip_cov_ub:
+        raise UsageError(f"--clip-cov-lb {a.clip_cov_lb} must be below --clip-cov-ub {a.clip_cov_ub}")
+    if a.entadv_kappa < 1:
+        raise UsageError(f"--entadv-kappa must be >= 1 (else A + |A|/kappa flips a negative advantage), got {a.entadv_kappa}")
+    if a.loss == "flowrl" and a.tis_cap > 0:
+        raise UsageError("--tis-cap weighs tokens; FlowRL's loss is per response (its own weight w is the summed "
+                         "log ratio to pi_old): use --tis-cap 0 with --loss flowrl")
+    if a.loss == "flowrl" and a.fsdp:
+        raise UsageError("--loss flowrl with --fsdp true is not supported (the log Z head is outside the sharded "
+                         "model's checkpoint); use DDP (--fsdp false) under torchrun")
 
 
 BUILTIN_TASKS = {"builtin": "sum", "builtin-code": "code"}   # --train-data name -> tiny.py task
@@ -788,20 +834,51 @@ def resolve_args(a):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The loss, chosen once: --loss name -> a function (logp, old_logp, adv, mask, denom, weights) -> (loss, stats).
+# The loss, chosen once: --loss name -> a function (logp, old_logp, adv, mask, *, denom, weights, **needs)
+# -> (loss, stats). `needs` names what the loop must hand it beyond that (loss_needs), `unit` what its
+# denominator counts (tokens, or responses for FlowRL's per-response loss). Every baseline runs with the
+# same lr, batch and steps as LAD; clip-higher 0.2/0.28 applies to every clipped one (paper App. C.2).
 # Adding a method: a pure function in the LOSS section, one entry here, its flags in Args.
 # ----------------------------------------------------------------------------------------------------
 
 LOSSES = {
     # Eq. 8 with eta = 1/inv_eta; token-mean over the global mini-batch (denom from global_denominators)
-    "lad": lambda a: functools.partial(lad_loss, divergence=a.divergence, eta=1.0 / a.inv_eta, ratio=a.ratio),
-    # DAPO clipped surrogate with clip-higher (paper App. C.2)
-    "grpo": lambda a: functools.partial(grpo_loss, clip_low=a.clip_low, clip_high=a.clip_high),
+    "lad": lambda a, g: functools.partial(lad_loss, divergence=a.divergence, eta=1.0 / a.inv_eta, ratio=a.ratio),
+    # DAPO clipped surrogate with clip-higher (paper App. C.2), dual-clip and optional k3 KL as verl
+    "grpo": lambda a, g: functools.partial(grpo_loss, clip_low=a.clip_low, clip_high=a.clip_high,
+                                           dual_clip=a.dual_clip or None, kl_coef=a.kl_coef),
+    # FlowRL trajectory balance (Zhu et al. 2025; paper Eq. 18), per response
+    "flowrl": lambda a, g: functools.partial(flowrl_loss, beta=a.flowrl_beta, w_cap=a.flowrl_w_cap or None),
+    # Clip-Cov (Cui et al. 2025): PPO clip at --clip-low/--clip-high, a seeded draw of high-cov tokens removed
+    "clip-cov": lambda a, g: functools.partial(clip_cov_loss, generator=g, clip_cov_ratio=a.clip_cov_ratio,
+                                               cov_lb=a.clip_cov_lb, cov_ub=a.clip_cov_ub,
+                                               clip_low=a.clip_low, clip_high=a.clip_high),
+    # KL-Cov (Cui et al. 2025): unclipped -A r, |log r| penalty on the top-k tokens by covariance
+    "kl-cov": lambda a, g: functools.partial(kl_cov_loss, kl_cov_ratio=a.kl_cov_ratio, kl_coef=a.kl_cov_coef),
+    # EntAdv (Cheng et al. 2025): GRPO on A + min(alpha H_t, |A| / kappa)
+    "entadv": lambda a, g: functools.partial(entadv_loss, alpha=a.entadv_alpha, kappa=a.entadv_kappa,
+                                             clip_low=a.clip_low, clip_high=a.clip_high,
+                                             dual_clip=a.dual_clip or None),
 }
 
 
-def make_loss(args):
-    return LOSSES[args.loss](args)
+def loss_needs(args):
+    """What update_policy must pass the chosen loss beyond (logp, old, adv, mask, denom, weights):
+    entropy (the update forward's, detached), log_z (the LogZHead on the prompt), ref_logp (the frozen
+    initial policy's log-probs, phase 3)."""
+    return {"entadv": ("entropy",),
+            "flowrl": ("log_z",) + (("ref_logp",) if args.flowrl_ref == "init" else ()),
+            "grpo": ("ref_logp",) if args.kl_coef > 0 else ()}.get(args.loss, ())
+
+
+def make_loss(args, generator=None):
+    """The loss of --loss with its flags bound. generator: Clip-Cov's draw (the loop passes one per rank
+    and checkpoints it); None: a fresh one seeded from --seed."""
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed_for("clipcov", args.seed))
+    fn = LOSSES[args.loss](args, generator)
+    fn.needs, fn.unit = loss_needs(args), "response" if args.loss == "flowrl" else "token"
+    return fn
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -827,11 +904,14 @@ class Policy(torch.nn.Module):
     """An HF causal LM whose forward returns log pi(y_t | x, y_<t) and the entropy of each response
     token, computing the LM head and log-softmax chunk by chunk over response positions only, so the
     float32 logits held at once are (logprob_chunk, vocab), never (batch, length, vocab). With grad
-    enabled each chunk is checkpointed (its logits are recomputed in backward instead of kept)."""
+    enabled each chunk is checkpointed (its logits are recomputed in backward instead of kept).
+    log_z_head: FlowRL's LogZHead, a submodule here so that DDP averages its gradients with the model's
+    and the one optimiser trains both (as the authors attach it to the actor)."""
 
-    def __init__(self, lm, chunk, temperature):
+    def __init__(self, lm, chunk, temperature, log_z_head=None):
         super().__init__()
         self.lm, self.chunk, self.temperature = lm, chunk, temperature
+        self.log_z_head = log_z_head
 
     def _head(self, h, tgt):
         # at most two (c, V) float32 tensors alive at once (logits then log-softmax, then log-softmax and
@@ -845,10 +925,12 @@ class Policy(torch.nn.Module):
             ent = -logp_all.exp().mul_(logp_all).sum(-1)
         return logp, ent
 
-    def forward(self, ids, attn, pos, tgt, valid):
+    def forward(self, ids, attn, pos, tgt, valid, prompt_mask=None):
         """ids/attn (B, L) right-padded prompt+response; pos (B, T) index of the hidden state that
-        predicts response token t (prompt_len + t - 1); tgt (B, T) the tokens; valid (B, T) bool."""
+        predicts response token t (prompt_len + t - 1); tgt (B, T) the tokens; valid (B, T) bool.
+        Returns logp (B, T), entropy (B, T); with prompt_mask (B, L) also log Z (B,) of log_z_head."""
         hidden = self.lm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state   # (B, L, H)
+        log_z = None if prompt_mask is None else self.log_z_head(prompt_mean_hidden(hidden, prompt_mask))
         h = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))[valid]       # (N, H)
         t = tgt[valid]                                                                      # (N,)
         lps, ents = [], []
@@ -864,7 +946,7 @@ class Policy(torch.nn.Module):
         ent = torch.zeros(valid.shape, dtype=torch.float32, device=ids.device)
         logp = logp.masked_scatter(valid, torch.cat(lps)) if lps else logp
         ent = ent.masked_scatter(valid, torch.cat(ents)) if ents else ent
-        return logp, ent
+        return (logp, ent) if log_z is None else (logp, ent, log_z)
 
 
 def make_batch(items, pad_id, device):
@@ -884,6 +966,12 @@ def make_batch(items, pad_id, device):
         valid[b, :len(r)] = True
     return [x.to(device) for x in (ids, attn, pos, tgt, valid)]
 
+
+
+def prompt_mask_of(items, L, device):
+    """(B, L) 1 at the prompt positions of make_batch's rows (the prompt comes first in each)."""
+    plen = torch.tensor([len(p) for p, _ in items], device=device)
+    return (torch.arange(L, device=device)[None] < plen[:, None]).float()
 
 
 def pad_to(rows, T):
@@ -969,7 +1057,10 @@ def shard_policy(policy, lm, cuda):
 # ----------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(out, step, lm, tok, opt, cursor, rank, world, args):
+def save_checkpoint(out, step, lm, tok, opt, cursor, rank, world, args, state=None, rank_state=None):
+    """The HF folder, trainer.pt (optimiser, step, args and `state`: the method's extra state, e.g. the log
+    Z head, the reference model's path) and rank{r}.pt (cursor, RNGs and `rank_state`, e.g. Clip-Cov's
+    generator)."""
     ck = Path(out) / f"ckpt-{step:06d}"
     ck.mkdir(parents=True, exist_ok=True)
     model_sd = opt_sd = None
@@ -983,9 +1074,9 @@ def save_checkpoint(out, step, lm, tok, opt, cursor, rank, world, args):
         lm.save_pretrained(ck, state_dict=model_sd)
         tok.save_pretrained(ck)
         torch.save({"step": step, "optimizer": opt_sd if opt_sd is not None else opt.state_dict(), "world": world,
-                    "args": dataclasses.asdict(args)}, ck / "trainer.pt")
+                    "args": dataclasses.asdict(args), **(state or {})}, ck / "trainer.pt")
     torch.save({"cursor": cursor, "torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, **(rank_state or {})},
                ck / f"rank{rank}.pt")
     if dist_on():
         dist.barrier()
@@ -1126,17 +1217,21 @@ def old_logprobs(policy, batch, micro_batch, pad_id, device, tis_cap=0.0, autoca
 
 
 def update_policy(fwd, params, opt, batch, old, tis, loss_fn, *, updates_per_rollout, micro_batch, clip_grad,
-                  pad_id, device, world, shuffle_seed, no_sync=None, autocast=contextlib.nullcontext):
+                  pad_id, device, world, shuffle_seed, no_sync=None, autocast=contextlib.nullcontext, ref=None):
     """Phase 4: updates_per_rollout AdamW steps, each on one mini-batch of a shuffled order, accumulated
-    over micro-batches, with a GLOBAL token-mean denominator (global_denominators: all ranks and
-    micro-batches of the optimiser step). bench/step_ratio.py and bench/gpu_step.py call this function.
-    fwd: the (possibly DDP/FSDP-wrapped) Policy; no_sync: DDP's context for all but the last micro-batch.
+    over micro-batches, with a GLOBAL denominator (global_denominators: all ranks and micro-batches of the
+    optimiser step) counting what loss_fn.unit says: valid tokens (token-mean), or for FlowRL responses
+    with >= 1 token. bench/step_ratio.py and bench/gpu_step.py call this function.
+    fwd: the (possibly DDP/FSDP-wrapped) Policy; no_sync: DDP's context for all but the last micro-batch;
+    ref: the frozen initial policy's log-probs [(T,)] where loss_fn.needs "ref_logp".
     Returns (sums of the loss stats weighted by sample weight, with "stats_n" their weight and
     "objective_sum" the sum of the micro-batch objectives; the grad norm of each optimiser step)."""
     items, adv, real = batch["items"], batch["adv"], batch["real"]
+    needs = getattr(loss_fn, "needs", ())
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
     minis = [order[i::updates_per_rollout] for i in range(updates_per_rollout)]
-    lens = [len(r) for _, r in items]
+    per_response = getattr(loss_fn, "unit", "token") == "response"
+    lens = [min(len(r), 1) if per_response else len(r) for _, r in items]    # what one sample adds to denom
     scale = 1.0 if real else 0.0       # a rank that kept nothing: all its work is filler
     denoms, global_tokens = global_denominators([float(sum(lens[i] for i in mb)) * scale for mb in minis],
                                                 world, device)
@@ -1153,12 +1248,16 @@ def update_policy(fwd, params, opt, batch, old, tis, loss_fn, *, updates_per_rol
             last = j == n_micro[u] - 1
             with (contextlib.nullcontext() if last or no_sync is None else no_sync()), autocast():
                 ids, attn, pos, tgt, valid = make_batch([items[i] for i in mi], pad_id, device)
-                logp, _ = fwd(ids, attn, pos, tgt, valid)                                      # (B, T)
+                pm = prompt_mask_of([items[i] for i in mi], ids.shape[1], device) if "log_z" in needs else None
+                logp, ent, *log_z = fwd(ids, attn, pos, tgt, valid, prompt_mask=pm)         # (B, T) x2 [, (B,)]
                 T = logp.shape[1]
                 old_lp = pad_to([old[i] for i in mi], T)                                      # (B, T)
                 a = torch.tensor([adv[i] for i in mi], dtype=torch.float32, device=device)     # (B,)
                 tis_w = None if tis is None else pad_to([tis[i] for i in mi], T)
-                loss, st = loss_fn(logp.float(), old_lp, a, valid.float(), denom=denoms[u], weights=tis_w)
+                given = {"entropy": ent, "log_z": log_z[0].float() if log_z else None,
+                         "ref_logp": pad_to([ref[i] for i in mi], T) if "ref_logp" in needs else None}
+                loss, st = loss_fn(logp.float(), old_lp, a, valid.float(), denom=denoms[u], weights=tis_w,
+                                   **{k: given[k] for k in needs})
                 (loss * w).backward()
             for k, v in st.items():           # weighted by w: a filler adds nothing
                 if k != "loss/value":
@@ -1319,26 +1418,36 @@ def load_model(args, rk, ckpt):
 
 
 def build_trainer(args, lm, rk):
-    """The Policy (log-probs), sharded before the optimiser sees its parameters (fully_shard swaps them
-    for DTensors), the DDP wrapper (or the Policy itself) and AdamW."""
-    policy = Policy(lm, args.logprob_chunk, args.temperature)
+    """The Policy (log-probs; FlowRL's log Z head inside it), sharded before the optimiser sees its
+    parameters (fully_shard swaps them for DTensors), the DDP wrapper (or the Policy itself) and AdamW."""
+    head = None
+    if "log_z" in loss_needs(args):
+        with torch.random.fork_rng(devices=[]):        # the head's init is a function of --seed alone
+            torch.manual_seed(seed_for("init", args.seed))
+            head = LogZHead(lm.config.hidden_size).to(rk["device"])
+    policy = Policy(lm, args.logprob_chunk, args.temperature, log_z_head=head)
     if args.activation_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.fsdp:
         shard_policy(policy, lm, rk["cuda"])
-    opt = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # one optimiser for the model and the head (the authors train ProjZ with the actor's), model first
+    opt = torch.optim.AdamW(list(lm.parameters()) + (list(head.parameters()) if head is not None else []),
+                            lr=args.lr, weight_decay=args.weight_decay)
     ddp = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[rk["local_rank"]] if rk["cuda"] else None) \
         if rk["world"] > 1 and not args.fsdp else policy
     return policy, ddp, opt
 
 
-def load_state(args, ckpt, lm, opt, rk):
-    """Resume (optimiser, step, data cursor, RNG states) or a fresh start (per-rank seeds) -> (step, cursor)."""
+def load_state(args, ckpt, lm, opt, rk, policy, generator, model_path):
+    """Resume (optimiser, step, data cursor, RNG states, the log Z head, Clip-Cov's generator) or a fresh
+    start (per-rank seeds) -> (step, cursor, the reference model's path: the run's initial model)."""
     if ckpt is None:
         random.seed(seed_for("init", args.seed, rank=rk["rank"]))
         torch.manual_seed(seed_for("init", args.seed, rank=rk["rank"]))
-        return 0, 0
+        return 0, 0, model_path
     st = torch.load(ckpt / "trainer.pt", weights_only=False)
+    if st["args"].get("loss", "lad") != args.loss:
+        raise UsageError(f"--resume: checkpoint was trained with --loss {st['args'].get('loss')}, not {args.loss}")
     if st["world"] != rk["world"]:
         raise UsageError(f"--resume: checkpoint was written by {st['world']} ranks, this run has {rk['world']}")
     if args.fsdp and not st["args"].get("fsdp", False):
@@ -1350,12 +1459,32 @@ def load_state(args, ckpt, lm, opt, rk):
         set_optimizer_state_dict(lm, opt, st["optimizer"], options=StateDictOptions(full_state_dict=True))
     else:
         opt.load_state_dict(st["optimizer"])
+    if policy.log_z_head is not None:
+        policy.log_z_head.load_state_dict(st["log_z_head"])
     rs = torch.load(ckpt / f"rank{rk['rank']}.pt", weights_only=False)
+    if "clipcov_generator" in rs:
+        generator.set_state(rs["clipcov_generator"])
     torch.set_rng_state(rs["torch"])
     random.setstate(rs["python"])
     if rk["cuda"] and rs["cuda"] is not None:
         torch.cuda.set_rng_state_all(rs["cuda"])
-    return st["step"], rs["cursor"]
+    return st["step"], rs["cursor"], st.get("init_model", model_path)
+
+
+def load_reference(args, rk, path):
+    """The frozen initial policy pi_ref (FlowRL's reference, GRPO's KL anchor) from `path`, no gradient;
+    None when the loss needs none. Under FSDP it is sharded like the trained model."""
+    if "ref_logp" not in loss_needs(args):
+        return None
+    from transformers import AutoModelForCausalLM
+
+    try:
+        ref_lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(rk["device"])
+    except OSError as e:
+        raise UsageError(f"cannot load the reference (initial) model {path!r}: {str(e).splitlines()[0]}") from None
+    ref_lm.requires_grad_(False)
+    ref = Policy(ref_lm.eval(), args.logprob_chunk, args.temperature)
+    return shard_policy(ref, ref_lm, rk["cuda"]) if args.fsdp else ref
 
 
 def build_engine(args, lm, tok, model_path, rows, ctx):
@@ -1427,12 +1556,14 @@ def main(args):
         held = data.encode_rows(held, tok, args.chat, limit, args.eval_data or "heldout")[0]
         held = held[:args.eval_prompts] if args.eval_prompts else held
     out = args.out or (str(ckpt.parent) if ckpt is not None else
-                       f"runs/{args.loss}-{args.divergence if args.loss == 'lad' else 'clip'}-s{args.seed}-"
+                       f"runs/{args.loss}{'-' + args.divergence if args.loss == 'lad' else ''}-s{args.seed}-"
                        f"{time.strftime('%Y%m%d-%H%M%S')}")
     out = all_gather_obj(out)[0]                               # rank 0's timestamp for everyone
     Path(out).mkdir(parents=True, exist_ok=True)
     policy, ddp, opt = build_trainer(args, lm, rk)
-    start, cursor = load_state(args, ckpt, lm, opt, rk)
+    clipcov_gen = torch.Generator().manual_seed(seed_for("clipcov", args.seed, rank=rank))   # per rank
+    start, cursor, init_model = load_state(args, ckpt, lm, opt, rk, policy, clipcov_gen, model_path)
+    ref_policy = load_reference(args, rk, init_model)         # pi_ref: the frozen initial policy, if needed
     engine, engine_kind = build_engine(args, lm, tok, model_path, train + (held or []), ctx)
     cfg = {**dataclasses.asdict(args), "world_size": world, "engine_resolved": engine_kind, "model_path": model_path,
            "out": out, "train_prompts": len(train), "train_prompts_skipped_too_long": skipped,
@@ -1444,7 +1575,8 @@ def main(args):
               f"engine {engine_kind}, model {model_path} ({cfg['params'] / 1e6:.2f}M params), "
               f"{len(train)} train prompts ({skipped} skipped: longer than {limit} tokens), out {out}", flush=True)
     log = open_log(out, start, rank, cfg, args)
-    loss_fn = make_loss(args)
+    loss_fn = make_loss(args, clipcov_gen)
+    params = list(policy.parameters())                        # the model's and the log Z head's
     do_eval = held is not None and args.eval_every > 0
     if do_eval and start == 0:
         log(0, evaluate(engine, held, args, rank, world, tok, 0))
@@ -1456,13 +1588,16 @@ def main(args):
         batch = build_batch(kept, spare, args.group_size)
         t0 = time.perf_counter()
         old, tis, s_old, m_old = old_logprobs(policy, batch, args.micro_batch, tok.pad_token_id, device, args.tis_cap)
+        ref = None if ref_policy is None else old_logprobs(
+            ref_policy, {**batch, "engine_logp": [None] * len(batch["items"])}, args.micro_batch, tok.pad_token_id,
+            device)[0]
         times["logprob"], t0 = time.perf_counter() - t0, time.perf_counter()
-        lm.train()
+        policy.train()
         s_upd, grad_norms = update_policy(
-            ddp, list(lm.parameters()), opt, batch, old, tis, loss_fn, updates_per_rollout=args.updates_per_rollout,
+            ddp, params, opt, batch, old, tis, loss_fn, updates_per_rollout=args.updates_per_rollout,
             micro_batch=args.micro_batch, clip_grad=args.clip_grad, pad_id=tok.pad_token_id, device=device,
             world=world, shuffle_seed=seed_for("shuffle", args.seed, step, rank),
-            no_sync=ddp.no_sync if world > 1 and not args.fsdp else None)
+            no_sync=ddp.no_sync if world > 1 and not args.fsdp else None, ref=ref)
         times["update"], t0 = time.perf_counter() - t0, time.perf_counter()
         push_weights(engine, lm)
         times["sync"] = time.perf_counter() - t0
@@ -1475,7 +1610,10 @@ def main(args):
         log(step + 1, m)
         show_progress(bar, step + 1, m)
         if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
-            save_checkpoint(out, step + 1, lm, tok, opt, cursor, rank, world, args)
+            save_checkpoint(out, step + 1, lm, tok, opt, cursor, rank, world, args,
+                            state={"init_model": init_model, **({"log_z_head": policy.log_z_head.state_dict()}
+                                                                if policy.log_z_head is not None else {})},
+                            rank_state={"clipcov_generator": clipcov_gen.get_state()})
     finish(bar, log, engine, rk, out)
     return out
 
