@@ -1295,6 +1295,8 @@ def step_metrics(s, mx, grad_norms, lr):
     m.update({k: v for k, v in mx.items() if k.startswith("perf/")})
     if s["stats_n"]:
         m.update({k: v / s["stats_n"] for k, v in s.items() if k.startswith("loss/")})
+    if grad_norms:                     # each micro-batch loss is already over the global denominator
+        m["loss/objective"] = s["objective_sum"] / len(grad_norms)
     if "code_ok" in s:                 # code rewards: each sandbox verdict's share of the step's responses
         import sandbox
 
