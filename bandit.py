@@ -9,6 +9,14 @@ P_A. Methods (--methods, comma-separated, or "all"):
     grpo         PPO clipped surrogate on group-normalised advantages + KL(pi || pi_old), weight 1
                  (lad.grpo_loss); with eta = 1 its exact optimum is LAD's, pi* ~ pi_old e^{A/eta}.
     flowrl       trajectory balance with a learned log Z (lad.flowrl_loss; Appendix B.5, Eq. 18).
+    clip-cov     Cui et al. 2025 (lad.clip_cov_loss): PPO clip on GRPO's advantages; per seed, of the 32
+                 samples with cov = (A - mean A)(log pi - mean log pi) in (1, 5) and not clipped,
+                 max(1, 2e-4 * 32) = 1 drawn by a seeded generator loses its loss. Sampling only.
+    kl-cov       Cui et al. 2025 (lad.kl_cov_loss): -A r, + |log r| on the top max(1, 2e-3 * 32) = 1
+                 sample by cov per seed. Sampling only.
+    entadv       Cheng et al. 2025 (lad.entadv_loss): GRPO clip on A + min(0.4 H, |A| / 2), H the
+                 policy's entropy over the 50 arms (the same for every sample of a seed).
+                 These three get no KL term (GRPO's KL(pi || pi_old) is GRPO's own recipe here).
     lad-<f>      practical LAD (Eq. 8, lad.lad_loss) for f in kl rkl jf tv hd js (Table 5).
     lad-theory   theoretical LAD (Eq. 7) with exact normalisers Z_A and Z_pi over all 50 arms,
                  divergence --theory-div (f from lad.DIVERGENCES).
@@ -115,6 +123,20 @@ class Args:
     """FlowRL's beta multiplying A; 0 means 1/eta (Eq. 18; FlowRL's LLM default is 15)"""
     flowrl_w_cap: float = 10.0
     """FlowRL's cap on the importance weight pi / pi_old (FlowRL's default)"""
+    clip_cov_ratio: float = 2e-4
+    """Clip-Cov: fraction of the batch's samples whose loss is removed, at least one (Cui et al. 2025; verl)"""
+    clip_cov_lb: float = 1.0
+    """Clip-Cov: lower bound of the covariance of an eligible sample (Cui et al. 2025's scripts)"""
+    clip_cov_ub: float = 5.0
+    """Clip-Cov: upper bound of the covariance of an eligible sample (Cui et al. 2025's scripts)"""
+    kl_cov_ratio: float = 2e-3
+    """KL-Cov: fraction of the batch's samples (top by covariance, at least one) penalised (authors' 7B script)"""
+    kl_cov_coef: float = 1.0
+    """KL-Cov: coefficient of |log pi - log pi_old| on them (authors' 7B script)"""
+    entadv_alpha: float = 0.4
+    """EntAdv: alpha in A + min(alpha H, |A| / kappa), H the policy's entropy over the arms (Cheng et al. 2025)"""
+    entadv_kappa: float = 2.0
+    """EntAdv: kappa, >= 1 (Cheng et al. 2025's value for GRPO)"""
     out: str = "runs/bandit"
     """parent folder of the run folder"""
     fig2: bool = True
@@ -134,7 +156,10 @@ def score_t(args: Args) -> float:
     return args.temperature if args.score_at_temperature else 1.0
 
 
-METHODS = ["grpo", "flowrl"] + [f"lad-{d}" for d in lad.DIVERGENCES] + ["lad-theory"]
+METHODS = (["grpo", "flowrl", "clip-cov", "kl-cov", "entadv"] + [f"lad-{d}" for d in lad.DIVERGENCES]
+           + ["lad-theory"])
+SAMPLED_ONLY = ("clip-cov", "kl-cov")
+CLIPCOV_SEED = 10_000                      # Clip-Cov's generator of seed s: CLIPCOV_SEED + --seed + s      # they select among drawn samples: no --exact version
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -154,10 +179,18 @@ def _floats(s, name):
 
 def check_args(args: Args) -> list[str]:
     """Validate args; return the method list. Raises ValueError with a one-line message."""
-    methods = METHODS if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = ([m for m in METHODS if not (args.exact and m in SAMPLED_ONLY)] if args.methods == "all" else
+               [m.strip() for m in args.methods.split(",") if m.strip()])
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(f"unknown method(s) {bad or args.methods!r}; choose from {', '.join(METHODS)} or all")
+    if args.exact and set(methods) & set(SAMPLED_ONLY):
+        raise ValueError(f"{', '.join(m for m in methods if m in SAMPLED_ONLY)}: no --exact version (they select "
+                         "among the drawn samples by covariance)")
+    if not (0 < args.clip_cov_ratio <= 1 and 0 < args.kl_cov_ratio <= 1 and args.clip_cov_lb < args.clip_cov_ub
+            and args.entadv_alpha >= 0 and args.entadv_kappa >= 1 and args.kl_cov_coef >= 0):
+        raise ValueError("need --clip-cov-ratio and --kl-cov-ratio in (0, 1], --clip-cov-lb < --clip-cov-ub, "
+                         "--entadv-alpha >= 0, --entadv-kappa >= 1, --kl-cov-coef >= 0")
     if len(set(methods)) != len(methods):
         raise ValueError(f"method listed twice in {args.methods!r}")
     for name in ("steps", "batch", "arms", "seeds", "workers", "threads"):
@@ -281,6 +314,24 @@ def train(args: Args, methods: list[str], *, record_traj=(), traj_every=10):
     denom = 1.0 if args.exact else float(B)
     ones = torch.ones(S * (K if args.exact else B), 1, dtype=torch.float64)
     traj = {m: [] for m in record_traj if m in methods}
+    # Clip-Cov's draw: one generator per seed, a function of the seed alone (not of the worker split)
+    cov_gens = [torch.Generator().manual_seed(CLIPCOV_SEED + args.seed + s) for s in range(S)]
+
+    def grpo_adv(i, a_m):
+        """GRPO's advantage of the samples of method i: group-normalised over each seed's B (exact: under pi_old)."""
+        if args.grpo_adv == "raw":
+            return a_m
+        if args.exact:
+            mu = (q[i] * adv).sum(-1, keepdim=True)
+            sd = ((q[i] * (adv - mu) ** 2).sum(-1, keepdim=True)).sqrt()
+            return ((adv - mu) / (sd + 1e-6)).reshape(-1)
+        return lad.group_advantages(a_m, B)[0]
+
+    def per_seed(fn, lp_m, old_m, g_adv, **kw):
+        """Clip-Cov / KL-Cov centre the covariance over one batch: each seed's B samples is its own batch."""
+        return sum(fn(lp_m[j * n:(j + 1) * n], old_m[j * n:(j + 1) * n], g_adv[j * n:(j + 1) * n], ones[:n],
+                      denom=denom, **({"generator": cov_gens[j]} if fn is lad.clip_cov_loss else {}), **kw)[0]
+                   for j in range(S))
     fwd_s = dict.fromkeys(methods, 0.0)
 
     def refresh():
@@ -327,14 +378,7 @@ def train(args: Args, methods: list[str], *, record_traj=(), traj_every=10):
                 else:                                                      # sum_y g(y) = E_{pi_old}[g / pi_old]
                     loss = (per_arm.gather(-1, idx[i]) / q[i].gather(-1, idx[i])).mean(-1).sum()
             elif m == "grpo":
-                if args.grpo_adv == "raw":
-                    g_adv = a_m
-                elif args.exact:                                           # group = pi_old itself
-                    mu = (q[i] * adv).sum(-1, keepdim=True)
-                    sd = ((q[i] * (adv - mu) ** 2).sum(-1, keepdim=True)).sqrt()
-                    g_adv = ((adv - mu) / (sd + 1e-6)).reshape(-1)
-                else:
-                    g_adv, _ = lad.group_advantages(a_m, B)
+                g_adv = grpo_adv(i, a_m)
                 k3 = args.grpo_kl == "k3"
                 # Appendix B.4: PPO-clip surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) (lad.grpo_loss)
                 loss, _ = lad.grpo_loss(lp_m, old_m, g_adv, ones, clip_low=args.grpo_clip_low,
@@ -354,6 +398,23 @@ def train(args: Args, methods: list[str], *, record_traj=(), traj_every=10):
                     loss, _ = lad.flowrl_loss(lp_m, old_m, a_m, ones, z, beta=beta, ref_logp=old_m,
                                               w_cap=args.flowrl_w_cap)
                 loss = loss * S                                            # flowrl_loss means over seeds
+            elif m == "clip-cov":
+                # Cui et al. 2025 (lad.clip_cov_loss): PPO clip; of the seed's samples with cov in (lb, ub),
+                # not clipped, max(1, ratio * B) drawn at random lose their loss
+                loss = per_seed(lad.clip_cov_loss, lp_m, old_m, grpo_adv(i, a_m), clip_cov_ratio=args.clip_cov_ratio,
+                                cov_lb=args.clip_cov_lb, cov_ub=args.clip_cov_ub, clip_low=args.grpo_clip_low,
+                                clip_high=args.grpo_clip_high)
+            elif m == "kl-cov":
+                # Cui et al. 2025 (lad.kl_cov_loss): -A r, + coef |log r| on the top max(1, ratio * B) by cov
+                loss = per_seed(lad.kl_cov_loss, lp_m, old_m, grpo_adv(i, a_m), kl_cov_ratio=args.kl_cov_ratio,
+                                kl_coef=args.kl_cov_coef)
+            elif m == "entadv":
+                # Cheng et al. 2025 (lad.entadv_loss): GRPO clip on A + min(alpha H, |A| / kappa), H the
+                # entropy of the current policy over the arms (one "token" per sample: the same H for a seed)
+                h = -(logp_all[i].exp() * logp_all[i]).sum(-1).detach().repeat_interleave(n)[:, None]  # (S*n, 1)
+                loss, _ = lad.entadv_loss(lp_m, old_m, grpo_adv(i, a_m), ones, h, alpha=args.entadv_alpha,
+                                          kappa=args.entadv_kappa, clip_low=args.grpo_clip_low,
+                                          clip_high=args.grpo_clip_high, denom=denom, weights=w_m)
             total = total + loss
             fwd_s[m] += time.perf_counter() - tm
         opt.zero_grad(set_to_none=True)

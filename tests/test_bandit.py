@@ -122,6 +122,44 @@ def test_workers_give_identical_results():
     torch.testing.assert_close(one["logp"], two["logp"], rtol=0, atol=0)
 
 
+def test_entropy_baselines_run_deterministic_and_split_independent():
+    """clip-cov, kl-cov, entadv (lad.py's functions on one-token actions): finite metrics, the same result
+    in one process and split over two, and a second run of clip-cov reproduces its random draws."""
+    a = bandit.Args(methods="clip-cov,kl-cov,entadv,grpo", steps=60, seeds=2, progress=False,
+                    clip_cov_ratio=0.2, kl_cov_ratio=0.2, clip_cov_lb=-100.0, clip_cov_ub=100.0)
+    one = bandit.train(a, bandit.check_args(a))
+    again = bandit.train(a, bandit.check_args(a))
+    two = bandit.run(bandit.Args(**{**a.__dict__, "workers": 2}), bandit.check_args(a))
+    assert torch.isfinite(one["logp"]).all()
+    torch.testing.assert_close(one["logp"], again["logp"], rtol=0, atol=0)
+    torch.testing.assert_close(one["logp"], two["logp"], rtol=0, atol=0)
+    for i in range(3):          # each baseline's own branch changed the result relative to GRPO's
+        assert (one["logp"][i] - one["logp"][3]).abs().max() > 1e-6
+
+
+def test_clip_cov_draw_depends_on_the_seed_generator(monkeypatch):
+    a = bandit.Args(methods="clip-cov", steps=60, seeds=1, progress=False, clip_cov_ratio=0.2,
+                    clip_cov_lb=-100.0, clip_cov_ub=100.0, workers=1)
+    x = bandit.train(a, ["clip-cov"])["logp"]
+    monkeypatch.setattr(bandit, "CLIPCOV_SEED", bandit.CLIPCOV_SEED + 1)
+    y = bandit.train(a, ["clip-cov"])["logp"]
+    assert (x - y).abs().max() > 0                        # the draw (not only the samples) matters
+
+
+def test_entadv_in_the_bandit_never_flips_a_negative_advantage():
+    adv = torch.tensor([-2.0, -0.1, 0.0, 0.3, 1.5], dtype=torch.float64)
+    h = torch.full((5, 1), math.log(50), dtype=torch.float64)               # the uniform start's entropy
+    out = lad.entropy_advantage(adv, h, torch.ones(5, 1, dtype=torch.float64), alpha=0.4, kappa=2.0)[:, 0]
+    assert (out[adv < 0] <= 0).all() and out[2] == 0 and (out[adv > 0] >= adv[adv > 0]).all()
+
+
+def test_sampled_only_baselines_refuse_exact():
+    with pytest.raises(ValueError, match="no --exact version"):
+        bandit.check_args(bandit.Args(methods="clip-cov", exact=True))
+    assert "clip-cov" not in bandit.check_args(bandit.Args(exact=True))
+    assert {"clip-cov", "kl-cov", "entadv"} <= set(bandit.check_args(bandit.Args()))
+
+
 def test_main_writes_outputs(tmp_path, capsys):
     bandit.main(["--steps", "20", "--seeds", "2", "--out", str(tmp_path), "--progress", "false", "--workers", "1"])
     out = capsys.readouterr().out
