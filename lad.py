@@ -5,7 +5,8 @@ Implements the practical LAD objective (paper Sec. 3.2, Eq. 8; divergences of Ta
     L = E_{y ~ pi_old} [ e^{A/eta} * f( r * e^{-A/eta} ) ],   r = pi_theta(y|x) / pi_old(y|x)
 
 whose gradient is f'(x) * r * grad log pi_theta (Eq. 9), next to the baselines it is compared with
-(GRPO/DAPO clipped surrogate, FlowRL), group-normalised advantages, and the RL training loop.
+(GRPO/DAPO clipped surrogate, FlowRL, Clip-Cov, KL-Cov, EntAdv), group-normalised advantages, and the
+RL training loop.
 
 The "LOSS" section below is self-contained (only `torch`): copy it into verl, TRL or OpenRLHF as is.
 The "TRAINING" section is the torchrun entry point: a flat loop in `main` calling one named phase per
@@ -21,12 +22,13 @@ Commands
     8 GPUs:             torchrun --nproc_per_node=8 lad.py --divergence js --model <hf-path> --train-data <file>
     8 GPUs, FSDP2:      torchrun --nproc_per_node=8 lad.py --fsdp true --engine vllm --model <hf-path> ...
                         (--engine hf without vLLM: each rank samples from an unsharded bf16 copy)
-    GRPO baseline:      add --loss grpo
+    Baselines:          add --loss grpo | flowrl | clip-cov | kl-cov | entadv (the paper's Tables 1, 2, 4)
 
 Deliberately left out
     - a learned critic (PPO/GAE): advantages are group-normalised outcome rewards, as in the paper;
     - reference-model KL for LAD: the paper uses none (its trust region is pi_old, Eq. 2);
-    - a KL term in FlowRL: the authors' script sets use_kl_loss, but their actor code has it commented out.
+    - a KL term in FlowRL: the authors' script sets use_kl_loss, but their actor code has it commented out;
+    - FlowRL under --fsdp true (refused: the log Z head is outside the sharded checkpoint).
 """
 
 from __future__ import annotations

@@ -27,6 +27,12 @@ prompts of 32 and responses of 96-192 random tokens, where the model, not the lo
     python bench/step_ratio.py --real-runs 2                          # recorded: both models + real runs
     python bench/step_ratio.py --models qwen2-512x8 --rounds 40       # recorded: tighter CI for the 57M model
     python bench/step_ratio.py --models tiny --rounds 30              # quick check, about 20 s
+    python bench/step_ratio.py --methods all --models tiny,qwen2-512x8 --rounds 10   # Figure 5: every method
+
+`--methods`: the paper's Figure 5 (cost of each method) instead of the LAD/GRPO ratio: for each method, the
+update phase as lad.py's loop runs it (FlowRL: the frozen reference's no-grad forward, then update_policy
+with the log Z head in the Policy and in the optimiser), methods interleaved in a rotating order within each
+round, each from the same weights and its own optimiser state; per-round ratio to GRPO, median over rounds.
 
 `--real-runs N` adds N pairs of short real `torchrun --nproc_per_node=2 lad.py` runs (LAD, GRPO; same
 seed, eval off) and reports the update time per trained response token from their metrics. That
@@ -98,6 +104,9 @@ class Args:
     """pairs of short real `torchrun --nproc_per_node=2 lad.py` runs (LAD, GRPO) on the embedded default; 0 = none"""
     real_steps: int = 40
     """rollout steps of each real run"""
+    methods: str = ""
+    """the paper's Figure 5 at our scale: update-phase time per trained token of each method relative to
+    GRPO (comma-separated, or all = grpo,flowrl,clip-cov,kl-cov,entadv,lad-js); empty = only LAD/GRPO above"""
 
 
 PRESETS = {
@@ -265,6 +274,81 @@ def bench_model(name, a, loads):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Figure 5: the update phase of every method, relative to GRPO
+# ----------------------------------------------------------------------------------------------------
+
+ALL_METHODS = "grpo,flowrl,clip-cov,kl-cov,entadv,lad-js"
+
+
+def method_args(m, a):
+    """lad.Args of a method name (lad-<f> = --loss lad --divergence f), every other flag at lad.py's default."""
+    return lad.Args(loss="lad", divergence=m[4:], inv_eta=a.inv_eta) if m.startswith("lad-") else lad.Args(loss=m)
+
+
+def method_cost(name, a, loads):
+    import copy
+
+    g = dict(PRESETS.get(name, PRESETS["qwen2-512x8"]))
+    for k in g:
+        if getattr(a, k, 0):
+            g[k] = getattr(a, k)
+    g["rounds"] = a.rounds or max(5, g["rounds"] // 5)
+    methods = [m.strip() for m in (ALL_METHODS if a.methods == "all" else a.methods).split(",") if m.strip()]
+    if "grpo" not in methods:
+        methods.insert(0, "grpo")
+    lm, pad_id, prompts, vocab = load_model(name, a.seed)
+    items, adv = synthetic_rollout(g, prompts, vocab, pad_id, random.Random(a.seed))
+    device, n_tok = torch.device("cpu"), sum(len(r) for _, r in items)
+    batch = {"items": items, "adv": adv, "engine_logp": [None] * len(items), "real": len(items)}
+    ref_lm = copy.deepcopy(lm).eval().requires_grad_(False)             # pi_ref: the frozen initial policy
+    ref_policy = lad.Policy(ref_lm, a.logprob_chunk, 1.0)
+    old = lad.old_logprobs(lad.Policy(lm.eval(), a.logprob_chunk, 1.0), batch, g["micro_batch"], pad_id, device)[0]
+    setup = {}
+    for m in methods:                  # as lad.build_trainer: the head inside the Policy, one optimiser
+        ma = method_args(m, a)
+        torch.manual_seed(a.seed)
+        head = lad.LogZHead(lm.config.hidden_size) if "log_z" in lad.loss_needs(ma) else None
+        pol = lad.Policy(lm, a.logprob_chunk, 1.0, log_z_head=head)
+        setup[m] = (pol, torch.optim.AdamW(list(pol.parameters()), lr=a.lr, weight_decay=0.0), lad.make_loss(ma))
+
+    def update(m):
+        pol, opt, loss_fn = setup[m]
+        t0 = time.perf_counter()
+        ref = lad.old_logprobs(ref_policy, batch, g["micro_batch"], pad_id, device)[0] \
+            if "ref_logp" in loss_fn.needs else None
+        pol.train()
+        lad.update_policy(pol, list(pol.parameters()), opt, batch, old, None, loss_fn,
+                          updates_per_rollout=a.updates_per_rollout, micro_batch=g["micro_batch"], clip_grad=1.0,
+                          pad_id=pad_id, device=device, world=1, shuffle_seed=a.seed, ref=ref)
+        return time.perf_counter() - t0
+
+    print(f"\n## Figure 5, model {name}: {sum(p.numel() for p in lm.parameters()) / 1e6:.2f}M params; "
+          f"{len(items)} responses, {n_tok} trained response tokens; {a.updates_per_rollout} AdamW steps per "
+          f"rollout, micro-batch {g['micro_batch']}; {g['rounds']} rounds, order rotating", flush=True)
+    snaps = {}
+    for m in methods:                  # warm-up step each, then every timed step starts from these states
+        update(m)
+    for m in methods:                  # same model weights in every snapshot: no step ran in between
+        pol, opt, _ = setup[m]
+        snaps[m] = snapshot(pol, opt)
+    times = {m: [] for m in methods}
+    for rnd in range(g["rounds"]):
+        order = methods[rnd % len(methods):] + methods[:rnd % len(methods)]
+        for m in order:
+            restore(setup[m][0], setup[m][1], snaps[m])
+            gc.collect()
+            times[m].append(update(m))
+        loads.append(os.getloadavg()[0])
+    print(f"{'method':10s} {'update ms':>10s} {'us/token':>10s} {'/ GRPO':>8s}  95% CI of the median ratio")
+    for m in methods:
+        r = [x / y for x, y in zip(times[m], times["grpo"])]
+        lo, hi = median_ci(r)
+        med = statistics.median(times[m])
+        print(f"{m:10s} {1e3 * med:10.2f} {1e6 * med / n_tok:10.1f} {statistics.median(r):8.3f}  [{lo:.3f}, {hi:.3f}]",
+              flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Optional: short real lad.py runs (uncontrolled: different rollouts)
 # ----------------------------------------------------------------------------------------------------
 
@@ -304,7 +388,7 @@ def main(a):
           f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
           f"{torch.__version__}; load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     for name in a.models.split(","):
-        bench_model(name.strip(), a, loads)
+        (method_cost if a.methods else bench_model)(name.strip(), a, loads)
     if a.real_runs:
         real_runs(a, loads)
     print(f"\n1-minute load average over the run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, "

@@ -138,3 +138,43 @@ def test_resume_with_another_loss_is_refused(tmp_path, model_dir, monkeypatch, c
         lad.cli(["--resume", out, "--loss", "flowrl", "--steps", "2"])
     assert e.value.code == 2
     assert "checkpoint was trained with --loss lad, not flowrl" in capsys.readouterr().err
+
+
+def test_figure5_bench_times_every_method_in_one_run():
+    """bench/step_ratio.py --methods: one line per method, GRPO's own ratio 1, FlowRL's update includes its
+    reference forward (so it cannot be cheaper than a fraction of GRPO's)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "bench/step_ratio.py", "--methods", "grpo,flowrl,lad-js", "--models", "tiny",
+                        "--rounds", "2", "--updates-per-rollout", "1", "--prompts", "2"],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines() if ln.split()[:1] in (["grpo"], ["flowrl"], ["lad-js"])}
+    assert set(rows) == {"grpo", "flowrl", "lad-js"}, r.stdout
+    assert float(rows["grpo"][3]) == 1.0 and float(rows["flowrl"][3]) > 0.5 and float(rows["lad-js"][2]) > 0
+
+
+def test_compare_table_and_plot(tmp_path):
+    """bench/train_compare.py's table (warm start row first, mean +- std) and plot from finished runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_compare", Path(__file__).resolve().parents[1] / "bench" /
+                                                  "train_compare.py")
+    tc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tc)
+    warm = {"eval/avg@n": 0.2, "eval/pass@1": 0.2, "eval/pass@4": 0.5, "eval/pass@16": 0.9, "eval/distinct_answers": 2.0}
+
+    def run(v):
+        return {"eval/avg@n": v, "eval/pass@1": v, "eval/pass@4": v + 0.1, "eval/pass@16": v + 0.2,
+                "eval/distinct_answers": 1.0, "train/entropy": 0.1, "train/reward_last20": v, "wall_s": 10.0,
+                "eval0": warm, "passk": {"eval/pass@1": v, "eval/pass@4": v + 0.1, "eval/pass@16": v + 0.2},
+                "entropy_steps": [[1, 0.5], [2, None], [3, 0.3]]}
+
+    text = tc.write_table({"grpo": [run(0.4), run(0.6)], "lad-js": [run(0.5)]}, tmp_path / "t.md")
+    lines = text.splitlines()
+    assert lines[2].startswith("| warm start (step 0) | - | 0.200 |")
+    assert lines[3].startswith("| grpo | 2 | 0.500 +- 0.141 |") and lines[4].startswith("| lad-js | 1 | 0.500 |")
+    tc.plot({"grpo": [run(0.4), run(0.6)], "lad-js": [run(0.5)]}, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000
