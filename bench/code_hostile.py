@@ -83,7 +83,10 @@ def hostile_catalogue(trainer_pid: int) -> list[tuple[str, str, dict, set]]:
         ("sleep", "import time\ntime.sleep(3600)", ADD, T),
         ("huge output", "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", ADD, {"runtime_error", "timeout"}),
         ("huge output (call)", "def f(a, b):\n    return 'x' * (900 << 20)", CALL, {"memory", "runtime_error", "timeout"}),
-        ("write outside the folder", f"open({str(MARK)!r}, 'w').write('x')\nprint(3)", ADD, {"blocked"}),
+        # under /tmp (a checkout there) the audit hook lets the path through and the sandbox's own /tmp
+        # has no such folder: runtime_error; elsewhere the hook blocks it. The MARK check proves no write.
+        ("write outside the folder", f"open({str(MARK)!r}, 'w').write('x')\nprint(3)", ADD,
+         {"blocked"} if not str(MARK).startswith("/tmp/") else {"blocked", "runtime_error"}),
         ("fill the tmpfs", "f = open('big', 'wb')\nwhile True:\n    f.write(b'x' * (1 << 20))", ADD,
          {"runtime_error", "timeout"}),
         ("socket", "import socket\nsocket.create_connection(('127.0.0.1', 22), 1)\nprint(3)", ADD, {"blocked"}),
