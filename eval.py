@@ -790,24 +790,20 @@ def main(argv=None) -> int:
         return 2
 
 
-def evaluate(args: Args) -> int:
-    cfg = resolve(args)
-    t0 = time.time()
-    scoring_only = bool(args.generations)
-    if scoring_only and args.shard:
-        raise EvalError("--shard splits generation; score all shards at once with --generations a,b,...")
-    specs = [s.strip() for s in (args.benchmark or ("" if scoring_only else "tiny")).split(",") if s.strip()]
-    if len({bench_name(s) for s in specs}) < len(specs):
-        raise EvalError(f"--benchmark names a benchmark twice: {args.benchmark}")
-
+def parse_ks(args: Args) -> list[int] | None:
+    """--k as a sorted list (None: the default grid, chosen once the samples are known)."""
     try:
         ks = sorted({int(x) for x in args.k.split(",")}) if args.k else None
     except ValueError:
         raise EvalError(f"--k must be comma-separated integers, got {args.k!r}") from None
     if ks and min(ks) < 1:
         raise EvalError(f"--k values must be >= 1, got {args.k}")
+    return ks
 
-    # ---- load the benchmarks (every bad row is reported with its file and line) ----
+
+def load_benchmarks(specs: list[str], args: Args, cfg: dict):
+    """Every --benchmark, filtered (LiveCodeBench dates, --limit, --shard) -> (problems, kinds, sources,
+    excluded); every bad row is reported with its file and line, and stops the run unless --on-bad-row skip."""
     problems, kinds, sources, bad = {}, {}, {}, []
     window, excluded = cfg.pop("lcb_window"), set()
     cfg["lcb_filter"] = {"start": args.lcb_start or None, "end": args.lcb_end or None, "inclusive": True,
@@ -841,56 +837,62 @@ def evaluate(args: Args) -> int:
         if args.on_bad_row == "error":
             raise EvalError(f"{len(bad)} benchmark row(s) cannot be loaded (--on-bad-row skip to go on without them):\n  {listing}")
         print(f"warning: skipping {len(bad)} bad row(s):\n  {listing}", file=sys.stderr)
+    cfg["bad_rows"] = bad
+    return problems, kinds, sources, excluded
 
-    # ---- settings that depend on the benchmark kind ----
-    templates = {b: (args.prompt_template if args.prompt_template != "auto" else
-                     {"sum": "raw", "code": "code"}.get(k, "boxed"))
-                 for b, k in kinds.items()}
+
+def kind_defaults(kinds: dict, args: Args, cfg: dict, ks, scoring_only: bool) -> None:
+    """The settings that depend on the benchmarks' kinds (templates, --max-new-tokens 0, --n 0), into cfg."""
+    cfg["templates"] = {b: (args.prompt_template if args.prompt_template != "auto" else
+                            {"sum": "raw", "code": "code"}.get(k, "boxed"))
+                        for b, k in kinds.items()}
     if args.max_new_tokens == 0:
         cfg["max_new_tokens"] = 16 if kinds and all(k == "sum" for k in kinds.values()) else 8192
     if args.n == 0:
         cfg["n"] = 16 if kinds and all(k == "code" for k in kinds.values()) else 32
     if ks and not scoring_only and max(ks) > cfg["n"]:
         raise EvalError(f"Pass@{max(ks)} needs n >= {max(ks)} samples per problem, but --n is {cfg['n']}")
-    cfg.update(templates=templates, kinds=kinds, sources=sources, bad_rows=bad,
-               command="python " + " ".join(sys.argv))
 
-    # ---- samples: generated here, or read from files ----
-    if scoring_only:
-        golds = {(b, p["id"]): p["gold"] for b, ps in problems.items() for p in ps}
-        paths = [Path(x.strip()) for x in args.generations.split(",") if x.strip()]
-        rows, skipped = read_generations(paths, args, golds, excluded)
-        if cfg["lcb_filter"]:
-            cfg["lcb_filter"]["samples_skipped"] = skipped
-        for r in rows:
-            # verifier kind: --kind, else the loaded benchmark's, else the row's own (eval.py writes it),
-            # else sum for the built-in task's name and math otherwise
-            where, row_kind = r.pop("where"), r.pop("kind")
-            b = r["benchmark"]
-            if b not in kinds:
-                kinds[b] = args.kind if args.kind != "auto" else row_kind or ("sum" if b == "tiny" else "math")
-            if row_kind not in (None, kinds[b]) and args.kind == "auto":
-                raise EvalError(f"{where}: kind {row_kind!r}, but {b} is scored as {kinds[b]!r} (set --kind)")
-        for k in ("model", "engine", "device", "dtype", "temperature", "top_p", "max_new_tokens",
-                  "prompt_template", "chat", "batch_size", "n"):
-            cfg[k] = None                       # not ours: the file's producer chose them
-        cfg["templates"] = {}
-        name = args.name or (paths[0].parent.name if len(paths) > 1 or paths[0].stem == "samples" else paths[0].stem)
-    else:
-        if not specs:
-            raise EvalError("nothing to evaluate: give --benchmark, --generations or --compare")
-        if not args.model:
-            if any(k != "sum" for k in kinds.values()):
-                raise EvalError("--model is required for math benchmarks (an HF model folder)")
-            import tiny
-            cfg["model"] = tiny.default_model_dir(log=lambda m: print(m, file=sys.stderr))
-        elif not Path(args.model).is_dir():
-            raise EvalError(f"--model: no such folder {args.model} (local HF folders only; no downloads)")
-        name = args.name or Path(cfg["model"]).name
-        rows = generate(problems, cfg)
-    cfg["name"] = name
 
-    # ---- problems of the benchmark with no samples are reported, never silently left out ----
+def scored_samples(args: Args, problems: dict, kinds: dict, excluded: set, cfg: dict) -> tuple[list[dict], str]:
+    """--generations: the files' samples, each benchmark's verifier kind settled -> (rows, run name)."""
+    golds = {(b, p["id"]): p["gold"] for b, ps in problems.items() for p in ps}
+    paths = [Path(x.strip()) for x in args.generations.split(",") if x.strip()]
+    rows, skipped = read_generations(paths, args, golds, excluded)
+    if cfg["lcb_filter"]:
+        cfg["lcb_filter"]["samples_skipped"] = skipped
+    for r in rows:
+        # verifier kind: --kind, else the loaded benchmark's, else the row's own (eval.py writes it),
+        # else sum for the built-in task's name and math otherwise
+        where, row_kind = r.pop("where"), r.pop("kind")
+        b = r["benchmark"]
+        if b not in kinds:
+            kinds[b] = args.kind if args.kind != "auto" else row_kind or ("sum" if b == "tiny" else "math")
+        if row_kind not in (None, kinds[b]) and args.kind == "auto":
+            raise EvalError(f"{where}: kind {row_kind!r}, but {b} is scored as {kinds[b]!r} (set --kind)")
+    for k in ("model", "engine", "device", "dtype", "temperature", "top_p", "max_new_tokens",
+              "prompt_template", "chat", "batch_size", "n"):
+        cfg[k] = None                       # not ours: the file's producer chose them
+    cfg["templates"] = {}
+    return rows, args.name or (paths[0].parent.name if len(paths) > 1 or paths[0].stem == "samples" else paths[0].stem)
+
+
+def generated_samples(args: Args, specs: list[str], problems: dict, kinds: dict, cfg: dict) -> tuple[list[dict], str]:
+    """Samples generated here from --model (the tiny model for the built-in task) -> (rows, run name)."""
+    if not specs:
+        raise EvalError("nothing to evaluate: give --benchmark, --generations or --compare")
+    if not args.model:
+        if any(k != "sum" for k in kinds.values()):
+            raise EvalError("--model is required for math benchmarks (an HF model folder)")
+        import tiny
+        cfg["model"] = tiny.default_model_dir(log=lambda m: print(m, file=sys.stderr))
+    elif not Path(args.model).is_dir():
+        raise EvalError(f"--model: no such folder {args.model} (local HF folders only; no downloads)")
+    return generate(problems, cfg), args.name or Path(cfg["model"]).name
+
+
+def report_missing(problems: dict, rows: list[dict], cfg: dict) -> None:
+    """Problems of a benchmark with no samples are reported (and recorded), never silently left out."""
     have = {(r["benchmark"], r["id"]) for r in rows}
     missing = {b: [p["id"] for p in ps if (b, p["id"]) not in have] for b, ps in problems.items()}
     missing = {b: ids for b, ids in missing.items() if ids}
@@ -899,27 +901,24 @@ def evaluate(args: Args) -> int:
               file=sys.stderr)
     cfg["missing_problems"] = missing
 
-    if not rows:
-        raise EvalError("no samples to score")
-    if ks is None:   # default Pass@k grid: up to the smallest number of samples any problem has
-        ks = default_ks(min(len(g) for g in per_problem(rows).values()) if scoring_only else cfg["n"])
-    cfg["k"] = ks
+
+def score_and_summarise(rows: list[dict], problems: dict, kinds: dict, ks: list[int], args: Args):
+    """Reward every sample, add EvalPlus's base-only view, summarise -> (summary, base_of)."""
     score(rows, kinds)
     extra = base_rows(rows)        # EvalPlus: the same samples on the base tests only (<name>:base)
     base_of = {r["benchmark"]: r["benchmark"][:-len(BASE)] for r in extra}
     benches = []
     for b in dict.fromkeys(list(problems) + [r["benchmark"] for r in rows]):
         benches += [b] + [d for d, parent in base_of.items() if parent == b]
-    groups = per_problem(rows + extra)
-    summary = summarise(groups, benches, ks, args.bootstrap, args.seed, base_of)
+    summary = summarise(per_problem(rows + extra), benches, ks, args.bootstrap, args.seed, base_of)
     for b, entry in summary["benchmarks"].items():
         if kinds.get(base_of.get(b, b)) == "code" and b not in base_of:
             entry["reasons"] = reason_counts(rows, b)
-    cfg["protocol"] = protocol(kinds, problems, cfg)
-    summary = {"name": name, "config": cfg, **summary, "seconds": round(time.time() - t0, 1)}
+    return summary, base_of
 
-    # ---- outputs ----
-    out_dir = Path(args.out_dir or f"runs/eval/{name}")
+
+def write_outputs(out_dir: Path, summary: dict, rows: list[dict], kinds: dict, base_of: dict) -> None:
+    """samples.jsonl, summary.json and summary.md under out_dir; the table to stdout."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "samples.jsonl", "w") as f:
         for r in rows:
@@ -934,10 +933,40 @@ def evaluate(args: Args) -> int:
     table = summary_table(summary)
     notes = "".join(f"{d}: the samples of {b} on its base tests only (EvalPlus's base benchmark; {b} is base + plus); "
                     "not in the macro.\n" for d, b in base_of.items())
-    (out_dir / "summary.md").write_text(f"# {name}\n\n{table}\nmean [bootstrap 95% interval over problems]; "
+    (out_dir / "summary.md").write_text(f"# {summary['name']}\n\n{table}\nmean [bootstrap 95% interval over problems]; "
                                         f"accuracies and truncation in %.\n{notes}")
     print(table, end="")
     print(f"wrote {out_dir}/samples.jsonl, summary.json, summary.md ({summary['seconds']} s)", file=sys.stderr)
+
+
+def evaluate(args: Args) -> int:
+    """The evaluation recipe: load -> samples (generated or read) -> score -> summarise -> write."""
+    cfg = resolve(args)
+    t0 = time.time()
+    scoring_only = bool(args.generations)
+    if scoring_only and args.shard:
+        raise EvalError("--shard splits generation; score all shards at once with --generations a,b,...")
+    specs = [s.strip() for s in (args.benchmark or ("" if scoring_only else "tiny")).split(",") if s.strip()]
+    if len({bench_name(s) for s in specs}) < len(specs):
+        raise EvalError(f"--benchmark names a benchmark twice: {args.benchmark}")
+    ks = parse_ks(args)
+
+    problems, kinds, sources, excluded = load_benchmarks(specs, args, cfg)
+    kind_defaults(kinds, args, cfg, ks, scoring_only)
+    cfg.update(kinds=kinds, sources=sources, command="python " + " ".join(sys.argv))
+    rows, name = (scored_samples(args, problems, kinds, excluded, cfg) if scoring_only
+                  else generated_samples(args, specs, problems, kinds, cfg))
+    cfg["name"] = name
+    report_missing(problems, rows, cfg)
+    if not rows:
+        raise EvalError("no samples to score")
+    if ks is None:   # default Pass@k grid: up to the smallest number of samples any problem has
+        ks = default_ks(min(len(g) for g in per_problem(rows).values()) if scoring_only else cfg["n"])
+    cfg["k"] = ks
+    summary, base_of = score_and_summarise(rows, problems, kinds, ks, args)
+    cfg["protocol"] = protocol(kinds, problems, cfg)
+    summary = {"name": name, "config": cfg, **summary, "seconds": round(time.time() - t0, 1)}
+    write_outputs(Path(args.out_dir or f"runs/eval/{name}"), summary, rows, kinds, base_of)
     return 0
 
 

@@ -116,7 +116,7 @@ class _LADTokenLoss(torch.autograd.Function):
 def _where_valid(valid, x):
     """x where valid, else 0. torch.where, not x * mask: NaN * 0 is NaN, and the gradient of where is
     exactly 0 at the masked positions, so padding values reach neither the loss nor the gradient."""
-    return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.where(valid, x, 0.0)
 
 
 def aggregate(per_token, mask, agg="token-mean", denom=None):
@@ -197,7 +197,7 @@ def lad_token_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.2
 
 def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, ratio="token",
              agg="token-mean", denom=None, weights=None, log_ratio_clamp=LOG_RATIO_CLAMP,
-             max_log_weight=MAX_LOG_WEIGHT):
+             max_log_weight=MAX_LOG_WEIGHT, with_stats=True):
     """Practical LAD loss (paper Eq. 8) and detached stats.
 
     logp, old_logp, mask: (B, T); advantages: (B,) one per response, or (B, T) per token.
@@ -210,6 +210,8 @@ def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, rat
     agg, denom: see aggregate(). weights: optional (B, T) or (B, 1) per-token multipliers, detached
     (a truncated importance-sampling correction, or exact expectation weights pi_old(y)).
     Returns (loss scalar, dict of detached float tensors). The per-token loss is lad_token_loss.
+    with_stats=False returns (loss, {}) and skips the stats (every loss here takes it: the stats are
+    ~30 small ops, which dominate on tiny inputs such as bandit.py's 48,000 calls per run).
     """
     per_tok, mask, log_r_tok, adv_scaled_raw, adv_scaled = _lad_token_terms(
         logp, old_logp, advantages, mask, divergence, eta, ratio, log_ratio_clamp, max_log_weight)
@@ -217,6 +219,8 @@ def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, rat
         per_tok = per_tok * _where_valid(mask > 0, weights.detach().to(per_tok.dtype))
     loss = aggregate(per_tok, mask, agg, denom)
 
+    if not with_stats:
+        return loss, {}
     with torch.no_grad():
         n = mask.sum().clamp_min(1)
         log_r_all = log_r_tok.expand_as(mask)                                   # (B, T)
@@ -275,7 +279,7 @@ def _ratio_stats(r, log_r, m, n):
 
 def grpo_loss(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.28, dual_clip=None,
               ref_logp=None, kl_coef=0.0, agg="token-mean", denom=None, weights=None,
-              log_ratio_clamp=LOG_RATIO_CLAMP):
+              log_ratio_clamp=LOG_RATIO_CLAMP, with_stats=True):
     """GRPO / DAPO clipped surrogate (PPO clip with clip-higher), optional dual-clip and k3 KL, as verl.
 
     Per token: max(-A r, -A clip(r, 1-clip_low, 1+clip_high)); with dual_clip=c (> 1), min(that, -A c)
@@ -310,6 +314,8 @@ def grpo_loss(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.28,
         per_tok = per_tok + kl_coef * k3
     loss = aggregate(per_tok, m, agg, denom)
 
+    if not with_stats:
+        return loss, {}
     with torch.no_grad():
         n = m.sum().clamp_min(1)
         cl = clipped.to(m.dtype)                                                # clipped branch wins
@@ -341,7 +347,7 @@ def _token_cov(adv, lp, m):
 
 def clip_cov_loss(logp, old_logp, advantages, mask, *, generator, clip_cov_ratio=2e-4, cov_lb=1.0, cov_ub=5.0,
                   clip_low=1.0, clip_high=1.0, agg="token-mean", denom=None, weights=None,
-                  log_ratio_clamp=LOG_RATIO_CLAMP):
+                  log_ratio_clamp=LOG_RATIO_CLAMP, with_stats=True):
     """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", Sec. 4; verl
     core_algos.compute_policy_loss_clip_cov): the PPO clipped surrogate, except that a few
     high-covariance tokens have their loss and gradient removed.
@@ -385,6 +391,8 @@ def clip_cov_loss(logp, old_logp, advantages, mask, *, generator, clip_cov_ratio
         per_tok = per_tok * tis
     loss = aggregate(per_tok, m, agg, denom)
 
+    if not with_stats:
+        return loss, {}
     with torch.no_grad():
         n = m.sum().clamp_min(1)
         stats = {**_ratio_stats(r, log_r, m, n),
@@ -397,7 +405,7 @@ def clip_cov_loss(logp, old_logp, advantages, mask, *, generator, clip_cov_ratio
 
 
 def kl_cov_loss(logp, old_logp, advantages, mask, *, kl_cov_ratio=2e-3, kl_coef=1.0, agg="token-mean",
-                denom=None, weights=None, log_ratio_clamp=LOG_RATIO_CLAMP):
+                denom=None, weights=None, log_ratio_clamp=LOG_RATIO_CLAMP, with_stats=True):
     """KL-Cov (Cui et al. 2025, Sec. 4; verl core_algos.compute_policy_loss_kl_cov): the unclipped
     policy-gradient surrogate -A r, plus kl_coef * |log pi - log pi_old| on the top-k valid tokens by
     covariance, k = max(1, int(kl_cov_ratio * n_valid)) of this micro-batch.
@@ -433,6 +441,8 @@ def kl_cov_loss(logp, old_logp, advantages, mask, *, kl_cov_ratio=2e-3, kl_coef=
         per_tok = per_tok * tis
     loss = aggregate(per_tok, m, agg, denom)
 
+    if not with_stats:
+        return loss, {}
     with torch.no_grad():
         n = m.sum().clamp_min(1)
         stats = {**_ratio_stats(r, log_r, m, n),
@@ -464,7 +474,7 @@ def entropy_advantage(advantages, entropy, mask, *, alpha=0.4, kappa=2.0):
 
 def entadv_loss(logp, old_logp, advantages, mask, entropy, *, alpha=0.4, kappa=2.0, clip_low=0.2,
                 clip_high=0.28, dual_clip=None, agg="token-mean", denom=None, weights=None,
-                log_ratio_clamp=LOG_RATIO_CLAMP):
+                log_ratio_clamp=LOG_RATIO_CLAMP, with_stats=True):
     """EntAdv: grpo_loss on entropy_advantage(advantages, entropy, mask) (Cheng et al. 2025, applied to GRPO).
 
     entropy (B, T): the current policy's per-token entropy from the same forward as logp (detached
@@ -476,7 +486,9 @@ def entadv_loss(logp, old_logp, advantages, mask, entropy, *, alpha=0.4, kappa=2
     shaped = entropy_advantage(advantages, entropy, mask, alpha=alpha, kappa=kappa)   # (B, T)
     loss, stats = grpo_loss(logp, old_logp, shaped.to(logp.dtype), mask, clip_low=clip_low, clip_high=clip_high,
                             dual_clip=dual_clip, agg=agg, denom=denom, weights=weights,
-                            log_ratio_clamp=log_ratio_clamp)
+                            log_ratio_clamp=log_ratio_clamp, with_stats=with_stats)
+    if not with_stats:
+        return loss, {}
     with torch.no_grad():
         valid = mask > 0
         m = mask.to(shaped.dtype)
@@ -489,7 +501,7 @@ def entadv_loss(logp, old_logp, advantages, mask, entropy, *, alpha=0.4, kappa=2
 
 
 def flowrl_loss(logp, old_logp, advantages, mask, log_z, *, beta=15.0, ref_logp=None, w_cap=None, denom=None,
-                weights=None, log_ratio_clamp=LOG_RATIO_CLAMP):
+                weights=None, log_ratio_clamp=LOG_RATIO_CLAMP, with_stats=True):
     """FlowRL's trajectory-balance loss as its authors run it (Zhu et al. 2025, FlowRL; their verl fork,
     verl/workers/actor/dp_actor.py compute_flowrl_objective; LAD paper App. B.5, Eq. 18).
 
@@ -539,6 +551,8 @@ def flowrl_loss(logp, old_logp, advantages, mask, log_z, *, beta=15.0, ref_logp=
     d = row.sum().clamp_min(1) if denom is None else denom
     loss = per_resp.sum() / d
 
+    if not with_stats:
+        return loss, {}
     with torch.no_grad():
         nr = row.sum().clamp_min(1)
         dl = _where_valid(row, delta.detach())

@@ -153,6 +153,28 @@ def test_entadv_in_the_bandit_never_flips_a_negative_advantage():
     assert (out[adv < 0] <= 0).all() and out[2] == 0 and (out[adv > 0] >= adv[adv > 0]).all()
 
 
+def test_adam_step_is_torch_adam():
+    a, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    mine = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+    ref = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+    opt = torch.optim.Adam(ref, lr=5e-3, betas=(0.9, 0.999), eps=1e-8)
+    state = {}
+    for step in range(30):
+        for ps in (mine, ref):
+            for p in ps:
+                p.grad = None
+            loss = (ps[0] ** 2).sum().sin() + (ps[1].exp().sum() if step % 3 else 0)   # b unused every 3rd step
+            loss.backward()
+        bandit.adam_step(mine, state, 5e-3)
+        opt.step()
+        if step == 20:                                       # --reset-adam
+            state.clear()
+            opt.state.clear()
+    for x, y in zip(mine, ref):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
+    assert (mine[0] - a).abs().max() > 1e-3
+
+
 def test_sampled_only_baselines_refuse_exact():
     with pytest.raises(ValueError, match="no --exact version"):
         bandit.check_args(bandit.Args(methods="clip-cov", exact=True))

@@ -151,6 +151,25 @@ def test_nan_or_inf_in_padding_gives_the_clean_loss_and_finite_gradients(name, b
     assert torch.allclose(loss, clean, rtol=1e-12) and torch.allclose(g, g_clean, rtol=1e-10, atol=1e-15)
 
 
+@pytest.mark.parametrize("name", ["lad", "lad-seq", "grpo", "clip-cov", "kl-cov", "entadv", "flowrl"])
+def test_with_stats_false_gives_the_same_loss_and_gradient_and_no_stats(name):
+    losses, ent = _all_losses()
+    logp, old, adv, mask = batch(B=5, T=8, seed=9)
+    e, z = ent(old.shape), torch.randn(5, generator=torch.Generator().manual_seed(3), **F64)
+    w = torch.rand(*old.shape, generator=torch.Generator().manual_seed(2), **F64) + 0.5
+    full, stats = losses[name](logp, old, adv, mask, e, z, w)
+    real = {"lad": lad.lad_loss, "lad-seq": lad.lad_loss, "grpo": lad.grpo_loss, "clip-cov": lad.clip_cov_loss,
+            "kl-cov": lad.kl_cov_loss, "entadv": lad.entadv_loss, "flowrl": lad.flowrl_loss}[name]
+    orig = getattr(lad, real.__name__)
+    try:    # the same call with with_stats=False
+        setattr(lad, real.__name__, lambda *a, **k: orig(*a, **k, with_stats=False))
+        bare, none = losses[name](logp, old, adv, mask, e, z, w)
+    finally:
+        setattr(lad, real.__name__, orig)
+    assert stats and none == {}
+    assert torch.equal(full, bare) and torch.equal(grad_of(full, logp), grad_of(bare, logp))
+
+
 # ---- Clip-Cov ---------------------------------------------------------------------------------------
 
 def _clip_cov_case(seed=7):
