@@ -11,7 +11,8 @@ What it implements
       harness and, as the hard bound, by the parent which kills the sandbox).
     - Expected values never enter the sandbox: the child reports each test's stdout or return value
       (encoded by the harness into tagged JSON of plain builtin types: a user object with a rigged
-      __eq__ cannot survive it), the parent decodes and compares. A program can forge the report
+      __eq__ cannot survive it; long number lists as raw array bytes after the record, a long str
+      result as its SHA-256), the parent decodes and compares. A program can forge the report
       channel but not the expected values, so a forged report is just another wrong answer. Only
       check(candidate) asserts that are not `assert candidate(...) == literal` (or is_same_list /
       is_same_tree against list_node/tree_node literals) run inside; such tests are marked
@@ -53,6 +54,7 @@ Deliberately left out
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import marshal
 import math
@@ -90,8 +92,9 @@ class SandboxUnavailable(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------------
 # The trusted harness: runs first in the sandboxed interpreter, reads the job from stdin, then runs
-# the program on every test and streams one JSON record per test to the original stdout (kept on a
-# private fd; fd 1 is redirected to a file per test). Records carry outputs, never verdicts (except
+# the program on every test and streams one JSON record per test (plus the raw bytes of its
+# attachments, "__n" their lengths) to the original stdout (kept on a private fd; fd 1 is redirected
+# to a file per test). Records carry outputs, never verdicts (except
 # for "inside" asserts), so nothing the program does to this process can produce a pass by itself.
 # ----------------------------------------------------------------------------------------------------
 
@@ -108,10 +111,16 @@ try:  # the C JSON encoder without importing json (json and signal import re, en
     _dumps({"k": [1, 1.5, "x", None, True]})
 except (ImportError, TypeError):
     from json import dumps as _dumps
+_blobs = []                                      # raw attachments of the record being encoded
 def send(rec):
-    data = (_dumps(rec) + "\n").encode("ascii", "replace")
-    while data:
-        data = data[_write(R, data):]
+    # one JSON line; "__n": the byte lengths of the raw attachments that follow it (packed number lists)
+    global _blobs
+    blobs, _blobs = _blobs, []
+    if blobs: rec["__n"] = [_len(b) for b in blobs]
+    for data in [(_dumps(rec) + "\n").encode("ascii", "replace")] + blobs:
+        data = memoryview(data)
+        while data:
+            data = data[_write(R, data):]
 def lim(r, v):
     try: resource.setrlimit(r, (v, v))
     except (ValueError, OSError): pass
@@ -144,16 +153,28 @@ def on_alarm(*a): raise _Timeout()
 _signal.signal(_signal.SIGALRM, on_alarm)
 OUT = os.open(".out", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
 _BIG, _FLAT, _INTS, _NUMS, _KIND = 1 << 4096, {str, bool, float, _type(None)}, {int, bool}, {int, float}, {int: 1, float: 0}
-_array = None
+_EXACT, _array = 1 << 53, None
+def _attach(b):
+    _blobs.append(b)
+    return _len(_blobs) - 1
 def pack(x, ts):
-    # a long list of numbers as the raw bytes of an array, in hex (C speed both ways, exact)
+    # a long list of numbers as the raw bytes of a double array, attached after the record (exact, and C
+    # speed both ways: no text encoding of millions of numbers)
     global _array
     if _array is None: from array import array as _array
+    if ts == {int}:                                  # 64-bit ints; a larger one raises, and goes as text
+        try: return {"__qb": _attach(_array("q", x).tobytes())}
+        except OverflowError: return None
     try: a = _array("d", x)
     except OverflowError: return None
-    if ts == {float}: return {"__fa": a.tobytes().hex()}
+    if ts == {float}: return {"__fb": _attach(a.tobytes())}
+    # ints and floats mixed. A program's output is compared by value (2 == 2.0 in every comparison
+    # here), so unless the job asks for exact types (the canonical run, whose values become the
+    # expected outputs: EvalPlus looks at their float-ness) it goes as doubles, once no int is past 2**53
+    if not job["types"] and max(x) <= _EXACT and min(x) >= -_EXACT: return {"__fb": _attach(a.tobytes())}
     if a.tolist() != x: return None                      # an int that a double does not hold exactly
-    return {"__na": [a.tobytes().hex(), bytes(map(_KIND.__getitem__, map(_type, x))).hex()]}
+    if not job["types"]: return {"__fb": _attach(a.tobytes())}
+    return {"__nb": [_attach(a.tobytes()), _attach(bytes(map(_KIND.__getitem__, map(_type, x))))]}
 def enc(x, d=0):
     t = _type(x)
     if t is int and (x > _BIG or x < -_BIG): return {"__ih": hex(x)}  # linear, unlike str
@@ -161,7 +182,7 @@ def enc(x, d=0):
     if d > 200: return {"__r": "too deep"}
     if t is list:
         ts = set(map(_type, x))                          # C speed: no per-element Python for flat lists
-        if _len(x) > 64 and float in ts and ts <= _NUMS:
+        if _len(x) > 64 and (ts == {int} or (float in ts and ts <= _NUMS)):
             v = pack(x, ts)
             if v is not None: return v
         if ts <= _FLAT or (ts <= _INTS and max(x) <= _BIG and min(x) >= -_BIG): return x
@@ -185,6 +206,13 @@ def enc(x, d=0):
         while vals and vals[-1] is None: vals.pop()
         return {"__tn": vals}
     return {"__r": n}
+_DIGEST_MIN, _sha256 = 1 << 16, None
+def digest(s):
+    # a long str result as its SHA-256 (every comparison of a call's str result is exact equality, which
+    # the parent checks against the expected value's digest): JSON-escaping megabytes costs more than the test
+    global _sha256
+    if _sha256 is None: from hashlib import sha256 as _sha256
+    return {"__sh": [_sha256(s.encode("utf-8", "surrogatepass")).hexdigest(), _len(s)]}
 def err(e): return _type(e).__name__ + ": " + str(e)[:300]
 def timed(k, fn):
     _signal.setitimer(_signal.ITIMER_REAL, job["per_test"])
@@ -228,6 +256,7 @@ def run_call(code):
             if "args" in t: v = timed(k, lambda: candidate_of()(*t["args"]))
             else: v = timed(k, lambda: eval(t["call"], dict(ns, candidate=candidate_of())))
             if t.get("assert"): rec["pass"] = v is True or (v is not False and bool(v))
+            elif _type(v) is str and _len(v) > _DIGEST_MIN: rec["out"] = digest(v)
             else: rec["out"] = enc(v)
         except _Timeout: rec["timeout"] = True
         except AssertionError: rec["pass"] = False
@@ -325,6 +354,7 @@ class _Run:
     flooded: bool = False
     rc: int | None = None
     stderr: str = ""
+    pending: tuple | None = None                  # (record, attachment lengths) while its bytes arrive
 
 
 def _run_job(job: dict, weak: bool) -> _Run:
@@ -400,27 +430,51 @@ def _pump(proc, payload: bytes, job: dict, run: _Run) -> None:
 
 
 def _take_records(buf: bytearray, run: _Run, scan: int) -> tuple[int, int]:
-    """Parse the complete lines of `buf` (searching for newlines from `scan`, where the last search
-    stopped: a record of many megabytes arrives in many chunks) -> (records taken, next scan offset)."""
+    """Parse the complete records at the head of `buf` -> (records taken, next scan offset). A record is
+    a JSON line, followed by the raw bytes of its attachments when it has "__n" (their lengths); a line
+    that is not a JSON object, or has a malformed "__n", is noise written by the program: ignored.
+    scan: where the last newline search stopped (a record of many megabytes arrives in many chunks)."""
     n, start = 0, 0
     while True:
+        if run.pending is not None:                        # a record whose attachments are still arriving
+            rec, lens = run.pending
+            if len(buf) - start < sum(lens):
+                break
+            rec["__blobs"] = []
+            for ln in lens:
+                rec["__blobs"].append(bytes(buf[start:start + ln]))
+                start += ln
+            run.pending = None
+            n += _keep(rec, run)
+            continue
         i = buf.find(b"\n", max(start, scan))
         if i < 0:
-            del buf[:start]
-            return n, len(buf)
+            break
         line = bytes(buf[start:i])
         start = i + 1
         try:
             rec = json.loads(line)
         except ValueError:
-            continue  # noise written by the program on the report fd: ignored
+            continue
         if not isinstance(rec, dict):
             continue
-        if "blocked" in rec:
-            run.blocked = run.blocked or str(rec["blocked"])[:100]
-        elif isinstance(rec.get("k"), int) and rec["k"] not in run.records:
-            run.records[rec["k"]] = rec
-            n += 1
+        lens = rec.pop("__n", None)
+        if lens is None:
+            n += _keep(rec, run)
+        elif isinstance(lens, list) and all(type(x) is int and x >= 0 for x in lens) and sum(lens) <= OUTPUT_CAP:
+            run.pending = (rec, lens)
+    del buf[:start]
+    return n, (0 if run.pending is not None else len(buf))
+
+
+def _keep(rec: dict, run: _Run) -> int:
+    """Record rec in run (the first record of each test counts) -> 1 if it was a new test record."""
+    if "blocked" in rec:
+        run.blocked = run.blocked or str(rec["blocked"])[:100]
+    elif isinstance(rec.get("k"), int) and rec["k"] not in run.records:
+        run.records[rec["k"]] = rec
+        return 1
+    return 0
 
 
 def _kill(proc) -> None:
@@ -460,48 +514,78 @@ class _Opaque:
 _NESTED = (list, dict)
 
 
-def _unpack(code: str, hexdata) -> list:
+class _Digest:
+    """A long str result the harness sent as its SHA-256 (and length): equal to exactly the str with that
+    digest. Unforgeable: the expected value never enters the sandbox, so neither does its digest."""
+
+    def __init__(self, hexdigest, n):
+        if not (isinstance(hexdigest, str) and len(hexdigest) == 64 and isinstance(n, int)):
+            raise TypeError("bad digest record")
+        self.hex, self.n = hexdigest, n
+
+    def __eq__(self, other):
+        if isinstance(other, _Digest):
+            return (self.hex, self.n) == (other.hex, other.n)
+        return (isinstance(other, str) and len(other) == self.n
+                and hashlib.sha256(other.encode("utf-8", "surrogatepass")).hexdigest() == self.hex)
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        return f"<str of {self.n} chars, sha256 {self.hex[:12]}>"
+
+
+def _blob(blobs, i) -> bytes:
+    if type(i) is not int or not 0 <= i < len(blobs):
+        raise IndexError("no such attachment")
+    return blobs[i]
+
+
+def _unpack(code: str, raw: bytes) -> list:
     from array import array
 
-    if not isinstance(hexdata, str):
-        raise TypeError("packed array is not a hex string")
     a = array(code)
-    a.frombytes(bytes.fromhex(hexdata))
+    a.frombytes(raw)                               # ValueError unless a whole number of items
     return a.tolist()
 
 
-def _dec(x):
+def _dec(x, blobs=()):
+    """The harness's tagged JSON value -> the Python value (blobs: the record's raw attachments)."""
     if isinstance(x, list):
         if set(map(type, x)).isdisjoint(_NESTED):   # a flat list of JSON scalars is its own value
             return x
-        return [_dec(v) for v in x]
+        return [_dec(v, blobs) for v in x]
     if not isinstance(x, dict):
         return x
     (tag, v), = x.items() if len(x) == 1 else (("__r", "bad"),)
     try:
         if tag == "__t":
-            return tuple(_dec(e) for e in v)
+            return tuple(_dec(e, blobs) for e in v)
         if tag == "__s":
-            return set(_dec(e) for e in v)
+            return set(_dec(e, blobs) for e in v)
         if tag == "__d":
-            return {_dec(a): _dec(b) for a, b in v}
+            return {_dec(a, blobs): _dec(b, blobs) for a, b in v}
         if tag == "__ih":
             return int(v, 16)
-        if tag == "__fa":
-            return _unpack("d", v)
-        if tag == "__na":                          # numbers of both kinds: doubles, and a mask of the ints
-            vals, mask = _unpack("d", v[0]), bytes.fromhex(v[1])
+        if tag == "__fb":                          # doubles, attachment v
+            return _unpack("d", _blob(blobs, v))
+        if tag == "__qb":                          # 64-bit ints, attachment v
+            return _unpack("q", _blob(blobs, v))
+        if tag == "__nb":                          # numbers of both kinds: doubles, and a mask of the ints
+            vals, mask = _unpack("d", _blob(blobs, v[0])), _blob(blobs, v[1])
             if len(mask) != len(vals):
                 raise ValueError("mask length")
             for i in compress(range(len(vals)), mask):
                 vals[i] = int(vals[i])
             return vals
+        if tag == "__sh":
+            return _Digest(*v)
         if tag == "__b":
             return bytes.fromhex(v)
         if tag == "__c":
             return complex(*v)
         if tag in ("__ln", "__tn"):
-            return (tag, tuple(_freeze(_dec(e)) for e in v))
+            return (tag, tuple(_freeze(_dec(e, blobs)) for e in v))
     except (TypeError, ValueError, OverflowError, IndexError):
         pass
     return _Opaque(str(v)[:50])
@@ -552,6 +636,8 @@ def _jsonish(v):
 
 def _close(a, b) -> bool:
     """Equality after JSON normalisation; floats within 1e-9 relative (int vs float allowed)."""
+    if isinstance(a, _Digest):
+        return a == b
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -924,11 +1010,13 @@ _EXPECTED: dict = {}
 _EXPECTED_LOCK = threading.Lock()
 
 
-def _job(problem, program, per_test, total, memory_mb):
+def _job(problem, program, per_test, total, memory_mb, types=False):
+    """The harness's job. types=True: keep ints and floats apart in packed number lists (the canonical
+    run's outputs are the expected values, and EvalPlus's tolerance depends on their float-ness)."""
     tests = [{k: v for k, v in t.items() if k in ("stdin", "args", "call", "assert")} for t in problem["tests"]]
     return {"mode": problem["mode"], "program": program, "prelude": problem["prelude"], "tests": tests,
             "cls": problem["class_name"], "fn": problem["fn_name"], "per_test": per_test, "total": total,
-            "mem": memory_mb << 20, "fsize": 16 << 20}
+            "mem": memory_mb << 20, "fsize": 16 << 20, "types": types}
 
 
 def _expected(problem, per_test, total, memory_mb, weak):
@@ -937,13 +1025,13 @@ def _expected(problem, per_test, total, memory_mb, weak):
     with _EXPECTED_LOCK:
         if key in _EXPECTED:
             return _EXPECTED[key]
-    run = _run_job(_job(problem, problem["canonical"], per_test, max(total, 120.0), memory_mb), weak)
+    run = _run_job(_job(problem, problem["canonical"], per_test, max(total, 120.0), memory_mb, types=True), weak)
     exp = []
     for k in range(len(problem["tests"])):
         rec = run.records.get(k)
         if rec is None or "out" not in rec:
             raise RuntimeError(f"{problem['where']}: canonical solution failed on input {k}: {rec}")
-        exp.append(_dec(rec["out"]))
+        exp.append(_dec(rec["out"], rec.get("__blobs", ())))
     with _EXPECTED_LOCK:
         _EXPECTED[key] = exp
     return exp
@@ -976,7 +1064,7 @@ def _compare(problem, t, rec, exp) -> bool:
         return rec.get("pass") is True
     if "out" not in rec:
         return False
-    out = _dec(rec["out"])
+    out = _dec(rec["out"], rec.get("__blobs", ()))
     if problem["format"] == "evalplus":
         return _evalplus_equal(out, exp, problem["atol"], t["args"], problem["fn_name"])
     if t.get("lit"):  # LeetCode `candidate(...) == literal`: Python == on plain values, as the assert

@@ -142,6 +142,55 @@ def test_evalplus_base_and_plus_reported_separately():
     assert base and v.base_reward == 1.0 and v.reward == 0.0 and v.reason == "wrong_answer"
 
 
+BIG = sandbox.parse_code_row({"problem": "f", "inputs": [[100000], [7]], "outputs": ["ab" * 100000, "ab" * 7],
+                              "fn_name": "f"}, "fixture:big")
+
+
+def test_long_str_results_are_compared_by_digest_and_cannot_be_forged():
+    rec = sandbox._run_job(sandbox._job(BIG, "def f(n): return 'ab' * n", 2.0, 6.0, 1024), False).records
+    assert "__sh" in rec[0]["out"] and rec[1]["out"] == "ab" * 7          # only the long one goes as a digest
+    assert sandbox.run_problem(block("def f(n): return 'ab' * n"), BIG, **LIM).reward == 1.0
+    one_off = "def f(n):\n    s = 'ab' * n\n    return s[:-1] + ('c' if n > 1000 else s[-1])"
+    assert sandbox.run_problem(block(one_off), BIG, **LIM).reason == "wrong_answer"
+    assert sandbox.run_problem(block("def f(n): return ['ab' * n]"), BIG, **LIM).reward == 0.0
+    # the digest is computed inside the sandbox, but a patched one cannot pass: the parent hashes the expected
+    forge = ("import hashlib\nclass H:\n    def __init__(self, *a): pass\n    def hexdigest(self): return '0' * 64\n"
+             "hashlib.sha256 = H\ndef f(n): return 'x' * (2 * n)")
+    assert sandbox.run_problem(block(forge), BIG, **LIM).reward == 0.0
+
+
+def test_long_number_lists_travel_as_raw_attachments_exactly():
+    ints = list(range(-50, 150))
+    p = sandbox.parse_code_row({"problem": "f", "inputs": [[0], [1], [2]], "fn_name": "f",
+                                "outputs": [ints, [x / 3 for x in ints], ints[:-1] + [2 ** 70]]}, "fixture:nums")
+    prog = "def f(k):\n    r = list(range(-50, 150))\n    return r if k == 0 else [x / 3 for x in r] if k == 1 else r[:-1] + [2 ** 70]"
+    recs = sandbox._run_job(sandbox._job(p, prog, 2.0, 6.0, 1024), False).records
+    assert "__qb" in recs[0]["out"] and "__fb" in recs[1]["out"] and isinstance(recs[2]["out"], list)  # 2**70: text
+    big = sandbox._dec(recs[2]["out"])[-1]
+    assert big == 2 ** 70 and type(big) is int
+    assert [sandbox._dec(recs[k]["out"], recs[k]["__blobs"]) for k in (0, 1)] == [ints, [x / 3 for x in ints]]
+    assert sandbox.run_problem(block(prog), p, **LIM).reward == 1.0
+    wrong = prog.replace("range(-50, 150))\n", "range(-49, 151))\n")
+    assert sandbox.run_problem(block(wrong), p, **LIM).reason == "wrong_answer"
+    # a record whose attachment lengths lie is noise, never a value
+    liar = ("import os\nfor fd in range(3, 20):\n    try: os.write(fd, b'{\"k\": 0, \"out\": {\"__qb\": 0}, \"__n\": [-8]}\\n')\n"
+            "    except OSError: pass\n" + prog)
+    assert sandbox.run_problem(block(liar), p, **LIM).reward == 1.0
+
+
+def test_mixed_number_lists_of_a_program_compare_exactly():
+    row = {"task_id": "fixture/mixed", "prompt": "def f(n):\n", "entry_point": "f", "atol": 0,
+           "canonical_solution": "    return [1] + [0.5] * n + [2 ** 53]\n", "base_input": [[99]], "plus_input": []}
+    p = sandbox.parse_code_row(row, "fixture:mixed")
+    exp = sandbox._expected(p, 2.0, 6.0, 1024, False)[0]
+    assert type(exp[0]) is int and type(exp[1]) is float                  # the canonical run keeps its types
+    ok = sandbox.run_problem(block("def f(n): return [1.0] + [0.5] * n + [2.0 ** 53]"), p, **LIM)
+    assert ok.reward == 1.0                                                # 1.0 == 1, as in EvalPlus
+    # 2**53 + 1 is no double: sent exactly, it differs from 2**53 (as doubles they would be equal)
+    off = sandbox.run_problem(block("def f(n): return [1] + [0.5] * n + [2 ** 53 + 1]"), p, **LIM)
+    assert off.reason == "wrong_answer"
+
+
 # ----------------------------------------------------------------------------------------------------
 # Hostile programs: each gets 0 (where it would have "succeeded" the expected output is what it prints
 # on success, so a 0 means the attack failed), the trainer survives, nothing is left behind.
