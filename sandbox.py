@@ -357,6 +357,9 @@ class _Run:
     pending: tuple | None = None                  # (record, attachment lengths) while its bytes arrive
 
 
+_WEAK_SAID = False
+
+
 def _run_job(job: dict, weak: bool) -> _Run:
     interp = _interpreter()
     code = _harness_code()
@@ -365,7 +368,10 @@ def _run_job(job: dict, weak: bool) -> _Run:
         warnings.warn("sandbox.py: weak_sandbox=True -- programs run WITHOUT bubblewrap (no namespaces; "
                       "audit hook and rlimits only). Do not train on untrusted code like this.",
                       RuntimeWarning, stacklevel=3)
-        print("WARNING: sandbox.py weak sandbox in use (no bubblewrap isolation)", file=sys.stderr)
+        global _WEAK_SAID
+        if not _WEAK_SAID:                 # once per process on stderr (a training step runs hundreds of jobs)
+            _WEAK_SAID = True
+            print("WARNING: sandbox.py weak sandbox in use (no bubblewrap isolation)", file=sys.stderr)
         tmp = tempfile.mkdtemp(prefix="lad-code-")
         cmd = [interp, "-I", "-S", "-c", _BOOT.format(len(code))]
         kw = dict(cwd=tmp, env={"LANG": "C.UTF-8", "HOME": tmp, "PYTHONHASHSEED": "0"})
