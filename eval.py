@@ -12,6 +12,7 @@ data.py's: the same ones lad.py's periodic evaluation uses, so its curves and th
 
 Commands
     built-in task, CPU (tiny model):   python eval.py --benchmark tiny --model runs/<run>/ckpt-000200 --name lad
+    built-in code task, CPU:           python eval.py --benchmark tiny-code --model runs/<run>/ckpt-000200
     math benchmarks, 1 GPU (vLLM):     python eval.py --model <hf-path> --engine vllm \\
                                            --benchmark aime24,aime25,amc23,math500,minerva,olympiadbench
     8 GPUs (one shard per GPU, then score the union):
@@ -76,7 +77,7 @@ class Args:
     CHOICES = {"kind": ["auto", "math", "sum", "code"], "on_bad_row": ["error", "skip"], "engine": ["auto", "hf", "vllm"],
                "chat": ["auto", "true", "false"], "device": ["auto", "cpu", "cuda"]}
     benchmark: str = ""
-    """comma-separated: tiny, aime24, aime25, amc23, math500, minerva, olympiadbench, humanevalplus, livecodebench, or .jsonl/.parquet paths (default tiny when generating)"""
+    """comma-separated: tiny, tiny-code, aime24, aime25, amc23, math500, minerva, olympiadbench, humanevalplus, livecodebench, or .jsonl/.parquet paths (default tiny when generating)"""
     data_dir: str = ""
     """folder holding the benchmark files (default: ./data/bench, else ../shared/data/bench next to this repo)"""
     problem_field: str = ""
@@ -98,7 +99,7 @@ class Args:
     on_bad_row: str = "error"
     """a benchmark row that cannot be loaded: error (exit 2, every bad row listed) or skip (listed and recorded)"""
     model: str = ""
-    """HF model folder to sample from (default for tiny: tiny.default_model_dir(), the warm-started model)"""
+    """HF model folder to sample from (default for tiny / tiny-code alone: tiny.default_model_dir(), that task's warm start)"""
     engine: str = "auto"
     """rollout engine: hf (transformers generate), vllm, or auto (vLLM with a GPU, else hf)"""
     device: str = "auto"
@@ -116,7 +117,7 @@ class Args:
     top_p: float = 1.0
     """nucleus sampling threshold (1.0 = off; the paper states none)"""
     max_new_tokens: int = 0
-    """response token limit (0: 8192 for math, paper App. C.2; 16 for the built-in task, whose answers are <= 8 chars)"""
+    """response token limit (0: 8192 for math, paper App. C.2; 16 for tiny, whose answers are <= 8 chars; 32 for tiny-code, lad.py's)"""
     prompt_template: str = "auto"
     """boxed (lad.py's default prompt), dapo (DAPO-Math's), raw, or a string containing {problem} (auto: boxed for math, raw for the built-in task)"""
     chat: str = "auto"
@@ -161,13 +162,17 @@ def data_dirs(args: Args) -> list[Path]:
     return [Path("data/bench"), ROOT / "data" / "bench", ROOT.parent / "shared" / "data" / "bench"]
 
 
+BUILTIN = {"tiny": ("sum", "sum"), "tiny-code": ("code", "code")}   # name -> (tiny.py task, verifier kind)
+BUILTIN_NEW_TOKENS = {"tiny": 16, "tiny-code": 32}                   # their --max-new-tokens 0 defaults (lad.py's)
+
+
 def load_benchmark(name: str, args: Args) -> tuple[list[dict], list[str], str, str]:
     """-> (problems, errors, kind, source) for a benchmark name or a file path."""
-    if name == "tiny":
-        import tiny  # the built-in task (no torch needed for the prompts, but tiny imports it)
-        rows = tiny.task_split("heldout")
+    if name in BUILTIN:
+        task, kind = BUILTIN[name]   # a built-in task's held-out split (tiny.py); its prompts are used raw
+        rows = data.builtin_rows("heldout", task)
         probs = [{"id": r["id"], "problem": r["prompt"], "gold": r["gold"], "meta": {}} for r in rows]
-        return probs, [], "sum", "tiny.task_split('heldout')"
+        return probs, [], kind, f"tiny.{'task' if task == 'sum' else 'code'}_split('heldout')"
     if name in BENCHMARKS:
         tried = [d / f"{stem}{ext}" for d in data_dirs(args) for stem in BENCHMARKS[name] for ext in (".jsonl", ".parquet")]
         path = next((p for p in tried if p.is_file()), None)
@@ -177,7 +182,7 @@ def load_benchmark(name: str, args: Args) -> tuple[list[dict], list[str], str, s
     else:
         path = Path(name)
         if path.suffix not in (".jsonl", ".parquet"):
-            raise EvalError(f"unknown benchmark {name!r}; choose from tiny, {', '.join(BENCHMARKS)}, or a .jsonl/.parquet file")
+            raise EvalError(f"unknown benchmark {name!r}; choose from {', '.join([*BUILTIN, *BENCHMARKS])}, or a .jsonl/.parquet file")
         if not path.is_file():
             raise EvalError(f"benchmark file not found: {path}")
     problems, errors = load_file(path, args)
@@ -188,7 +193,7 @@ def load_benchmark(name: str, args: Args) -> tuple[list[dict], list[str], str, s
 
 
 def bench_name(spec: str) -> str:
-    return spec if spec == "tiny" or spec in BENCHMARKS else Path(spec).stem
+    return spec if spec in BUILTIN or spec in BENCHMARKS else Path(spec).stem
 
 
 # LiveCodeBench contest-date window (contamination control). Line i of livecodebench_v5_test.jsonl is
@@ -844,10 +849,11 @@ def load_benchmarks(specs: list[str], args: Args, cfg: dict):
 def kind_defaults(kinds: dict, args: Args, cfg: dict, ks, scoring_only: bool) -> None:
     """The settings that depend on the benchmarks' kinds (templates, --max-new-tokens 0, --n 0), into cfg."""
     cfg["templates"] = {b: (args.prompt_template if args.prompt_template != "auto" else
-                            {"sum": "raw", "code": "code"}.get(k, "boxed"))
+                            "raw" if b in BUILTIN else {"sum": "raw", "code": "code"}.get(k, "boxed"))
                         for b, k in kinds.items()}
-    if args.max_new_tokens == 0:
-        cfg["max_new_tokens"] = 16 if kinds and all(k == "sum" for k in kinds.values()) else 8192
+    if args.max_new_tokens == 0:   # the longest any benchmark needs: a built-in task's own (lad.py's), 16 for sum, else 8192
+        cfg["max_new_tokens"] = max((BUILTIN_NEW_TOKENS.get(b, 16 if k == "sum" else 8192) for b, k in kinds.items()),
+                                    default=8192)
     if args.n == 0:
         cfg["n"] = 16 if kinds and all(k == "code" for k in kinds.values()) else 32
     if ks and not scoring_only and max(ks) > cfg["n"]:
@@ -867,7 +873,7 @@ def scored_samples(args: Args, problems: dict, kinds: dict, excluded: set, cfg: 
         where, row_kind = r.pop("where"), r.pop("kind")
         b = r["benchmark"]
         if b not in kinds:
-            kinds[b] = args.kind if args.kind != "auto" else row_kind or ("sum" if b == "tiny" else "math")
+            kinds[b] = args.kind if args.kind != "auto" else row_kind or (BUILTIN[b][1] if b in BUILTIN else "math")
         if row_kind not in (None, kinds[b]) and args.kind == "auto":
             raise EvalError(f"{where}: kind {row_kind!r}, but {b} is scored as {kinds[b]!r} (set --kind)")
     for k in ("model", "engine", "device", "dtype", "temperature", "top_p", "max_new_tokens",
@@ -882,10 +888,12 @@ def generated_samples(args: Args, specs: list[str], problems: dict, kinds: dict,
     if not specs:
         raise EvalError("nothing to evaluate: give --benchmark, --generations or --compare")
     if not args.model:
-        if any(k != "sum" for k in kinds.values()):
-            raise EvalError("--model is required for math benchmarks (an HF model folder)")
+        tasks = {BUILTIN[b][0] for b in problems if b in BUILTIN}
+        if any(b not in BUILTIN for b in problems) or len(tasks) != 1:
+            raise EvalError("--model is required (an HF model folder), except for one built-in task alone "
+                            "(tiny or tiny-code: its warm-started tiny model)")
         import tiny
-        cfg["model"] = tiny.default_model_dir(log=lambda m: print(m, file=sys.stderr))
+        cfg["model"] = tiny.default_model_dir(log=lambda m: print(m, file=sys.stderr), task=tasks.pop())
     elif not Path(args.model).is_dir():
         raise EvalError(f"--model: no such folder {args.model} (local HF folders only; no downloads)")
     return generate(problems, cfg), args.name or Path(cfg["model"]).name

