@@ -13,6 +13,7 @@ forked copy of the checking process with rlimits and monkey-patched os/shutil fu
 guard"), comparison inside the child (a program can forge a pass there).
 
 Commands
+    pip install --no-deps evalplus==0.3.1            # EvalPlus 0.3.1 (its checker needs no further packages)
     python bench/code_speed.py                       # 2 rounds, workers = usable cores
     python bench/code_speed.py --workers 3 --rounds 1 --profile false
 
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
         from evalplus.eval import PASS, untrusted_check
     except ImportError as e:
         untrusted_check = None
-        why = f"evalplus not importable ({e}); pip install evalplus"
+        why = f"evalplus not importable ({e}); pip install --no-deps evalplus==0.3.1"
 
     def ours(i):
         t0 = time.perf_counter()
