@@ -171,8 +171,8 @@ def pack(x, ts):
     # ints and floats mixed. A program's output is compared by value (2 == 2.0 in every comparison
     # here), so unless the job asks for exact types (the canonical run, whose values become the
     # expected outputs: EvalPlus looks at their float-ness) it goes as doubles, once no int is past 2**53
-    if not job["types"] and max(x) <= _EXACT and min(x) >= -_EXACT: return {"__fb": _attach(a.tobytes())}
-    if a.tolist() != x: return None                      # an int that a double does not hold exactly
+    fits = not job["types"] and max(x) <= _EXACT and min(x) >= -_EXACT   # every int is a double exactly
+    if not fits and a.tolist() != x: return None         # an int that a double does not hold exactly
     if not job["types"]: return {"__fb": _attach(a.tobytes())}
     return {"__nb": [_attach(a.tobytes()), _attach(bytes(map(_KIND.__getitem__, map(_type, x))))]}
 def enc(x, d=0):
