@@ -95,22 +95,25 @@ AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
 
 class _LADTokenLoss(torch.autograd.Function):
-    """Per-token w * f(e^{log r - u}) with the analytic gradient r * f'(x) w.r.t. log r (Eq. 9).
+    """Per-token w * f(e^{log r - u}) with the analytic gradient r * f'(x) w.r.t. log r (Eq. 9), log r
+    clamped to +-log_ratio_clamp (zero gradient past it, as torch.clamp's).
 
-    One fused pass: forward stores only the gradient coefficient, so backward is a single multiply.
+    One fused pass: forward stores only the gradient coefficient, so backward is a single multiply
+    (the clamp's own backward would be five more ops per call).
     """
 
     @staticmethod
-    def forward(ctx, log_r, u, fn):
-        fx, xfx = fn(log_r - u)                   # (B, T) each
+    def forward(ctx, log_r, u, fn, log_ratio_clamp):
+        fx, xfx = fn(log_r.clamp(-log_ratio_clamp, log_ratio_clamp) - u)       # (B, T) each
         w = u.exp()                               # e^{A/eta}, |u| <= MAX_LOG_WEIGHT so finite
-        ctx.save_for_backward(w * xfx)            # d loss / d log r = w x f'(x) = r f'(x)   (Eq. 9)
+        # d loss / d log r = w x f'(x) = r f'(x) (Eq. 9) inside the clamp, 0 outside
+        ctx.save_for_backward(w * xfx * (log_r.abs() <= log_ratio_clamp))
         return w * fx                             # Eq. 8 integrand
 
     @staticmethod
     def backward(ctx, grad_out):
         (coef,) = ctx.saved_tensors
-        return grad_out * coef, None, None
+        return grad_out * coef, None, None, None
 
 
 def _where_valid(valid, x):
@@ -131,7 +134,16 @@ def aggregate(per_token, mask, agg="token-mean", denom=None):
     Positions where mask is 0 contribute nothing, whatever per_token holds there (NaN, inf). A
     fractional mask weighs its tokens (bandit.py's exact expectations pass pi_old as the mask).
     """
-    masked = _where_valid(mask > 0, per_token) * mask                 # (B, T)
+    return _reduce(_where_valid(mask > 0, per_token) * mask, mask, agg, denom)
+
+
+def _reduce(masked, mask, agg, denom):
+    """aggregate() of a (B, T) per-token loss that is already weighted by mask (so 0 at padding).
+
+    The losses below call it directly: they zero their inputs at padding before any arithmetic, so
+    their per-token values there are finite and times mask are exactly 0; the extra where of
+    aggregate() would be one more pass over (B, T) and one more backward node per call.
+    """
     if agg == "token-mean":
         if denom is None:
             denom = mask.sum()
@@ -175,8 +187,7 @@ def _lad_token_terms(logp, old_logp, advantages, mask, divergence, eta, ratio, l
         raise ValueError(f"unknown ratio {ratio!r}; choose 'token' or 'seq'")
     adv_scaled_raw = adv.detach().to(logp.dtype) / eta                          # A/eta (Eq. 5 exponent)
     adv_scaled = adv_scaled_raw.clamp(-max_log_weight, max_log_weight)
-    log_r_c = log_r_tok.clamp(-log_ratio_clamp, log_ratio_clamp)                # zero grad outside
-    per_tok = _LADTokenLoss.apply(log_r_c, adv_scaled, DIVERGENCES[divergence])  # Eq. 8, (B, T)
+    per_tok = _LADTokenLoss.apply(log_r_tok, adv_scaled, DIVERGENCES[divergence], log_ratio_clamp)  # Eq. 8, (B, T)
     if per_tok.shape != mask.shape:
         per_tok = per_tok.expand_as(mask)
     return per_tok, mask, log_r_tok, adv_scaled_raw, adv_scaled
@@ -217,7 +228,7 @@ def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, rat
         logp, old_logp, advantages, mask, divergence, eta, ratio, log_ratio_clamp, max_log_weight)
     if weights is not None:
         per_tok = per_tok * _where_valid(mask > 0, weights.detach().to(per_tok.dtype))
-    loss = aggregate(per_tok, mask, agg, denom)
+    loss = _reduce(per_tok * mask, mask, agg, denom)                            # finite at padding
 
     if not with_stats:
         return loss, {}
@@ -312,7 +323,7 @@ def grpo_loss(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.28,
         k3_raw = d.exp() - d - 1.0
         k3 = k3_raw.clamp(-K3_CLAMP, K3_CLAMP)
         per_tok = per_tok + kl_coef * k3
-    loss = aggregate(per_tok, m, agg, denom)
+    loss = _reduce(per_tok * m, m, agg, denom)                                  # 0 at padding
 
     if not with_stats:
         return loss, {}
@@ -389,7 +400,7 @@ def clip_cov_loss(logp, old_logp, advantages, mask, *, generator, clip_cov_ratio
     tis = _token_weights(weights, valid, lp.dtype)
     if tis is not None:
         per_tok = per_tok * tis
-    loss = aggregate(per_tok, m, agg, denom)
+    loss = _reduce(per_tok * m, m, agg, denom)                                  # 0 at padding
 
     if not with_stats:
         return loss, {}
@@ -439,7 +450,7 @@ def kl_cov_loss(logp, old_logp, advantages, mask, *, kl_cov_ratio=2e-3, kl_coef=
     tis = _token_weights(weights, valid, lp.dtype)
     if tis is not None:
         per_tok = per_tok * tis
-    loss = aggregate(per_tok, m, agg, denom)
+    loss = _reduce(per_tok * m, m, agg, denom)                                  # 0 at padding
 
     if not with_stats:
         return loss, {}

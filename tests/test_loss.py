@@ -176,6 +176,25 @@ def test_clamps_are_reported_and_zero_the_gradient_only_where_documented():
 
 
 @pytest.mark.parametrize("div", sorted(lad.DIVERGENCES))
+def test_fused_log_ratio_clamp_has_torch_clamps_gradient(div):
+    # the clamp lives inside the fused per-token loss; its gradient must be torch.clamp's (1 on the
+    # closed interval [-20, 20], 0 outside), the bounds themselves included
+    c = lad.LOG_RATIO_CLAMP
+    log_r = torch.tensor([[-25.0, -c, -19.5, -1.0, 0.3, 19.5, c, 25.0]], **F64, requires_grad=True)
+    u = torch.tensor([[0.2, -0.4, 0.1, 0.7, -0.3, 0.5, -0.2, 0.4]], **F64)
+    got = lad._LADTokenLoss.apply(log_r, u, lad.DIVERGENCES[div], c)
+    (g_got,) = torch.autograd.grad(got.sum(), log_r)
+    lr = log_r.detach().clone().requires_grad_()
+    fx, _ = lad.DIVERGENCES[div](lr.clamp(-c, c) - u)
+    want = u.exp() * fx                                                    # Eq. 8 integrand, autograd's gradient
+    (g_want,) = torch.autograd.grad(want.sum(), lr)
+    assert torch.allclose(got, want, rtol=1e-12, atol=0)
+    # rtol 1e-7: near r = e^20, autograd's derivative of js's and tv's f loses ~1e-9 to cancellation
+    assert torch.allclose(g_got, g_want, rtol=1e-7, atol=1e-12)
+    assert g_got[0, 0] == 0 and g_got[0, -1] == 0 and (g_got[0, 1:-1] != 0).all()
+
+
+@pytest.mark.parametrize("div", sorted(lad.DIVERGENCES))
 def test_padding_changes_nothing(div):
     logp, old, adv, mask = rand_batch(seed=5)
     logp2 = logp.detach().clone()
