@@ -210,3 +210,12 @@ def test_bad_argument_from_the_command_line_has_no_traceback():
     assert p.returncode != 0
     assert "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and "unknown method" in p.stderr, p.stderr
+
+
+def test_side_by_side_reports_a_failed_figure_process():
+    def fail():
+        raise ValueError("drawing failed on purpose")
+    ran = []
+    with pytest.raises(RuntimeError, match="fail failed in its process"):
+        bandit.side_by_side([(ran.append, 1), (fail,)])
+    assert ran == [1]                                                      # the first call runs here
