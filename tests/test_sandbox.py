@@ -157,6 +157,10 @@ def test_long_str_results_are_compared_by_digest_and_cannot_be_forged():
     forge = ("import hashlib\nclass H:\n    def __init__(self, *a): pass\n    def hexdigest(self): return '0' * 64\n"
              "hashlib.sha256 = H\ndef f(n): return 'x' * (2 * n)")
     assert sandbox.run_problem(block(forge), BIG, **LIM).reward == 0.0
+    # the expected value is hashed once for all the samples that compare with it
+    sandbox._sha256_hex.cache_clear()
+    assert all(sandbox.run_problem(block("def f(n): return 'ab' * n"), BIG, **LIM).reward == 1.0 for _ in range(3))
+    assert sandbox._sha256_hex.cache_info().misses == 1 and sandbox._sha256_hex.cache_info().hits == 2
 
 
 def test_long_number_lists_travel_as_raw_attachments_exactly():
