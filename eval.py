@@ -163,7 +163,7 @@ def data_dirs(args: Args) -> list[Path]:
 
 
 BUILTIN = {"tiny": ("sum", "sum"), "tiny-code": ("code", "code")}   # name -> (tiny.py task, verifier kind)
-BUILTIN_NEW_TOKENS = {"tiny": 16, "tiny-code": 32}                   # their --max-new-tokens 0 defaults (lad.py's)
+BUILTIN_NEW_TOKENS = {"tiny": 16, "tiny-code": 32}  # --max-new-tokens 0: tiny-code lad.py's 32; tiny 16 (lad.py trains the sum task with 12)
 
 
 def load_benchmark(name: str, args: Args) -> tuple[list[dict], list[str], str, str]:
@@ -851,7 +851,7 @@ def kind_defaults(kinds: dict, args: Args, cfg: dict, ks, scoring_only: bool) ->
     cfg["templates"] = {b: (args.prompt_template if args.prompt_template != "auto" else
                             "raw" if b in BUILTIN else {"sum": "raw", "code": "code"}.get(k, "boxed"))
                         for b, k in kinds.items()}
-    if args.max_new_tokens == 0:   # the longest any benchmark needs: a built-in task's own (lad.py's), 16 for sum, else 8192
+    if args.max_new_tokens == 0:   # the longest any benchmark needs: BUILTIN_NEW_TOKENS, 16 for sum, else 8192
         cfg["max_new_tokens"] = max((BUILTIN_NEW_TOKENS.get(b, 16 if k == "sum" else 8192) for b, k in kinds.items()),
                                     default=8192)
     if args.n == 0:
