@@ -132,7 +132,7 @@ def aggregate(per_token, mask, agg="token-mean", denom=None):
     For gradient accumulation / data parallelism pass the GLOBAL denominator (all ranks and
     micro-batches of the optimiser step), so every micro-batch is weighted as in one big batch.
     Positions where mask is 0 contribute nothing, whatever per_token holds there (NaN, inf). A
-    fractional mask weighs its tokens (bandit.py's exact expectations pass pi_old as the mask).
+    fractional mask weighs its tokens (bandit.py passes its exact expectations' pi_old as weights= instead).
     """
     return _reduce(_where_valid(mask > 0, per_token) * mask, mask, agg, denom)
 
