@@ -161,6 +161,7 @@ METHODS = (["grpo", "flowrl", "clip-cov", "kl-cov", "entadv"] + [f"lad-{d}" for 
            + ["lad-theory"])
 SAMPLED_ONLY = ("clip-cov", "kl-cov")     # they select among the drawn samples: no --exact version
 CLIPCOV_SEED = 10_000                      # Clip-Cov's generator of seed s: CLIPCOV_SEED + --seed + s
+CAN_FORK = "fork" in mp.get_all_start_methods()   # workers and the second figure are forked; else one process
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -536,7 +537,7 @@ def run(args: Args, methods: list[str], *, record_traj=(), meanwhile=lambda: Non
     meanwhile(): work for this process while its workers train (main imports matplotlib there).
     """
     W = min(args.workers, len(methods))
-    if W == 1 or "fork" not in mp.get_all_start_methods():
+    if W == 1 or not CAN_FORK:
         meanwhile()
         return train(args, methods, record_traj=record_traj)
     t0 = time.perf_counter()
@@ -679,7 +680,7 @@ def side_by_side(calls):
     Figure 1 renders in ~0.6 s, Figure 2 in ~0.3 s (its 961-point landscape); drawn one after the
     other they added a tenth to `python bandit.py --seeds 1` on 2 cores. Without fork, in turn.
     """
-    if "fork" not in mp.get_all_start_methods():
+    if not CAN_FORK:
         for fn, *a in calls:
             fn(*a)
         return

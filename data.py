@@ -269,6 +269,9 @@ def load_rows(path, template: str, code_template: str = "") -> list[dict]:
             for p in problems]
 
 
+BUILTIN_NEW_TOKENS = {"sum": 12, "code": 32}   # response token limit of each built-in task (tiny.py), lad.py's default
+
+
 def builtin_rows(split: str, task: str = "sum") -> list[dict]:
     """A built-in task's prompts (tiny.py), used as they are (no template): task "sum" (kind "sum") or
     "code" (kind "code": each row's problem parsed by the code-row parser like a file's)."""

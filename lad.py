@@ -852,12 +852,13 @@ def check_args(a, world):
 
 
 BUILTIN_TASKS = {"builtin": "sum", "builtin-code": "code"}   # --train-data name -> tiny.py task
-MAX_NEW_TOKENS = {"builtin": 12, "builtin-code": 32}          # --max-new-tokens 0: the task's (else 1024)
 
 
 def resolve_args(a):
-    """The defaults that depend on other flags, filled in once (config.json logs the resolved values)."""
-    return dataclasses.replace(a, max_new_tokens=a.max_new_tokens or MAX_NEW_TOKENS.get(a.train_data, 1024))
+    """The defaults that depend on other flags, filled in once (config.json logs the resolved values).
+    --max-new-tokens 0: a built-in task's own limit (data.BUILTIN_NEW_TOKENS), else 1024."""
+    task = BUILTIN_TASKS.get(a.train_data)
+    return dataclasses.replace(a, max_new_tokens=a.max_new_tokens or data.BUILTIN_NEW_TOKENS.get(task, 1024))
 
 
 # ----------------------------------------------------------------------------------------------------
