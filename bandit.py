@@ -7,14 +7,14 @@ measure how well the policy-induced distribution P_pi = (pi_theta / pi_old) / Z_
 P_A. Methods (--methods, comma-separated, or "all"):
 
     grpo         PPO clipped surrogate on group-normalised advantages + KL(pi || pi_old), weight 1
-                 (lad.grpo_loss); with eta = 1 its exact optimum is LAD's, pi* ~ pi_old e^{A/eta}.
-    flowrl       trajectory balance with a learned log Z (lad.flowrl_loss; Appendix B.5, Eq. 18).
-    clip-cov     Cui et al. 2025 (lad.clip_cov_loss): PPO clip on GRPO's advantages; per seed, of the 32
+                 (baselines.grpo_loss); with eta = 1 its exact optimum is LAD's, pi* ~ pi_old e^{A/eta}.
+    flowrl       trajectory balance with a learned log Z (baselines.flowrl_loss; Appendix B.5, Eq. 18).
+    clip-cov     Cui et al. 2025 (baselines.clip_cov_loss): PPO clip on GRPO's advantages; per seed, of the 32
                  samples with cov = (A - mean A)(log pi - mean log pi) in (1, 5) and not clipped,
                  max(1, 2e-4 * 32) = 1 drawn by a seeded generator loses its loss. Sampling only.
-    kl-cov       Cui et al. 2025 (lad.kl_cov_loss): -A r, + |log r| on the top max(1, 2e-3 * 32) = 1
+    kl-cov       Cui et al. 2025 (baselines.kl_cov_loss): -A r, + |log r| on the top max(1, 2e-3 * 32) = 1
                  sample by cov per seed. Sampling only.
-    entadv       Cheng et al. 2025 (lad.entadv_loss): GRPO clip on A + min(0.4 H, |A| / 2), H the
+    entadv       Cheng et al. 2025 (baselines.entadv_loss): GRPO clip on A + min(0.4 H, |A| / 2), H the
                  policy's entropy over the 50 arms (the same for every sample of a seed).
                  These three get no KL term (GRPO's KL(pi || pi_old) is GRPO's own recipe here).
     lad-<f>      practical LAD (Eq. 8, lad.lad_loss) for f in kl rkl jf tv hd js (Table 5).
@@ -68,12 +68,19 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+import baselines
 import lad
+from baselines import BaselineArgs
 from common import parse_args as parse_cli
 
 
 @dataclass
-class Args:
+class Args(BaselineArgs):
+    """The paper's 50-arm bandit (see the module docstring); the baselines' knobs are baselines.BaselineArgs',
+    five of them with this experiment's own defaults (redeclared below)."""
+
+    DEPRECATED_FLAGS = {"grpo_clip_low": "clip_low", "grpo_clip_high": "clip_high", "grpo_kl_coef": "kl_coef"}
+
     methods: str = "all"
     """comma-separated methods: grpo, flowrl, clip-cov, kl-cov, entadv, lad-{kl,rkl,jf,tv,hd,js}, lad-theory; or all"""
     arms: int = 50
@@ -110,34 +117,20 @@ class Args:
     """constant c in A = eta (log P_A - c): mean (A has mean 0 over arms) or norm (sum e^{A/eta} = K)"""
     theory_div: str = "js"
     """divergence f of lad-theory and of the Figure 2 landscape (Table 5)"""
-    grpo_clip_low: float = 0.2
-    """GRPO ratio clip below, 1 - eps (PPO: 0.2); inf disables"""
-    grpo_clip_high: float = 0.2
-    """GRPO ratio clip above, 1 + eps (PPO: 0.2; DAPO: 0.28); inf disables"""
+    clip_high: float = 0.2
+    """GRPO, Clip-Cov, EntAdv: ratio clip above, 1 + eps (PPO's symmetric 0.2, paper App. B.4; DAPO: 0.28); inf disables"""
+    dual_clip: float = 0.0
+    """GRPO, EntAdv: dual-clip c; 0 = off (the paper's bandit GRPO is plain PPO-clip + KL)"""
     grpo_adv: str = "group"
     """GRPO advantage: group ((A - mean) / std over the 32 samples, GRPO) or raw (A itself)"""
     grpo_kl: str = "exact"
     """GRPO KL(pi || pi_old): exact (sum over arms), k3 (verl low_var_kl on the samples) or none"""
-    grpo_kl_coef: float = 1.0
-    """weight of GRPO's KL term (paper: 1, so that its optimum equals LAD's)"""
+    kl_coef: float = 1.0
+    """GRPO: weight of its KL(pi || pi_old) term (paper: 1, so that its optimum equals LAD's)"""
     flowrl_beta: float = 0.0
     """FlowRL's beta multiplying A; 0 means 1/eta (Eq. 18; FlowRL's LLM default is 15)"""
     flowrl_w_cap: float = 10.0
-    """FlowRL's cap on the importance weight pi / pi_old (FlowRL's default)"""
-    clip_cov_ratio: float = 2e-4
-    """Clip-Cov: fraction of the batch's samples whose loss is removed, at least one (Cui et al. 2025; verl)"""
-    clip_cov_lb: float = 1.0
-    """Clip-Cov: lower bound of the covariance of an eligible sample (Cui et al. 2025's scripts)"""
-    clip_cov_ub: float = 5.0
-    """Clip-Cov: upper bound of the covariance of an eligible sample (Cui et al. 2025's scripts)"""
-    kl_cov_ratio: float = 2e-3
-    """KL-Cov: fraction of the batch's samples (top by covariance, at least one) penalised (authors' 7B script)"""
-    kl_cov_coef: float = 1.0
-    """KL-Cov: coefficient of |log pi - log pi_old| on them (authors' 7B script)"""
-    entadv_alpha: float = 0.4
-    """EntAdv: alpha in A + min(alpha H, |A| / kappa), H the policy's entropy over the arms (Cheng et al. 2025)"""
-    entadv_kappa: float = 2.0
-    """EntAdv: kappa, >= 1 (Cheng et al. 2025's value for GRPO)"""
+    """FlowRL's cap on the importance weight pi / pi_old (FlowRL's default; 0 = uncapped)"""
     out: str = "runs/bandit"
     """parent folder of the run folder"""
     fig2: bool = True
@@ -189,10 +182,7 @@ def check_args(args: Args) -> list[str]:
     if args.exact and set(methods) & set(SAMPLED_ONLY):
         raise ValueError(f"{', '.join(m for m in methods if m in SAMPLED_ONLY)}: no --exact version (they select "
                          "among the drawn samples by covariance)")
-    if not (0 < args.clip_cov_ratio <= 1 and 0 < args.kl_cov_ratio <= 1 and args.clip_cov_lb < args.clip_cov_ub
-            and args.entadv_alpha >= 0 and args.entadv_kappa >= 1 and args.kl_cov_coef >= 0):
-        raise ValueError("need --clip-cov-ratio and --kl-cov-ratio in (0, 1], --clip-cov-lb < --clip-cov-ub, "
-                         "--entadv-alpha >= 0, --entadv-kappa >= 1, --kl-cov-coef >= 0")
+    baselines.check_knobs(args)
     if len(set(methods)) != len(methods):
         raise ValueError(f"method listed twice in {args.methods!r}")
     for name in ("steps", "batch", "arms", "seeds", "workers", "threads"):
@@ -216,8 +206,6 @@ def check_args(args: Args) -> list[str]:
         raise ValueError(f"--grpo-adv must be group or raw, got {args.grpo_adv!r}")
     if args.grpo_kl not in ("exact", "k3", "none"):
         raise ValueError(f"--grpo-kl must be exact, k3 or none, got {args.grpo_kl!r}")
-    if not (args.grpo_clip_low >= 0 and args.grpo_clip_high >= 0 and args.flowrl_w_cap > 0 and args.flowrl_beta >= 0):
-        raise ValueError("GRPO clips must be >= 0, --flowrl-w-cap > 0, --flowrl-beta >= 0")
     return methods
 
 
@@ -355,13 +343,13 @@ def lad_theory(s: Step, env: Env):
 def grpo(s: Step, env: Env):
     a = env.args
     k3 = a.grpo_kl == "k3"
-    # Appendix B.4: PPO-clip surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) (lad.grpo_loss)
-    loss = lad.grpo_loss(s.lp, s.old, s.g, env.ones, clip_low=a.grpo_clip_low,
-                         clip_high=a.grpo_clip_high, ref_logp=s.old if k3 else None,
-                         kl_coef=a.grpo_kl_coef if k3 else 0.0, denom=env.denom, weights=s.w, with_stats=False)[0]
+    # Appendix B.4: PPO-clip surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) (baselines.grpo_loss)
+    loss = baselines.grpo_loss(s.lp, s.old, s.g, env.ones, clip_low=a.clip_low,
+                         clip_high=a.clip_high, ref_logp=s.old if k3 else None,
+                         kl_coef=a.kl_coef if k3 else 0.0, denom=env.denom, weights=s.w, with_stats=False)[0]
     if a.grpo_kl == "exact":
         # Eq. 2's KL(pi || pi_old), summed over all arms
-        loss = loss + a.grpo_kl_coef * (s.logp_all.exp() * (s.logp_all - s.old_all)).sum()
+        loss = loss + a.kl_coef * (s.logp_all.exp() * (s.logp_all - s.old_all)).sum()
     return loss
 
 
@@ -374,9 +362,9 @@ def flowrl(s: Step, env: Env):
         # pi_old); the cap is off here since w = K q r, not r
         old_w, cap = s.old - (s.q.shape[-1] * s.q).log().reshape(-1, 1), math.inf
     else:
-        old_w, cap = s.old, a.flowrl_w_cap
-    # Eq. 18 (lad.flowrl_loss): E_{pi_old}[w (log Z + log pi/pi_old - beta A)^2], w = min(r, cap)
-    loss = lad.flowrl_loss(s.lp, old_w, s.a, env.ones, z, beta=beta, ref_logp=s.old, w_cap=cap, with_stats=False)[0]
+        old_w, cap = s.old, a.flowrl_w_cap or math.inf
+    # Eq. 18 (baselines.flowrl_loss): E_{pi_old}[w (log Z + log pi/pi_old - beta A)^2], w = min(r, cap)
+    loss = baselines.flowrl_loss(s.lp, old_w, s.a, env.ones, z, beta=beta, ref_logp=s.old, w_cap=cap, with_stats=False)[0]
     return loss * S                                                        # flowrl_loss means over seeds
 
 
@@ -390,26 +378,26 @@ def _per_seed(fn, s: Step, env: Env, seed_kw):
 
 def clip_cov(s: Step, env: Env):
     a = env.args
-    # Cui et al. 2025 (lad.clip_cov_loss): PPO clip; of the seed's samples with cov in (lb, ub), not clipped,
+    # Cui et al. 2025 (baselines.clip_cov_loss): PPO clip; of the seed's samples with cov in (lb, ub), not clipped,
     # max(1, ratio * n) drawn at random lose their loss
-    return _per_seed(lad.clip_cov_loss, s, env, lambda j: dict(
+    return _per_seed(baselines.clip_cov_loss, s, env, lambda j: dict(
         generator=env.cov_gens[j], clip_cov_ratio=a.clip_cov_ratio, cov_lb=a.clip_cov_lb, cov_ub=a.clip_cov_ub,
-        clip_low=a.grpo_clip_low, clip_high=a.grpo_clip_high))
+        clip_low=a.clip_low, clip_high=a.clip_high))
 
 
 def kl_cov(s: Step, env: Env):
     a = env.args
-    # Cui et al. 2025 (lad.kl_cov_loss): -A r, + coef |log r| on the top max(1, ratio * n) by cov
-    return _per_seed(lad.kl_cov_loss, s, env, lambda j: dict(kl_cov_ratio=a.kl_cov_ratio, kl_coef=a.kl_cov_coef))
+    # Cui et al. 2025 (baselines.kl_cov_loss): -A r, + coef |log r| on the top max(1, ratio * n) by cov
+    return _per_seed(baselines.kl_cov_loss, s, env, lambda j: dict(kl_cov_ratio=a.kl_cov_ratio, kl_coef=a.kl_cov_coef))
 
 
 def entadv(s: Step, env: Env):
     a = env.args
-    # Cheng et al. 2025 (lad.entadv_loss): GRPO clip on A + min(alpha H, |A| / kappa), H the entropy of the
+    # Cheng et al. 2025 (baselines.entadv_loss): GRPO clip on A + min(alpha H, |A| / kappa), H the entropy of the
     # current policy over the arms (one "token" per sample: the same H for all rows of a seed)
     h = -(s.logp_all.exp() * s.logp_all).sum(-1).detach().repeat_interleave(env.n)[:, None]   # (S*n, 1)
-    return lad.entadv_loss(s.lp, s.old, s.g, env.ones, h, alpha=a.entadv_alpha,
-                           kappa=a.entadv_kappa, clip_low=a.grpo_clip_low, clip_high=a.grpo_clip_high,
+    return baselines.entadv_loss(s.lp, s.old, s.g, env.ones, h, alpha=a.entadv_alpha,
+                           kappa=a.entadv_kappa, clip_low=a.clip_low, clip_high=a.clip_high,
                            denom=env.denom, weights=s.w, with_stats=False)[0]
 
 
@@ -699,7 +687,7 @@ def side_by_side(calls):
 # ----------------------------------------------------------------------------------------------------
 
 INF = math.inf
-NOCLIP = {"grpo_clip_low": INF, "grpo_clip_high": INF}
+NOCLIP = {"clip_low": INF, "clip_high": INF}
 ABLATION = [  # (label, overrides of Args, methods); lad-js rows: LAD under the same shared change
     ("grpo (paper setting)", {}, ["grpo", "lad-js"]),
     ("exact expectation", {"exact": True}, ["grpo", "lad-js"]),

@@ -8,6 +8,9 @@ held here once:
     - booleans: `--flag true|false` (also 1/0, yes/no); a bare `--flag` means true;
     - list fields (`list[str]`): one or more values after the flag;
     - fixed choices: a plain class attribute `CHOICES = {"field": [...]}` on the Args class;
+    - renamed flags: `DEPRECATED_FLAGS = {"old_name": "field"}` keeps --old-name working, with a one-line note;
+    - fields inherited from a shared Args base (baselines.BaselineArgs) are flags too, listed after the
+      script's own, with the base's docstring unless the script redeclares the field;
     - a bad value: one line `script.py: error: ...` on stderr and exit code 2, no usage dump.
 
 Commands: none (a module). Deliberately left out: config files and environment-variable overrides
@@ -22,6 +25,7 @@ import dataclasses
 import inspect
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 
@@ -30,11 +34,14 @@ class UsageError(Exception):
 
 
 def field_docs(cls) -> dict:
-    """{field name: its docstring, whitespace collapsed} of a dataclass (the string under each field)."""
-    doc, body = {}, ast.parse(inspect.getsource(cls)).body[0].body
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-            doc[a.target.id] = " ".join(str(b.value.value).split())
+    """{field name: its docstring, whitespace collapsed} of a dataclass (the string under each field), bases
+    first, so that a subclass that redeclares a field also gives its docstring."""
+    doc = {}
+    for klass in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                doc[a.target.id] = " ".join(str(b.value.value).split())
     return doc
 
 
@@ -57,18 +64,29 @@ def parse_args(cls, argv=None, prog: str | None = None):
             print(f"{prog}: error: {message}", file=sys.stderr)
             sys.exit(2)
 
+    class Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"{prog}: {option_string} is deprecated; use --{self.dest.replace('_', '-')}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
     p = Parser(prog=prog, description=cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     choices = getattr(cls, "CHOICES", {})
-    for f in dataclasses.fields(cls):
+    own = cls.__dict__.get("__annotations__", {})
+    fields = sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)       # the script's own first
+    kws = {}
+    for f in fields:
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         if isinstance(default, bool):
-            kw = {"type": boolean, "nargs": "?", "const": True}
+            kws[f.name] = {"type": boolean, "nargs": "?", "const": True}
         elif isinstance(default, list):
-            kw = {"nargs": "+"}
+            kws[f.name] = {"nargs": "+"}
         else:
-            kw = {"type": type(default)}
+            kws[f.name] = {"type": type(default)}
         p.add_argument(f"--{f.name.replace('_', '-')}", default=default, choices=choices.get(f.name),
-                       help=doc.get(f.name, "").replace("%", "%%"), **kw)
+                       help=doc.get(f.name, "").replace("%", "%%"), **kws[f.name])
+    for old, new in getattr(cls, "DEPRECATED_FLAGS", {}).items():
+        p.add_argument(f"--{old.replace('_', '-')}", dest=new, action=Deprecated, choices=choices.get(new),
+                       help=argparse.SUPPRESS, **kws[new])
     return cls(**vars(p.parse_args(argv)))
 
 

@@ -1,15 +1,11 @@
-"""data.py -- one home for data rows: the benchmark and training file loaders, the prompt templates and
-the prompt encoder, and the task kinds (what reward and which answer key a row's kind means).
+"""data.py -- data files: the benchmark and training file loaders, the prompt templates and the one prompt
+encoder, shared by lad.py and eval.py so that a checkpoint is evaluated on prompts encoded exactly as it
+was trained.
 
-A problem is {"id": str, "problem": str or chat messages, "gold": str, "meta": dict, "kind": str}. lad.py
-trains on such rows and eval.py scores them, so a checkpoint is evaluated on prompts encoded exactly as
-it was trained. Every malformed row is reported with its file and line; nothing is silently dropped.
-
-Task kinds (the contract of a row's "gold" and its reward):
-    math   gold = an answer string; reward = verifier.py's math equivalence of the final answer
-    sum    the built-in task of tiny.py: gold = its target spec; reward = a valid candidate line
-    code   gold = sandbox.py's problem dict (tests of any supported format); reward = 1 iff the last
-           fenced python block passes every test in the bubblewrap sandbox
+A problem is {"id": str, "problem": str or chat messages, "gold": str or a code problem dict, "meta": dict,
+"kind": "math" | "code"}; a row (what lad.py trains on) is {"id", "prompt", "gold", "kind"} with the
+prompt rendered from its template. What a kind means (reward, answer key) is tasks.py's. Every malformed
+row is reported with its file and line; nothing is silently dropped.
 
 Commands: none (a module). Deliberately left out: downloading datasets (files are local paths only).
 """
@@ -21,10 +17,9 @@ import math
 import re
 from pathlib import Path
 
+import sandbox
 from common import UsageError
 
-ROOT = Path(__file__).resolve().parent
-KINDS = ("math", "sum", "code")
 CODE_KEYS = ("tests", "input_output", "inputs", "base_input")   # a row holding one of these is a code problem
 
 
@@ -243,8 +238,6 @@ def load_file(path: Path, problem_field: str = "", answer_field: str = "", id_fi
 
 def code_problem(row, where: str, default_id: str) -> dict:
     """A code row -> problem (sandbox.py parses the test formats; its errors name file:line)."""
-    import sandbox
-
     p = sandbox.parse_code_row(row, where)
     pid = next((str(row[f]) for f in ("task_id", "question_id", *ID_FIELDS) if row.get(f) is not None), default_id)
     return {"id": pid, "problem": p["prompt"], "gold": p, "meta": {}, "kind": "code"}
@@ -269,20 +262,6 @@ def load_rows(path, template: str, code_template: str = "") -> list[dict]:
             for p in problems]
 
 
-BUILTIN_NEW_TOKENS = {"sum": 12, "code": 32}   # response token limit of each built-in task (tiny.py), lad.py's default
-
-
-def builtin_rows(split: str, task: str = "sum") -> list[dict]:
-    """A built-in task's prompts (tiny.py), used as they are (no template): task "sum" (kind "sum") or
-    "code" (kind "code": each row's problem parsed by the code-row parser like a file's)."""
-    import tiny
-
-    if task == "code":
-        return [{"id": r["id"], "prompt": r["prompt"], "gold": code_problem(r["row"], f"builtin-code:{r['id']}", r["id"])["gold"],
-                 "kind": "code"} for r in tiny.code_split(split)]
-    return [{**r, "kind": "sum"} for r in tiny.task_split(split)]
-
-
 def encode_rows(rows, tok, chat: str, limit: int, what: str):
     """Token ids of each row's prompt; prompts longer than `limit` tokens are skipped, counted and returned."""
     use_chat = use_chat_template(tok, chat)
@@ -297,41 +276,3 @@ def encode_rows(rows, tok, chat: str, limit: int, what: str):
         raise UsageError(f"{what}: all {len(rows)} prompts are longer than the context allows ({limit} tokens "
                          f"= max_position_embeddings - max_new_tokens)")
     return out, skipped
-
-
-# ----------------------------------------------------------------------------------------------------
-# TASK KINDS: the answer key that "distinct correct answers" counts, and the reward (verifier.py)
-# ----------------------------------------------------------------------------------------------------
-
-
-def answer_key(text: str, kind: str):
-    """The answer a response gives: the candidate line (sum), the program (code: its last fenced python
-    block, whitespace-normalised) or the extracted final answer (math)."""
-    if kind == "code":
-        import sandbox
-
-        prog = sandbox.extract_program(text)
-        return None if prog is None else "\n".join(ln.rstrip() for ln in prog.strip().splitlines())
-    import verifier
-
-    return verifier.sum_task_answer(text) if kind == "sum" else verifier.extract_answer(text)
-
-
-def reward_verdicts(texts: list[str], golds: list, kind: str, *, weak_sandbox: bool = False) -> list[tuple[float, str]]:
-    """(reward, reason) of responses against their golds for one task kind: code through sandbox.py (parallel
-    bubblewrap sandboxes, one interpreter per program; reason one of sandbox.REASONS), math and sum through
-    verifier.py (time-bounded; reason "ok" or "wrong_answer"). weak_sandbox: sandbox.py's option."""
-    import verifier
-
-    if kind not in KINDS:
-        raise ValueError(f"unknown task kind {kind!r}; choose from {KINDS}")
-    if kind == "code":
-        import sandbox
-
-        return sandbox.score_code_batch(texts, golds, weak_sandbox=weak_sandbox)
-    return [(r, "ok" if r > 0 else "wrong_answer") for r in verifier.score_batch(texts, golds, kind=kind)]
-
-
-def rewards(texts: list[str], golds: list, kind: str, *, weak_sandbox: bool = False) -> list[float]:
-    """0/1 rewards of responses against their golds for one task kind (reward_verdicts without the reasons)."""
-    return [r for r, _ in reward_verdicts(texts, golds, kind, weak_sandbox=weak_sandbox)]

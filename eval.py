@@ -8,11 +8,12 @@ paper does not tabulate but that explain its claims: distinct correct final answ
 response length and truncation rate. Every figure is computed per benchmark and macro-averaged over
 benchmarks (each benchmark weighs the same, as in the paper's "Avg" column), each with a spread.
 The metric functions and their names are metrics.py's, the row loader, templates and prompt encoder
-data.py's: the same ones lad.py's periodic evaluation uses, so its curves and these tables agree.
+data.py's, the rewards tasks.py's; the pipeline (generate_rows -> score_rows -> metrics.problem_values)
+is written here once and lad.py's periodic evaluation calls it, so its curves and these tables agree.
 
 Commands
-    built-in task, CPU (tiny model):   python eval.py --benchmark tiny --model runs/<run>/ckpt-000200 --name lad
-    built-in code task, CPU:           python eval.py --benchmark tiny-code --model runs/<run>/ckpt-000200
+    built-in task, CPU (tiny model):   python eval.py --benchmark builtin-sum --model runs/<run>/ckpt-000200 --name lad
+    built-in code task, CPU:           python eval.py --benchmark builtin-code --model runs/<run>/ckpt-000200
     math benchmarks, 1 GPU (vLLM):     python eval.py --model <hf-path> --engine vllm \\
                                            --benchmark aime24,aime25,amc23,math500,minerva,olympiadbench
     8 GPUs (one shard per GPU, then score the union):
@@ -33,8 +34,8 @@ for its 1.5B models), and lad.py's prompt (the paper gives none: "...put your fi
 \\boxed{}", so lad.py's checkpoints are scored as they were trained; `--prompt-template dapo` for models
 trained on DAPO-Math's own prompt), in the tokenizer's chat template when it has one, as lad.py does.
 Code benchmarks (Table 2: Avg@16, Pass@16, so n = 16 when every benchmark is code): the code prompt
-(data.TEMPLATES["code"]); the reward is training's (sandbox.py: 1 iff the last fenced python block passes
-every test, bubblewrap sandbox, 6 s per test, 60 s a program); HumanEval+ is reported as base + plus
+(data.TEMPLATES["code"]); the reward is training's (tasks.judge -> sandbox.py: 1 iff the last fenced python
+block passes every test, bubblewrap sandbox, 6 s per test, 60 s a program); HumanEval+ is reported as base + plus
 tests (`humanevalplus`, EvalPlus's HumanEval+) and base tests only (`humanevalplus:base`, its HumanEval;
 not in the macro); LiveCodeBench can be cut to a contest-date window (--lcb-start/--lcb-end, dates from
 the `_meta` file beside it). samples.jsonl keeps a compact reference of a code problem, not its tests.
@@ -51,6 +52,7 @@ Deliberately left out
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import re
 import sys
@@ -58,14 +60,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
 import data
-from common import UsageError
-from common import parse_args as parse_cli
-# re-exported: eval.py's public names for the metrics and prompt helpers that live in metrics.py / data.py
-from data import BENCHMARKS, ID_FIELDS, TEMPLATES, _gold_str, last_boxed, prompt_ids, read_rows, render_prompt  # noqa: F401
-from metrics import avg_at_k, default_ks, distinct_n, pass_at_k, problem_values, tokenize  # noqa: F401
+import rollout
+import tasks
+import tiny
+from common import UsageError, parse_args
+from data import BENCHMARKS, ID_FIELDS, TEMPLATES, _gold_str, prompt_ids, read_rows, render_prompt
+from metrics import default_ks, problem_values
 
 ROOT = Path(__file__).resolve().parent
 
@@ -77,7 +82,7 @@ class Args:
     CHOICES = {"kind": ["auto", "math", "sum", "code"], "on_bad_row": ["error", "skip"], "engine": ["auto", "hf", "vllm"],
                "chat": ["auto", "true", "false"], "device": ["auto", "cpu", "cuda"]}
     benchmark: str = ""
-    """comma-separated: tiny, tiny-code, aime24, aime25, amc23, math500, minerva, olympiadbench, humanevalplus, livecodebench, or .jsonl/.parquet paths (default tiny when generating)"""
+    """comma-separated: builtin-sum, builtin-code (tasks.py's held-out prompts), aime24, aime25, amc23, math500, minerva, olympiadbench, humanevalplus, livecodebench, or .jsonl/.parquet paths (default builtin-sum when generating)"""
     data_dir: str = ""
     """folder holding the benchmark files (default: ./data/bench, else ../shared/data/bench next to this repo)"""
     problem_field: str = ""
@@ -87,7 +92,7 @@ class Args:
     id_field: str = ""
     """field holding the problem id (default: id, idx, unique_id or problem_id, else the row number)"""
     kind: str = "auto"
-    """task kind: math, sum (the built-in task), code (sandboxed tests) or auto (from the rows: sum for tiny)"""
+    """task kind: math, sum (builtin-sum's), code (sandboxed tests) or auto (from the rows or the built-in task)"""
     limit: int = 0
     """evaluate only the first LIMIT problems of each benchmark (0: all; after the date filter); recorded, for quick runs"""
     lcb_start: str = ""
@@ -99,7 +104,7 @@ class Args:
     on_bad_row: str = "error"
     """a benchmark row that cannot be loaded: error (exit 2, every bad row listed) or skip (listed and recorded)"""
     model: str = ""
-    """HF model folder to sample from (default for tiny / tiny-code alone: tiny.default_model_dir(), that task's warm start)"""
+    """HF model folder to sample from (default for one built-in task alone: the tiny model warm-started on it)"""
     engine: str = "auto"
     """rollout engine: hf (transformers generate), vllm, or auto (vLLM with a GPU, else hf)"""
     device: str = "auto"
@@ -117,9 +122,9 @@ class Args:
     top_p: float = 1.0
     """nucleus sampling threshold (1.0 = off; the paper states none)"""
     max_new_tokens: int = 0
-    """response token limit (0: 8192 for math, paper App. C.2; 16 for tiny, whose answers are <= 8 chars; 32 for tiny-code, lad.py's)"""
+    """response token limit (0: 8192 for math and code, paper App. C.2; a built-in task's own, as lad.py: 12 for builtin-sum, 32 for builtin-code)"""
     prompt_template: str = "auto"
-    """boxed (lad.py's default prompt), dapo (DAPO-Math's), raw, or a string containing {problem} (auto: boxed for math, raw for the built-in task)"""
+    """boxed (lad.py's default prompt), dapo (DAPO-Math's), raw, or a string containing {problem} (auto: boxed for math, code for code, raw for a built-in task)"""
     chat: str = "auto"
     """wrap the prompt in the tokenizer's chat template: true, false, auto (true when the tokenizer has one); as lad.py"""
     batch_size: int = 16
@@ -132,18 +137,15 @@ class Args:
     """output folder for samples.jsonl, summary.json, summary.md (default runs/eval/<name>)"""
     name: str = ""
     """label of this run in tables and plots (default: the model folder's or generations file's name)"""
+    weak_sandbox: bool = False
+    """code rewards without bubblewrap (only the resource limits and audit hook; warns): for hosts that cannot
+    create user namespaces (docs/sandbox.md says what that does not protect); as lad.py's flag"""
     bootstrap: int = 1000
     """bootstrap resamples of the problems for the 95% intervals (0: none)"""
     compare: list[str] = field(default_factory=list)
     """summary.json files to print side by side (first = baseline for the differences); no evaluation"""
     plot: str = ""
     """with --compare: the Pass@k-versus-k PNG to write (default next to --out-dir's compare.md)"""
-
-
-# Bad input: one line on stderr, exit status 2, no traceback (the same error as lad.py's and data.py's).
-EvalError = UsageError
-
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -162,39 +164,34 @@ def data_dirs(args: Args) -> list[Path]:
     return [Path("data/bench"), ROOT / "data" / "bench", ROOT.parent / "shared" / "data" / "bench"]
 
 
-BUILTIN = {"tiny": ("sum", "sum"), "tiny-code": ("code", "code")}   # name -> (tiny.py task, verifier kind)
-# --max-new-tokens 0: tiny-code the task's own (lad.py's); tiny 16, 4 more than lad.py trains the sum task with
-BUILTIN_NEW_TOKENS = {"tiny": 16, "tiny-code": data.BUILTIN_NEW_TOKENS["code"]}
-
-
 def load_benchmark(name: str, args: Args) -> tuple[list[dict], list[str], str, str]:
-    """-> (problems, errors, kind, source) for a benchmark name or a file path."""
-    if name in BUILTIN:
-        task, kind = BUILTIN[name]   # a built-in task's held-out split (tiny.py); its prompts are used raw
-        rows = data.builtin_rows("heldout", task)
-        probs = [{"id": r["id"], "problem": r["prompt"], "gold": r["gold"], "meta": {}} for r in rows]
-        return probs, [], kind, f"tiny.{'task' if task == 'sum' else 'code'}_split('heldout')"
+    """-> (problems, errors, kind, source) for a benchmark name (a built-in task's too) or a file path."""
+    if name in tasks.BUILTIN:          # a built-in task's held-out split; its prompts are used raw
+        task = tasks.BUILTIN[name]
+        probs = [{"id": r["id"], "problem": r["prompt"], "gold": r["gold"], "meta": {}, "kind": r["kind"]}
+                 for r in tasks.builtin_rows(task, "heldout")]
+        return probs, [], task.kind, f"tasks.py {name} heldout"
     if name in BENCHMARKS:
         tried = [d / f"{stem}{ext}" for d in data_dirs(args) for stem in BENCHMARKS[name] for ext in (".jsonl", ".parquet")]
         path = next((p for p in tried if p.is_file()), None)
         if path is None:
             dirs = ", ".join(str(d) for d in data_dirs(args))
-            raise EvalError(f"benchmark {name!r}: no file {BENCHMARKS[name][0]}.jsonl/.parquet in {dirs} (set --data-dir)")
+            raise UsageError(f"benchmark {name!r}: no file {BENCHMARKS[name][0]}.jsonl/.parquet in {dirs} (set --data-dir)")
     else:
         path = Path(name)
         if path.suffix not in (".jsonl", ".parquet"):
-            raise EvalError(f"unknown benchmark {name!r}; choose from {', '.join([*BUILTIN, *BENCHMARKS])}, or a .jsonl/.parquet file")
+            raise UsageError(f"unknown benchmark {name!r}; choose from {', '.join([*tasks.BUILTIN, *BENCHMARKS])}, or a .jsonl/.parquet file")
         if not path.is_file():
-            raise EvalError(f"benchmark file not found: {path}")
+            raise UsageError(f"benchmark file not found: {path}")
     problems, errors = load_file(path, args)
     kinds = sorted({p["kind"] for p in problems}) or ["math"]
     if len(kinds) > 1:
-        raise EvalError(f"{path}: mixes task kinds {kinds}; one benchmark file holds one kind")
+        raise UsageError(f"{path}: mixes task kinds {kinds}; one benchmark file holds one kind")
     return problems, errors, kinds[0], str(path)
 
 
 def bench_name(spec: str) -> str:
-    return spec if spec in BUILTIN or spec in BENCHMARKS else Path(spec).stem
+    return spec if spec in tasks.BUILTIN or spec in BENCHMARKS else Path(spec).stem
 
 
 # LiveCodeBench contest-date window (contamination control). Line i of livecodebench_v5_test.jsonl is
@@ -207,8 +204,6 @@ def is_lcb(name: str) -> bool:
 
 def parse_day(text: str, what: str):
     """YYYY-MM-DD (or an ISO date-time such as 2024-08-03T00:00:00) -> datetime.date; ValueError naming `what`."""
-    import datetime
-
     try:
         return datetime.datetime.fromisoformat(text).date() if "T" in text else datetime.date.fromisoformat(text)
     except (TypeError, ValueError):
@@ -224,18 +219,18 @@ def meta_path(source: str) -> Path:
 def contest_dates(meta: Path) -> dict:
     """line number -> contest date of every row of a _meta file; errors name meta:line."""
     if not meta.is_file():
-        raise EvalError(f"--lcb-start/--lcb-end need the contest dates in {meta} (row i describes row i of the "
+        raise UsageError(f"--lcb-start/--lcb-end need the contest dates in {meta} (row i describes row i of the "
                         f"benchmark file); it does not exist")
     dates = {}
     for where, row, lineno in read_rows(meta):
         if isinstance(row, Exception):
-            raise EvalError(str(row))
+            raise UsageError(str(row))
         if not isinstance(row, dict) or "contest_date" not in row:
-            raise EvalError(f"{where}: no 'contest_date' field")
+            raise UsageError(f"{where}: no 'contest_date' field")
         try:
             dates[lineno] = parse_day(row["contest_date"], where)
         except ValueError as e:
-            raise EvalError(str(e)) from None
+            raise UsageError(str(e)) from None
     return dates
 
 
@@ -247,15 +242,15 @@ def date_filter(problems: list[dict], source: str, start, end) -> list[dict]:
     with open(source, encoding="utf-8") as f:
         n_rows = sum(1 for ln in f if ln.strip())
     if len(dates) != n_rows:
-        raise EvalError(f"{meta}: {len(dates)} rows, but {source} has {n_rows}: line i must describe line i")
+        raise UsageError(f"{meta}: {len(dates)} rows, but {source} has {n_rows}: line i must describe line i")
     kept = []
     for p in problems:
         where = p["gold"]["where"] if isinstance(p.get("gold"), dict) else ""
         line = where.rsplit(":", 1)[-1]
         if not line.isdigit():
-            raise EvalError(f"{source}: problem {p['id']}: no line number to look its contest date up by ({where!r})")
+            raise UsageError(f"{source}: problem {p['id']}: no line number to look its contest date up by ({where!r})")
         if int(line) not in dates:
-            raise EvalError(f"{where}: no contest date: {meta} has no row {line}")
+            raise UsageError(f"{where}: no contest date: {meta} has no row {line}")
         d = dates[int(line)]
         if (start is None or d >= start) and (end is None or d <= end):
             kept.append(p)
@@ -263,20 +258,56 @@ def date_filter(problems: list[dict], source: str, start, end) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# PROMPTS AND GENERATION (torch / transformers / vLLM are imported here, never at module import)
+# THE PIPELINE: generate_rows -> score_rows -> metrics.problem_values (lad.py's periodic evaluation too)
 # ----------------------------------------------------------------------------------------------------
 
-def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
-    """Sample cfg['n'] responses per problem through rollout.py's engines -> per-sample rows (unscored)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def generate_rows(engine, tok, problems, *, n, temperature, top_p, max_new_tokens, seed, batch_size, bench="",
+                  bar=None) -> list[dict]:
+    """n responses to each problem ({"id", "gold", "kind", "ids": its encoded prompt}) from a rollout engine,
+    batch_size problems per engine.generate call, batch b seeded seed + b -> per-sample rows {"benchmark",
+    "id", "sample", "response", "truncated", "num_tokens", "gold", "kind"}, grouped by problem, unscored."""
+    rows = []
+    for b, lo in enumerate(range(0, len(problems), batch_size)):
+        batch = problems[lo:lo + batch_size]
+        samples = engine.generate([p["ids"] for p in batch], n, temperature=temperature, top_p=top_p,
+                                  max_new_tokens=max_new_tokens, seed=seed + b)
+        texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+        counts = {}
+        for s, text in zip(samples, texts):
+            p = batch[s.prompt_index]
+            j = counts[s.prompt_index] = counts.get(s.prompt_index, -1) + 1
+            rows.append({"benchmark": bench, "id": p["id"], "sample": j, "response": text,
+                         "truncated": bool(s.truncated), "num_tokens": len(s.response_ids), "gold": p["gold"],
+                         "kind": p["kind"]})
+        if bar is not None:
+            bar.update(len(batch))
+    return rows
 
-    import rollout
+
+def score_rows(rows: list[dict], *, weak_sandbox: bool = False, progress: bool = False) -> None:
+    """Judge every row by its kind (tasks.judge, training's reward): adds "reward", "reason", "detail",
+    "base_reward" (EvalPlus problems: the base tests alone) and "answer" (tasks.answer_key)."""
+    chunk = 256
+    for kind in sorted({r["kind"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["kind"] == kind]
+        for lo in tqdm(range(0, len(idx), chunk), desc=f"score ({kind})", unit="chunk", disable=not progress):
+            part = [rows[i] for i in idx[lo:lo + chunk]]
+            verdicts = tasks.judge([r["response"] for r in part], [r["gold"] for r in part], kind,
+                                   weak_sandbox=weak_sandbox)
+            for r, v in zip(part, verdicts):
+                r.update(reward=float(v.reward), reason=v.reason, detail=v.detail, base_reward=v.base_reward,
+                         answer=tasks.answer_key(r["response"], kind))
+
+
+def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
+    """Load cfg's model into a rollout engine (rollout.py) and sample cfg['n'] responses to every problem,
+    each benchmark's prompts in its template -> per-sample rows (unscored)."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(cfg["model"])
     use_chat = data.use_chat_template(tok, cfg["chat"])
     cfg["chat_template_used"] = use_chat
-    import transformers
     cfg["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     model = None
     if cfg["engine"] == "auto":
@@ -296,27 +327,18 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
         import vllm
         cfg["device"], cfg["dtype"] = ("cuda" if torch.cuda.is_available() else "cpu"), engine.dtype
         cfg["versions"]["vllm"] = vllm.__version__
-    rows, batch_index = [], 0
+    rows, batches = [], 0
     seed0 = cfg["seed"] + 100003 * (cfg["shard"][0] if cfg["shard"] else 0)
     total = sum(len(p) for p in problems_by_bench.values())
     bar = tqdm(total=total, desc=f"generate ({cfg['engine']}, n={cfg['n']})", unit="problem")
     for bench, problems in problems_by_bench.items():
         template = cfg["templates"][bench]
-        for lo in range(0, len(problems), cfg["batch_size"]):
-            batch = problems[lo:lo + cfg["batch_size"]]
-            ids = [prompt_ids(tok, p["problem"] if p["meta"].get("templated") else render_prompt(template, p["problem"]),
-                              use_chat) for p in batch]
-            samples = engine.generate(ids, cfg["n"], temperature=cfg["temperature"], top_p=cfg["top_p"],
-                                      max_new_tokens=cfg["max_new_tokens"], seed=seed0 + batch_index)
-            batch_index += 1
-            counts = {}
-            for s in samples:
-                p = batch[s.prompt_index]
-                j = counts[s.prompt_index] = counts.get(s.prompt_index, -1) + 1
-                rows.append({"benchmark": bench, "id": p["id"], "sample": j,
-                             "response": tok.decode(s.response_ids, skip_special_tokens=True),
-                             "truncated": bool(s.truncated), "num_tokens": len(s.response_ids), "gold": p["gold"]})
-            bar.update(len(batch))
+        encoded = [{**p, "ids": prompt_ids(tok, p["problem"] if p["meta"].get("templated") else
+                                           render_prompt(template, p["problem"]), use_chat)} for p in problems]
+        rows += generate_rows(engine, tok, encoded, n=cfg["n"], temperature=cfg["temperature"], top_p=cfg["top_p"],
+                              max_new_tokens=cfg["max_new_tokens"], seed=seed0 + batches,
+                              batch_size=cfg["batch_size"], bench=bench, bar=bar)
+        batches += -(-len(problems) // cfg["batch_size"])
     bar.close()
     if hasattr(engine, "close"):       # vLLM: shut its engine core down now rather than at interpreter exit
         engine.close()
@@ -352,7 +374,7 @@ def read_generations(paths: list[Path], args: Args, golds: dict, excluded=frozen
     rows, errors, skipped = [], [], 0
     for path in paths:
         if not path.is_file():
-            raise EvalError(f"generations file not found: {path}")
+            raise UsageError(f"generations file not found: {path}")
         for where, row, _ in read_rows(path):
             try:
                 if isinstance(row, Exception):
@@ -405,7 +427,7 @@ def read_generations(paths: list[Path], args: Args, golds: dict, excluded=frozen
             except ValueError as e:
                 errors.append(str(e))
     if errors:
-        raise EvalError(f"{len(errors)} bad generation row(s):\n  " + "\n  ".join(errors[:50]))
+        raise UsageError(f"{len(errors)} bad generation row(s):\n  " + "\n  ".join(errors[:50]))
     # number the samples of each problem in file order where the file did not
     counts = {}
     for r in rows:
@@ -421,29 +443,6 @@ def read_generations(paths: list[Path], args: Args, golds: dict, excluded=frozen
 # ----------------------------------------------------------------------------------------------------
 
 
-def score(rows: list[dict], kinds: dict) -> None:
-    """Adds 'answer' and 'reward' to every row (data.py's task kinds; verifier.py is imported there).
-    Code rows also get 'reason', 'detail' and, for EvalPlus problems, 'base_reward' (base tests only): the same
-    sandbox.score_code_batch_verdicts whose rewards data.rewards hands to training."""
-    for kind in sorted(set(kinds.values())):
-        idx = [i for i, r in enumerate(rows) if kinds[r["benchmark"]] == kind]
-        chunk = 256
-        for lo in tqdm(range(0, len(idx), chunk), desc=f"score ({kind})", unit="chunk",
-                       total=(len(idx) + chunk - 1) // chunk):
-            part = [rows[i] for i in idx[lo:lo + chunk]]
-            if kind == "code":
-                import sandbox
-
-                verdicts = sandbox.score_code_batch_verdicts([r["response"] for r in part], [r["gold"] for r in part])
-                for r, v in zip(part, verdicts):
-                    r.update(reward=float(v.reward), reason=v.reason, detail=v.detail, base_reward=v.base_reward)
-            else:
-                for r, rew in zip(part, data.rewards([r["response"] for r in part], [r["gold"] for r in part], kind)):
-                    r["reward"] = float(rew)
-            for r in part:
-                r["answer"] = data.answer_key(r["response"], kind)
-
-
 BASE = ":base"
 """Suffix of the line that scores an EvalPlus benchmark on its base tests only (humanevalplus:base is
 HumanEval as EvalPlus reports it; humanevalplus itself is HumanEval+, base + plus tests)."""
@@ -456,7 +455,7 @@ def base_rows(rows: list[dict]) -> list[dict]:
 
 
 def reason_counts(rows: list[dict], bench: str) -> dict:
-    """Code: how many samples of a benchmark got each sandbox reason (ok, wrong_answer, timeout, ...)."""
+    """How many samples of a benchmark got each reason (tasks.REASONS: ok, wrong_answer, and code's timeout, ...)."""
     out = {}
     for r in rows:
         if r["benchmark"] == bench and r.get("reason"):
@@ -471,18 +470,9 @@ def protocol(kinds: dict, problems: dict, cfg: dict) -> dict:
                       "then the mean over a benchmark's problems; macro = mean over benchmarks (each weighs the same)",
            "paper": "Table 1 / 7: Avg@32 / Pass@32 on the math benchmarks; Table 2: Avg@16 and Pass@16 on "
                     "LiveCodeBench and HumanEval+ (its CodeForces rating is left out: no contest data here)"}
-    if {"math", "sum"} & set(kinds.values()):
-        out["reward_math"] = "1 iff verifier.py judges the response's final answer equivalent to the gold (sum: a valid candidate line)"
+    out["rewards"] = {k: tasks.describe(k) for k in sorted(set(kinds.values()))}
     code = [b for b, k in kinds.items() if k == "code"]
     if code:
-        import sandbox
-
-        out["reward_code"] = ("1 iff the response's last fenced python block passes every test (DeepCoder's sparse "
-                              "outcome reward), else 0 with the reason; no block -> 0 (no_code_block)")
-        out["sandbox"] = {"per_test_s": sandbox.PER_TEST_S, "total_s": sandbox.TOTAL_S, "memory_mb": sandbox.MEMORY_MB,
-                          "tmpfs_bytes": sandbox.TMPFS_BYTES, "output_cap_bytes": sandbox.OUTPUT_CAP,
-                          "isolation": "bubblewrap (user/pid/net/ipc/uts/mount namespaces, uid 65534, read-only root, "
-                                       "tmpfs /tmp), rlimits and an audit hook inside; expected values compared in the parent"}
         formats = {b: sorted({p["gold"]["format"] for p in problems.get(b, []) if isinstance(p.get("gold"), dict)})
                    for b in code}
         out["tests"] = {b: ("EvalPlus: base + plus inputs, expected outputs from the canonical solution, atol as EvalPlus; "
@@ -508,8 +498,6 @@ def summarise(groups: dict, benches: list[str], ks: list[int], n_boot: int, seed
     average over benchmarks (its interval from resampling the problems of every benchmark at once).
     `base_of` maps a derived base-tests line (<name>:base) to its benchmark; derived lines are not in the macro."""
     base_of = base_of or {}
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     out, boots = {}, {}
     for b in benches:
@@ -519,7 +507,7 @@ def summarise(groups: dict, benches: list[str], ks: list[int], n_boot: int, seed
         ns = sorted({len(s) for _, s in probs})
         if ns[0] < max(ks):
             short = next(pid for pid, s in probs if len(s) == ns[0])
-            raise EvalError(f"{b}: problem {short} has n={ns[0]} samples, fewer than k={max(ks)}; "
+            raise UsageError(f"{b}: problem {short} has n={ns[0]} samples, fewer than k={max(ks)}; "
                             f"Pass@k needs n >= k (set --k)")
         vals = [problem_values(s, ks) for _, s in probs]
         idx = rng.integers(0, len(vals), size=(n_boot, len(vals))) if n_boot else None
@@ -623,8 +611,6 @@ def paired_diff_interval(base: dict, other: dict, benches: list[str], metric: st
     """95% paired bootstrap interval of mean(other - base) over the problems both runs scored (macro when
     several benchmarks: the mean of the per-benchmark differences, all resampled jointly); None when the
     runs did not score the same problems or a summary lacks per-problem values."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     reps = []
     for b in benches:
@@ -717,16 +703,16 @@ def run_compare(args: Args) -> str:
     for f in args.compare:
         p = Path(f)
         if not p.is_file():
-            raise EvalError(f"--compare: file not found: {p}")
+            raise UsageError(f"--compare: file not found: {p}")
         try:
             s = json.loads(p.read_text())
             s["benchmarks"], s["macro"]  # noqa: B018 -- shape check
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise EvalError(f"--compare: {p} is not an eval.py summary.json ({type(e).__name__}: {e})") from None
+            raise UsageError(f"--compare: {p} is not an eval.py summary.json ({type(e).__name__}: {e})") from None
         summaries.append(s)
         labels.append(s.get("name") or p.parent.name)
     if len(summaries) < 2:
-        raise EvalError("--compare needs at least two summary.json files")
+        raise UsageError("--compare needs at least two summary.json files")
     if len(set(labels)) < len(labels):   # the same name twice: disambiguate by folder
         labels = [f"{lb} ({Path(f).parent.name})" for lb, f in zip(labels, args.compare)]
     table = compare_table(summaries, labels, args.bootstrap, args.seed)
@@ -749,34 +735,30 @@ def run_compare(args: Args) -> str:
     return text
 
 
-def parse_args(argv=None) -> Args:
-    return parse_cli(Args, argv)
-
-
 def resolve(args: Args) -> tuple[dict, dict]:
     """Check the arguments and fill every default that depends on others -> (config, templates)."""
     if args.n < 0:
-        raise EvalError(f"--n must be >= 1 (or 0: the protocol's default), got {args.n}")
+        raise UsageError(f"--n must be >= 1 (or 0: the protocol's default), got {args.n}")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise EvalError("--temperature must be >= 0 and --top-p in (0, 1]")
+        raise UsageError("--temperature must be >= 0 and --top-p in (0, 1]")
     if args.bootstrap < 0 or args.limit < 0 or args.batch_size < 1:
-        raise EvalError("--bootstrap and --limit must be >= 0, --batch-size >= 1")
+        raise UsageError("--bootstrap and --limit must be >= 0, --batch-size >= 1")
     if (args.prompt_template not in ("auto", *TEMPLATES)) and "{problem}" not in args.prompt_template:
-        raise EvalError(f"--prompt-template must be auto, {', '.join(TEMPLATES)} or contain {{problem}}")
+        raise UsageError(f"--prompt-template must be auto, {', '.join(TEMPLATES)} or contain {{problem}}")
     shard = None
     if args.shard:
         m = re.fullmatch(r"(\d+)/(\d+)", args.shard)
         if not m or not int(m[1]) < int(m[2]):
-            raise EvalError(f"--shard must be i/N with 0 <= i < N, got {args.shard!r}")
+            raise UsageError(f"--shard must be i/N with 0 <= i < N, got {args.shard!r}")
         shard = (int(m[1]), int(m[2]))
     window = []
     for flag, text in (("--lcb-start", args.lcb_start), ("--lcb-end", args.lcb_end)):
         try:
             window.append(parse_day(text, flag) if text else None)
         except ValueError as e:
-            raise EvalError(str(e)) from None
+            raise UsageError(str(e)) from None
     if window[0] and window[1] and window[0] > window[1]:
-        raise EvalError(f"--lcb-start {args.lcb_start} is after --lcb-end {args.lcb_end}")
+        raise UsageError(f"--lcb-start {args.lcb_start} is after --lcb-end {args.lcb_end}")
     cfg = dataclasses.asdict(args)
     cfg.pop("compare"), cfg.pop("plot")
     cfg["shard"] = shard
@@ -785,13 +767,13 @@ def resolve(args: Args) -> tuple[dict, dict]:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_args(Args, argv)
     try:
         if args.compare:
             run_compare(args)
             return 0
         return evaluate(args)
-    except EvalError as e:
+    except UsageError as e:
         print(f"eval.py: error: {e}", file=sys.stderr)
         return 2
 
@@ -801,9 +783,9 @@ def parse_ks(args: Args) -> list[int] | None:
     try:
         ks = sorted({int(x) for x in args.k.split(",")}) if args.k else None
     except ValueError:
-        raise EvalError(f"--k must be comma-separated integers, got {args.k!r}") from None
+        raise UsageError(f"--k must be comma-separated integers, got {args.k!r}") from None
     if ks and min(ks) < 1:
-        raise EvalError(f"--k values must be >= 1, got {args.k}")
+        raise UsageError(f"--k values must be >= 1, got {args.k}")
     return ks
 
 
@@ -815,7 +797,7 @@ def load_benchmarks(specs: list[str], args: Args, cfg: dict):
     cfg["lcb_filter"] = {"start": args.lcb_start or None, "end": args.lcb_end or None, "inclusive": True,
                          "benchmarks": {}} if any(window) else None
     if any(window) and not any(is_lcb(bench_name(s)) for s in specs):
-        raise EvalError("--lcb-start/--lcb-end filter LiveCodeBench, but --benchmark names none "
+        raise UsageError("--lcb-start/--lcb-end filter LiveCodeBench, but --benchmark names none "
                         f"(livecodebench or a livecodebench*.jsonl file): {args.benchmark!r}")
     for spec in specs:
         probs, errors, kind, source = load_benchmark(spec, args)
@@ -841,7 +823,7 @@ def load_benchmarks(specs: list[str], args: Args, cfg: dict):
     if bad:
         listing = "\n  ".join(bad)
         if args.on_bad_row == "error":
-            raise EvalError(f"{len(bad)} benchmark row(s) cannot be loaded (--on-bad-row skip to go on without them):\n  {listing}")
+            raise UsageError(f"{len(bad)} benchmark row(s) cannot be loaded (--on-bad-row skip to go on without them):\n  {listing}")
         print(f"warning: skipping {len(bad)} bad row(s):\n  {listing}", file=sys.stderr)
     cfg["bad_rows"] = bad
     return problems, kinds, sources, excluded
@@ -850,15 +832,15 @@ def load_benchmarks(specs: list[str], args: Args, cfg: dict):
 def kind_defaults(kinds: dict, args: Args, cfg: dict, ks, scoring_only: bool) -> None:
     """The settings that depend on the benchmarks' kinds (templates, --max-new-tokens 0, --n 0), into cfg."""
     cfg["templates"] = {b: (args.prompt_template if args.prompt_template != "auto" else
-                            "raw" if b in BUILTIN else {"sum": "raw", "code": "code"}.get(k, "boxed"))
+                            "raw" if b in tasks.BUILTIN else {"sum": "raw", "code": "code"}.get(k, "boxed"))
                         for b, k in kinds.items()}
-    if args.max_new_tokens == 0:   # the longest any benchmark needs: BUILTIN_NEW_TOKENS, 16 for sum, else 8192
-        cfg["max_new_tokens"] = max((BUILTIN_NEW_TOKENS.get(b, 16 if k == "sum" else 8192) for b, k in kinds.items()),
+    if args.max_new_tokens == 0:   # the longest any benchmark needs: a built-in task's own limit, else 8192
+        cfg["max_new_tokens"] = max((tasks.BUILTIN[b].new_tokens if b in tasks.BUILTIN else 8192 for b in kinds),
                                     default=8192)
     if args.n == 0:
         cfg["n"] = 16 if kinds and all(k == "code" for k in kinds.values()) else 32
     if ks and not scoring_only and max(ks) > cfg["n"]:
-        raise EvalError(f"Pass@{max(ks)} needs n >= {max(ks)} samples per problem, but --n is {cfg['n']}")
+        raise UsageError(f"Pass@{max(ks)} needs n >= {max(ks)} samples per problem, but --n is {cfg['n']}")
 
 
 def scored_samples(args: Args, problems: dict, kinds: dict, excluded: set, cfg: dict) -> tuple[list[dict], str]:
@@ -869,14 +851,15 @@ def scored_samples(args: Args, problems: dict, kinds: dict, excluded: set, cfg: 
     if cfg["lcb_filter"]:
         cfg["lcb_filter"]["samples_skipped"] = skipped
     for r in rows:
-        # verifier kind: --kind, else the loaded benchmark's, else the row's own (eval.py writes it),
-        # else sum for the built-in task's name and math otherwise
+        # task kind: --kind, else the loaded benchmark's, else the row's own (eval.py writes it),
+        # else a built-in task's and math otherwise
         where, row_kind = r.pop("where"), r.pop("kind")
         b = r["benchmark"]
         if b not in kinds:
-            kinds[b] = args.kind if args.kind != "auto" else row_kind or (BUILTIN[b][1] if b in BUILTIN else "math")
+            kinds[b] = args.kind if args.kind != "auto" else row_kind or (
+                tasks.BUILTIN[b].kind if b in tasks.BUILTIN else "math")
         if row_kind not in (None, kinds[b]) and args.kind == "auto":
-            raise EvalError(f"{where}: kind {row_kind!r}, but {b} is scored as {kinds[b]!r} (set --kind)")
+            raise UsageError(f"{where}: kind {row_kind!r}, but {b} is scored as {kinds[b]!r} (set --kind)")
     for k in ("model", "engine", "device", "dtype", "temperature", "top_p", "max_new_tokens",
               "prompt_template", "chat", "batch_size", "n"):
         cfg[k] = None                       # not ours: the file's producer chose them
@@ -885,18 +868,17 @@ def scored_samples(args: Args, problems: dict, kinds: dict, excluded: set, cfg: 
 
 
 def generated_samples(args: Args, specs: list[str], problems: dict, kinds: dict, cfg: dict) -> tuple[list[dict], str]:
-    """Samples generated here from --model (the tiny model for the built-in task) -> (rows, run name)."""
+    """Samples generated here from --model (the tiny model for a built-in task) -> (rows, run name)."""
     if not specs:
-        raise EvalError("nothing to evaluate: give --benchmark, --generations or --compare")
+        raise UsageError("nothing to evaluate: give --benchmark, --generations or --compare")
     if not args.model:
-        tasks = {BUILTIN[b][0] for b in problems if b in BUILTIN}
-        if any(b not in BUILTIN for b in problems) or len(tasks) != 1:
-            raise EvalError("--model is required (an HF model folder), except for one built-in task alone "
-                            "(tiny or tiny-code: its warm-started tiny model)")
-        import tiny
-        cfg["model"] = tiny.default_model_dir(log=lambda m: print(m, file=sys.stderr), task=tasks.pop())
+        if len(problems) != 1 or next(iter(problems)) not in tasks.BUILTIN:
+            raise UsageError("--model is required (an HF model folder), except for one built-in task alone "
+                             "(builtin-sum or builtin-code: the tiny model warm-started on it)")
+        task = tasks.BUILTIN[next(iter(problems))]
+        cfg["model"] = tiny.default_model_dir(task, 0, lambda m: print(m, file=sys.stderr))
     elif not Path(args.model).is_dir():
-        raise EvalError(f"--model: no such folder {args.model} (local HF folders only; no downloads)")
+        raise UsageError(f"--model: no such folder {args.model} (local HF folders only; no downloads)")
     return generate(problems, cfg), args.name or Path(cfg["model"]).name
 
 
@@ -913,7 +895,9 @@ def report_missing(problems: dict, rows: list[dict], cfg: dict) -> None:
 
 def score_and_summarise(rows: list[dict], problems: dict, kinds: dict, ks: list[int], args: Args):
     """Reward every sample, add EvalPlus's base-only view, summarise -> (summary, base_of)."""
-    score(rows, kinds)
+    for r in rows:
+        r["kind"] = kinds[r["benchmark"]]
+    score_rows(rows, weak_sandbox=args.weak_sandbox, progress=True)
     extra = base_rows(rows)        # EvalPlus: the same samples on the base tests only (<name>:base)
     base_of = {r["benchmark"]: r["benchmark"][:-len(BASE)] for r in extra}
     benches = []
@@ -921,7 +905,7 @@ def score_and_summarise(rows: list[dict], problems: dict, kinds: dict, ks: list[
         benches += [b] + [d for d, parent in base_of.items() if parent == b]
     summary = summarise(per_problem(rows + extra), benches, ks, args.bootstrap, args.seed, base_of)
     for b, entry in summary["benchmarks"].items():
-        if kinds.get(base_of.get(b, b)) == "code" and b not in base_of:
+        if b not in base_of:
             entry["reasons"] = reason_counts(rows, b)
     return summary, base_of
 
@@ -931,12 +915,11 @@ def write_outputs(out_dir: Path, summary: dict, rows: list[dict], kinds: dict, b
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "samples.jsonl", "w") as f:
         for r in rows:
-            kind = kinds[r["benchmark"]]
-            keep = ("benchmark", "id", "sample", "response", "answer", "reward", "gold", "truncated", "num_tokens")
-            out = {**{k: r.get(k) for k in keep}, "kind": kind}
-            if kind == "code":         # a compact reference, not the whole test spec; and the sandbox's verdict
-                out.update(gold=code_ref_of(r["gold"]), reason=r.get("reason"), detail=r.get("detail"),
-                           base_reward=r.get("base_reward"))
+            keep = ("benchmark", "id", "sample", "response", "answer", "reward", "reason", "gold", "truncated",
+                    "num_tokens", "kind")
+            out = {k: r.get(k) for k in keep}
+            if isinstance(r["gold"], dict):        # a test spec: a compact reference, and the judge's detail
+                out.update(gold=code_ref_of(r["gold"]), detail=r.get("detail"), base_reward=r.get("base_reward"))
             f.write(json.dumps(out) + "\n")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = summary_table(summary)
@@ -954,21 +937,26 @@ def evaluate(args: Args) -> int:
     t0 = time.time()
     scoring_only = bool(args.generations)
     if scoring_only and args.shard:
-        raise EvalError("--shard splits generation; score all shards at once with --generations a,b,...")
-    specs = [s.strip() for s in (args.benchmark or ("" if scoring_only else "tiny")).split(",") if s.strip()]
+        raise UsageError("--shard splits generation; score all shards at once with --generations a,b,...")
+    specs = [s.strip() for s in (args.benchmark or ("" if scoring_only else "builtin-sum")).split(",") if s.strip()]
+    specs = [t.name if (t := tasks.builtin(s, "eval.py")) else s for s in specs]
     if len({bench_name(s) for s in specs}) < len(specs):
-        raise EvalError(f"--benchmark names a benchmark twice: {args.benchmark}")
+        raise UsageError(f"--benchmark names a benchmark twice: {args.benchmark}")
     ks = parse_ks(args)
 
     problems, kinds, sources, excluded = load_benchmarks(specs, args, cfg)
     kind_defaults(kinds, args, cfg, ks, scoring_only)
+    try:                               # a judge that cannot run here (code without bwrap): say so before sampling
+        tasks.require(set(kinds.values()), weak_sandbox=args.weak_sandbox)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     cfg.update(kinds=kinds, sources=sources, command="python " + " ".join(sys.argv))
     rows, name = (scored_samples(args, problems, kinds, excluded, cfg) if scoring_only
                   else generated_samples(args, specs, problems, kinds, cfg))
     cfg["name"] = name
     report_missing(problems, rows, cfg)
     if not rows:
-        raise EvalError("no samples to score")
+        raise UsageError("no samples to score")
     if ks is None:   # default Pass@k grid: up to the smallest number of samples any problem has
         ks = default_ks(min(len(g) for g in per_problem(rows).values()) if scoring_only else cfg["n"])
     cfg["k"] = ks

@@ -1,34 +1,28 @@
-"""LAD: Learning Advantage Distribution for Reasoning (Li & Li, 2026) -- loss and training loop.
+"""lad.py -- LAD: Learning Advantage Distribution for Reasoning (Li & Li, 2026): the loss, then the training loop.
 
-Implements the practical LAD objective (paper Sec. 3.2, Eq. 8; divergences of Table 5)
+The LOSS section (torch only: the unit to copy into verl, TRL or OpenRLHF) is the practical LAD objective
+(paper Sec. 3.2, Eq. 8, with the divergences f of Table 5)
 
-    L = E_{y ~ pi_old} [ e^{A/eta} * f( r * e^{-A/eta} ) ],   r = pi_theta(y|x) / pi_old(y|x)
+    L = E_{y ~ pi_old} [ e^{A/eta} * f( r * e^{-A/eta} ) ],   r = pi_theta(y|x) / pi_old(y|x),
 
-whose gradient is f'(x) * r * grad log pi_theta (Eq. 9), next to the baselines it is compared with
-(GRPO/DAPO clipped surrogate, FlowRL, Clip-Cov, KL-Cov, EntAdv), group-normalised advantages, and the
-RL training loop.
-
-The "LOSS" section below is self-contained (only `torch`): copy it into verl, TRL or OpenRLHF as is.
-The "TRAINING" section is the torchrun entry point: a flat loop in `main` calling one named phase per
-line (sample_groups, build_batch, old_logprobs, update_policy, push_weights, reduce_metrics, evaluate,
-save_checkpoint); the shared parts live in common.py (command line, seeds), data.py (rows, prompts,
-task kinds), metrics.py (held-out metrics), rollout.py (engines) and verifier.py (rewards).
+whose gradient is f'(x) * r * grad log pi_theta (Eq. 9), and GRPO's group-normalised advantages A. The
+TRAINING section is the torchrun entry point: main() is the algorithm, top to bottom (sample and reward
+groups, advantages, old log-probs, K mini-batch updates that call the loss, weight sync, logging); the
+plumbing it calls follows it. The paper's baselines (baselines.py) run in the same loop: --loss grpo.
 
 Commands
-    CPU, one process:   python lad.py --divergence js
-    CPU, two ranks:     torchrun --nproc_per_node=2 lad.py --divergence js
-    1 GPU:              python lad.py --divergence js --model <hf-path> --train-data <file>
-    1 GPU, bf16:        python lad.py --fsdp true --model <hf-path> --train-data <file>   (one-rank FSDP2)
-    8 GPUs:             torchrun --nproc_per_node=8 lad.py --divergence js --model <hf-path> --train-data <file>
-    8 GPUs, FSDP2:      torchrun --nproc_per_node=8 lad.py --fsdp true --engine vllm --model <hf-path> ...
-                        (--engine hf without vLLM: each rank samples from an unsharded bf16 copy)
+    CPU, one process:   python lad.py                     (the embedded default: tiny Qwen2 on builtin-sum)
+    CPU, two ranks:     torchrun --nproc_per_node=2 lad.py
+    1 GPU:              python lad.py --model <hf-path> --train-data <file.jsonl> --engine vllm
+    8 GPUs:             torchrun --nproc_per_node=8 lad.py --model <hf-path> --train-data <file.jsonl> \
+                            --engine vllm --fsdp true
     Baselines:          add --loss grpo | flowrl | clip-cov | kl-cov | entadv (the paper's Tables 1, 2, 4)
 
 Deliberately left out
     - a learned critic (PPO/GAE): advantages are group-normalised outcome rewards, as in the paper;
-    - reference-model KL for LAD: the paper uses none (its trust region is pi_old, Eq. 2);
-    - a KL term in FlowRL: the authors' script sets use_kl_loss, but their actor code has it commented out;
-    - FlowRL under --fsdp true (refused: the log Z head is outside the sharded checkpoint).
+    - a reference-model KL for LAD: the paper uses none (its trust region is pi_old, Eq. 2);
+    - asynchronous rollouts: sampling and training alternate on the same GPUs;
+    - FlowRL under --fsdp true (refused: its log Z head is outside the sharded checkpoint).
 """
 
 from __future__ import annotations
@@ -44,7 +38,7 @@ import torch
 # response tokens. Everything is computed in log space: log x = log r - A/eta.
 # ----------------------------------------------------------------------------------------------------
 
-# Named clamps (README "Numerics"). Both keep float32 finite for 1/eta <= 32, |A| <= 10 and
+# Named clamps (docs/loss.md, "Numerics"). Both keep float32 finite for 1/eta <= 32, |A| <= 10 and
 # |log r| <= 50, with the worst per-token value about e^{30} * 50 and the worst gradient about e^{30}.
 LOG_RATIO_CLAMP = 20.0
 """|log r| is clamped to this (as verl does for PPO). Changes the gradient: a token whose |log r|
@@ -248,367 +242,6 @@ def lad_loss(logp, old_logp, advantages, mask, *, divergence="js", eta=0.25, rat
     return loss, stats
 
 
-# verl core_algos kl_penalty_forward, "low_var_kl"/"k3": the log ratio and k3 itself are clamped there
-K3_LOG_RATIO_CLAMP = 20.0
-K3_CLAMP = 10.0
-
-
-def _token_inputs(logp, old_logp, advantages, mask, log_ratio_clamp):
-    """The per-token inputs every PPO-family loss below shares, NaN-safe at padding.
-
-    Returns valid (B, T) bool; m (B, T) float mask; adv (B, T) detached, 0 at padding; lp (B, T) logp
-    with 0 at padding (keeps its graph); log_r (B, T) = lp - old, unclamped, 0 at padding; r (B, T) =
-    e^{log_r clamped to +-log_ratio_clamp}. Cleaning happens before any arithmetic so no NaN/inf at a
-    masked position can enter a product whose backward would multiply it by a zero gradient.
-    """
-    valid = mask > 0                                                            # (B, T)
-    m = mask.to(logp.dtype)
-    adv = advantages if advantages.dim() == 2 else advantages[:, None]          # (B, T) or (B, 1)
-    adv = _where_valid(valid, adv.detach().to(logp.dtype))                      # (B, T)
-    lp = _where_valid(valid, logp)                                              # (B, T)
-    log_r = lp - _where_valid(valid, old_logp.detach().to(logp.dtype))          # (B, T)
-    # verl compute_policy_loss_vanilla: the log ratio is clamped to +-20 before exp (float32 safety)
-    r = log_r.clamp(-log_ratio_clamp, log_ratio_clamp).exp()                   # (B, T)
-    return valid, m, adv, lp, log_r, r
-
-
-def _ppo_clipped(adv, r, clip_low, clip_high):
-    """PPO's clipped surrogate as a loss (B, T) and where its clipped branch is the max (B, T) bool."""
-    pg1 = -adv * r
-    # PPO (Schulman et al. 2017, Eq. 7) with DAPO's decoupled clip-higher (Yu et al. 2025, Eq. 10)
-    pg2 = -adv * r.clamp(1.0 - clip_low, 1.0 + clip_high)
-    return torch.maximum(pg1, pg2), pg2 > pg1
-
-
-def _token_weights(weights, valid, dtype):
-    return None if weights is None else _where_valid(valid, weights.detach().to(dtype))   # (B, T)
-
-
-def _ratio_stats(r, log_r, m, n):
-    return {"loss/ratio_mean": _masked_mean(r, m, n), "loss/log_ratio_abs_mean": _masked_mean(log_r.abs(), m, n)}
-
-
-def grpo_loss(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.28, dual_clip=None,
-              ref_logp=None, kl_coef=0.0, agg="token-mean", denom=None, weights=None,
-              log_ratio_clamp=LOG_RATIO_CLAMP, with_stats=True):
-    """GRPO / DAPO clipped surrogate (PPO clip with clip-higher), optional dual-clip and k3 KL, as verl.
-
-    Per token: max(-A r, -A clip(r, 1-clip_low, 1+clip_high)); with dual_clip=c (> 1), min(that, -A c)
-    where A < 0 (dual-clip PPO, Ye et al. 2020). verl's vanilla loss always applies it with
-    clip_ratio_c = 3 by default; DAPO's and the entropy-mechanism authors' run scripts set 10.
-    ref_logp (B, T) with kl_coef > 0 adds kl_coef * k3 with verl's "low_var_kl" clamps: d = ref - logp
-    clamped to +-20, k3 = e^d - d - 1 clamped to [-10, 10] (no KL gradient past either clamp).
-    weights (B, T) or (B, 1), e.g. truncated IS: scale the policy-gradient term only, not the KL term
-    (verl multiplies pg_losses by rollout_is_weights and adds its KL loss unweighted).
-    Shapes, agg, denom as lad_loss. Masked positions may hold NaN or inf: they reach neither the loss
-    nor the gradient. Stats: loss/ratio_mean, loss/log_ratio_abs_mean, loss/clip_frac(_high, _low),
-    loss/dual_clip_frac (with dual_clip), loss/kl_mean and loss/kl_clamp_frac (with the KL), loss/value.
-    """
-    if dual_clip is not None and not dual_clip > 1.0:
-        raise ValueError(f"dual_clip must be > 1 (verl asserts clip_ratio_c > 1), got {dual_clip}")
-    valid, m, adv, lp, log_r, r = _token_inputs(logp, old_logp, advantages, mask, log_ratio_clamp)
-    pg_c, clipped = _ppo_clipped(adv, r, clip_low, clip_high)                   # (B, T)
-    pg = pg_c
-    if dual_clip is not None:
-        pg3 = -adv * dual_clip
-        # dual-clip (Ye et al. 2020; verl compute_policy_loss_vanilla): for A < 0 the loss is capped at -A c
-        pg = torch.where(adv < 0, torch.minimum(pg_c, pg3), pg_c)
-    tis = _token_weights(weights, valid, lp.dtype)
-    per_tok = pg if tis is None else pg * tis                                   # TIS on the PG term only
-    use_kl = ref_logp is not None and kl_coef > 0
-    if use_kl:
-        d_raw = _where_valid(valid, ref_logp.detach().to(lp.dtype)) - lp        # (B, T), log(pi_ref/pi)
-        d = d_raw.clamp(-K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
-        # k3 = e^d - d - 1 (Schulman, "Approximating KL divergence"), clamped as verl's low_var_kl
-        k3_raw = d.exp() - d - 1.0
-        k3 = k3_raw.clamp(-K3_CLAMP, K3_CLAMP)
-        per_tok = per_tok + kl_coef * k3
-    loss = _reduce(per_tok * m, m, agg, denom)                                  # 0 at padding
-
-    if not with_stats:
-        return loss, {}
-    with torch.no_grad():
-        n = m.sum().clamp_min(1)
-        cl = clipped.to(m.dtype)                                                # clipped branch wins
-        stats = {**_ratio_stats(r, log_r, m, n),
-                 "loss/clip_frac": _masked_mean(cl, m, n),
-                 "loss/clip_frac_high": _masked_mean(cl * (adv > 0), m, n),
-                 "loss/clip_frac_low": _masked_mean(cl * (adv < 0), m, n),
-                 "loss/value": loss.detach()}
-        if dual_clip is not None:
-            stats["loss/dual_clip_frac"] = _masked_mean(((adv < 0) & (pg_c > pg3)).to(m.dtype), m, n)
-        if use_kl:
-            stats["loss/kl_mean"] = _masked_mean(k3, m, n)
-            stats["loss/kl_clamp_frac"] = _masked_mean(((d_raw.abs() > K3_LOG_RATIO_CLAMP) | (k3_raw > K3_CLAMP)).to(m.dtype), m, n)
-    return loss, stats
-
-
-def _token_cov(adv, lp, m):
-    """(B, T) per-token covariance term of Clip-Cov/KL-Cov over the valid tokens of this micro-batch.
-
-    adv, lp are 0 at padding (from _token_inputs), so plain sums are masked sums. log pi is detached:
-    the term only selects tokens.
-    """
-    n = m.sum().clamp_min(1)
-    lp_d = lp.detach()
-    # Cui et al. 2025 (Entropy Mechanism, Sec. 4): Cov(y_i) = (log pi(y_i) - mean_j log pi(y_j)) * (A(y_i) - mean_j A(y_j));
-    # verl compute_policy_loss_clip_cov / _kl_cov take both means over the valid tokens of the micro-batch
-    return (adv - adv.sum() / n) * (lp_d - lp_d.sum() / n) * m
-
-
-def clip_cov_loss(logp, old_logp, advantages, mask, *, generator, clip_cov_ratio=2e-4, cov_lb=1.0, cov_ub=5.0,
-                  clip_low=1.0, clip_high=1.0, agg="token-mean", denom=None, weights=None,
-                  log_ratio_clamp=LOG_RATIO_CLAMP, with_stats=True):
-    """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", Sec. 4; verl
-    core_algos.compute_policy_loss_clip_cov): the PPO clipped surrogate, except that a few
-    high-covariance tokens have their loss and gradient removed.
-
-    Per token cov = (A - mean A)(log pi - mean log pi) over the valid tokens of the micro-batch (log pi
-    detached). Eligible: valid tokens with cov_lb < cov < cov_ub whose PPO clipped branch is not already
-    active. Of those, max(1, int(clip_cov_ratio * n_valid)) (or all, if fewer) drawn uniformly without
-    replacement with `generator` (a torch.Generator, so a resumed run can restore the draw; None uses
-    torch's global RNG as verl does) contribute 0 to the loss but stay in the token-mean denominator.
-    Defaults clip_cov_ratio 2e-4, bounds (1, 5): verl's code/config defaults and the authors'
-    recipe/entropy/{7b,32b}_clip_cov.sh. clip_low = clip_high = 1.0: those scripts' clip_ratio_low/high
-    for this method, i.e. PPO's lower clip never binds (r >= 0) and the upper one at r = 2, so the
-    covariance clip is the method's main trust region. (The LAD paper, App. C.2, says DAPO's
-    clip-higher 0.2/0.28 was applied to all baselines; pass those to reproduce that protocol.)
-    No dual-clip: verl's clip_cov loss has none. weights scale every token's loss (verl multiplies
-    rollout_is_weights into pg_losses). Other args as grpo_loss; NaN/inf at padding is harmless.
-    Stats: loss/ratio_mean, loss/log_ratio_abs_mean, loss/clip_frac (PPO clip active),
-    loss/cov_clip_frac (removed / valid), loss/cov_eligible_frac (eligible / valid), loss/cov_mean, loss/value.
-    """
-    if not clip_cov_ratio > 0:
-        raise ValueError(f"clip_cov_ratio must be > 0 (verl asserts it), got {clip_cov_ratio}")
-    valid, m, adv, lp, log_r, r = _token_inputs(logp, old_logp, advantages, mask, log_ratio_clamp)
-    pg, clipped = _ppo_clipped(adv, r, clip_low, clip_high)                     # (B, T)
-    with torch.no_grad():
-        cov = _token_cov(adv, lp, m)                                            # (B, T)
-        eligible = valid & ~clipped & (cov > cov_lb) & (cov < cov_ub)           # (B, T)
-        n_valid = int(valid.sum())
-        # verl: clip_num = max(int(clip_cov_ratio * n_valid), 1), a random subset of the eligible tokens
-        n_clip = max(int(clip_cov_ratio * n_valid), 1) if n_valid else 0
-        idx = eligible.flatten().nonzero().squeeze(-1)                          # (n_eligible,)
-        removed = torch.zeros(valid.numel(), dtype=torch.bool, device=valid.device)
-        if len(idx) > 0 and n_clip > 0:
-            dev = generator.device if generator is not None else "cpu"
-            perm = torch.randperm(len(idx), generator=generator, device=dev)[:n_clip].to(idx.device)
-            removed[idx[perm]] = True
-        removed = removed.view_as(valid)                                        # (B, T)
-    # Clip-Cov: the removed tokens' loss is 0 (no gradient); they stay in the denominator
-    per_tok = _where_valid(~removed, pg)
-    tis = _token_weights(weights, valid, lp.dtype)
-    if tis is not None:
-        per_tok = per_tok * tis
-    loss = _reduce(per_tok * m, m, agg, denom)                                  # 0 at padding
-
-    if not with_stats:
-        return loss, {}
-    with torch.no_grad():
-        n = m.sum().clamp_min(1)
-        stats = {**_ratio_stats(r, log_r, m, n),
-                 "loss/clip_frac": _masked_mean(clipped.to(m.dtype), m, n),
-                 "loss/cov_clip_frac": removed.sum() / n,
-                 "loss/cov_eligible_frac": eligible.sum() / n,
-                 "loss/cov_mean": cov.sum() / n,
-                 "loss/value": loss.detach()}
-    return loss, stats
-
-
-def kl_cov_loss(logp, old_logp, advantages, mask, *, kl_cov_ratio=2e-3, kl_coef=1.0, agg="token-mean",
-                denom=None, weights=None, log_ratio_clamp=LOG_RATIO_CLAMP, with_stats=True):
-    """KL-Cov (Cui et al. 2025, Sec. 4; verl core_algos.compute_policy_loss_kl_cov): the unclipped
-    policy-gradient surrogate -A r, plus kl_coef * |log pi - log pi_old| on the top-k valid tokens by
-    covariance, k = max(1, int(kl_cov_ratio * n_valid)) of this micro-batch.
-
-    Cov as in clip_cov_loss. No PPO clip (as verl's kl_cov loss: the penalty is its trust region).
-    Defaults are the authors' 7B run (recipe/entropy/7b_kl_cov.sh: kl_cov_ratio=0.002, ppo_kl_coef=1);
-    verl's config defaults are kl_cov_ratio 2e-4 (also the authors' 32B script) and ppo_kl_coef 0.1.
-    r uses the log ratio clamped to +-log_ratio_clamp; the penalty uses the unclamped |log r| (finite,
-    its gradient is bounded), so a token that moved past the clamp is still pulled back.
-    weights scale every token's loss, penalty included (verl multiplies rollout_is_weights into
-    pg_losses after adding the penalty). Other args as grpo_loss; NaN/inf at padding is harmless.
-    Stats: loss/ratio_mean, loss/log_ratio_abs_mean, loss/kl_cov_frac (penalised / valid),
-    loss/kl_cov_abs_log_ratio_mean (mean |log r| of the penalised tokens), loss/cov_mean, loss/value.
-    """
-    if not kl_cov_ratio > 0:
-        raise ValueError(f"kl_cov_ratio must be > 0 (verl asserts it), got {kl_cov_ratio}")
-    valid, m, adv, lp, log_r, r = _token_inputs(logp, old_logp, advantages, mask, log_ratio_clamp)
-    # plain policy gradient, importance-weighted (verl kl_cov: pg_losses1 = -advantages * ratio)
-    pg = -adv * r                                                               # (B, T)
-    with torch.no_grad():
-        cov = _token_cov(adv, lp, m)                                            # (B, T)
-        n_valid = int(valid.sum())
-        k = max(1, int(n_valid * kl_cov_ratio)) if n_valid else 0
-        top = torch.zeros(valid.numel(), dtype=torch.bool, device=valid.device)
-        if k > 0:
-            ranked = torch.where(valid, cov, torch.full_like(cov, -math.inf)).flatten()
-            top[torch.topk(ranked, k).indices] = True
-        top = top.view_as(valid)                                                # (B, T)
-    # KL-Cov: + coef * |log pi - log pi_old| on the top-k covariance tokens only
-    per_tok = pg + _where_valid(top, kl_coef * log_r.abs())
-    tis = _token_weights(weights, valid, lp.dtype)
-    if tis is not None:
-        per_tok = per_tok * tis
-    loss = _reduce(per_tok * m, m, agg, denom)                                  # 0 at padding
-
-    if not with_stats:
-        return loss, {}
-    with torch.no_grad():
-        n = m.sum().clamp_min(1)
-        stats = {**_ratio_stats(r, log_r, m, n),
-                 "loss/kl_cov_frac": top.sum() / n,
-                 "loss/kl_cov_abs_log_ratio_mean": _where_valid(top, log_r.abs()).sum() / top.sum().clamp_min(1),
-                 "loss/cov_mean": cov.sum() / n,
-                 "loss/value": loss.detach()}
-    return loss, stats
-
-
-def entropy_advantage(advantages, entropy, mask, *, alpha=0.4, kappa=2.0):
-    """Cheng et al. 2025 ("Reasoning with Exploration: An Entropy Perspective", arXiv 2506.14758) entropy-
-    based advantage, (B, T): A_t + min(alpha * H_t, |A_t| / kappa), H_t detached.
-
-    advantages (B,) or (B, T); entropy (B, T) of the current policy at each response position. The cap
-    |A|/kappa keeps the bonus from reversing a negative advantage (kappa >= 1: A + |A|/kappa <= 0 for
-    A <= 0) and gives a zero advantage no bonus. 0 at padding, whatever the inputs hold there.
-    """
-    if not alpha >= 0 or not kappa >= 1:
-        raise ValueError(f"need alpha >= 0 and kappa >= 1 (else a negative advantage can flip sign), got {alpha}, {kappa}")
-    valid = mask > 0                                                            # (B, T)
-    dtype = torch.promote_types(advantages.dtype, entropy.dtype)
-    adv = advantages if advantages.dim() == 2 else advantages[:, None]
-    adv = _where_valid(valid, adv.detach().to(dtype))                           # (B, T)
-    h = _where_valid(valid, entropy.detach().to(dtype))                         # (B, T)
-    # Cheng et al. 2025, Eq. (psi): psi(H_t) = min(alpha * H_t^detach, |A_t| / kappa); A^E_t = A_t + psi(H_t)
-    return adv + torch.minimum(alpha * h, adv.abs() / kappa)
-
-
-def entadv_loss(logp, old_logp, advantages, mask, entropy, *, alpha=0.4, kappa=2.0, clip_low=0.2,
-                clip_high=0.28, dual_clip=None, agg="token-mean", denom=None, weights=None,
-                log_ratio_clamp=LOG_RATIO_CLAMP, with_stats=True):
-    """EntAdv: grpo_loss on entropy_advantage(advantages, entropy, mask) (Cheng et al. 2025, applied to GRPO).
-
-    entropy (B, T): the current policy's per-token entropy from the same forward as logp (detached
-    here). alpha = 0.4, kappa = 2: Cheng et al.'s values for GRPO. clip 0.2/0.28: grpo_loss's (DAPO
-    clip-higher, which the LAD paper applies to all baselines, App. C.2). Other args as grpo_loss.
-    Stats: grpo_loss's, plus loss/entadv_bonus_mean (mean psi over valid tokens) and
-    loss/entadv_bonus_capped_frac (tokens where |A|/kappa < alpha H, i.e. the cap binds).
-    """
-    shaped = entropy_advantage(advantages, entropy, mask, alpha=alpha, kappa=kappa)   # (B, T)
-    loss, stats = grpo_loss(logp, old_logp, shaped.to(logp.dtype), mask, clip_low=clip_low, clip_high=clip_high,
-                            dual_clip=dual_clip, agg=agg, denom=denom, weights=weights,
-                            log_ratio_clamp=log_ratio_clamp, with_stats=with_stats)
-    if not with_stats:
-        return loss, {}
-    with torch.no_grad():
-        valid = mask > 0
-        m = mask.to(shaped.dtype)
-        n = m.sum().clamp_min(1)
-        base = _where_valid(valid, (advantages if advantages.dim() == 2 else advantages[:, None]).to(shaped.dtype))
-        h = _where_valid(valid, entropy.to(shaped.dtype))
-        stats["loss/entadv_bonus_mean"] = _masked_mean(shaped - base, m, n)
-        stats["loss/entadv_bonus_capped_frac"] = _masked_mean((base.abs() / kappa < alpha * h).to(m.dtype), m, n)
-    return loss, stats
-
-
-def flowrl_loss(logp, old_logp, advantages, mask, log_z, *, beta=15.0, ref_logp=None, w_cap=None, denom=None,
-                weights=None, log_ratio_clamp=LOG_RATIO_CLAMP, with_stats=True):
-    """FlowRL's trajectory-balance loss as its authors run it (Zhu et al. 2025, FlowRL; their verl fork,
-    verl/workers/actor/dp_actor.py compute_flowrl_objective; LAD paper App. B.5, Eq. 18).
-
-    Per response b: delta_b = log Z(x_b) + mean_t log pi - beta * mean_t A - mean_t log pi_ref, and
-    loss = sum_b w_b * delta_b^2 / denom with w_b = exp(sum_t (log pi - log pi_old)) detached.
-    log_z: (B,) from LogZHead on prompt_mean_hidden (gradient flows into it). beta = 15: the authors'
-    hard-coded 15 * seq_log_reward. ref_logp (B, T): the frozen initial policy (the authors' reference
-    model); None means pi_old (Eq. 18: no extra model or forward).
-    w_cap: None (default) leaves w uncapped, as the authors' code (it computes a clipped weight and
-    multiplies by the unclipped one); a number caps w at it. Either way log w is clamped to
-    log_ratio_clamp before exp: a sum of per-token log ratios over thousands of tokens overflows
-    float32's exp past 88.7 (w = inf, then inf * 0 = NaN), so w <= e^20 always; the clamp does not
-    bind while the summed log ratio stays under 20 (loss/is_weight_clamp_frac counts rows past it).
-    denom: number of responses the loss is averaged over; default: the responses of this micro-batch
-    with >= 1 valid token (the authors' torch.mean over the micro-batch). For gradient accumulation
-    pass the GLOBAL response count of the mini-batch (the authors' dynamic-batch scaling
-    len(micro) / mini-batch size amounts to that). A response with no valid token contributes 0.
-    weights: optional (B,) per-response multipliers, detached (a per-token weight has no meaning for
-    this sequence-level loss; a (B, T) weight is refused). No agg: the aggregation is the definition.
-    Stats: loss/tb_delta_abs_mean, loss/tb_delta_mean, loss/is_weight_mean, loss/is_weight_clamp_frac,
-    loss/log_z_mean, loss/value (means over responses with >= 1 valid token).
-    """
-    valid = mask > 0                                                            # (B, T)
-    n_tok = valid.sum(-1)                                                       # (B,)
-    row = n_tok > 0                                                             # (B,)
-    n_tok = n_tok.clamp_min(1).to(logp.dtype)
-    adv = advantages if advantages.dim() == 2 else advantages[:, None]          # (B, T) or (B, 1)
-    adv = _where_valid(valid, adv.detach().to(logp.dtype))                      # (B, T)
-    lp = _where_valid(valid, logp)                                              # (B, T)
-    old = _where_valid(valid, old_logp.detach().to(logp.dtype))                 # (B, T)
-    ref = old if ref_logp is None else _where_valid(valid, ref_logp.detach().to(logp.dtype))
-    z = _where_valid(row, log_z.reshape(-1).to(logp.dtype))                    # (B,)
-    # FlowRL (authors' compute_flowrl_objective): delta = log_z + avg_logpf - 15 * seq_log_reward - avg_logp_ref,
-    # the averages masked means over the response tokens; LAD Eq. 18 with beta playing 1/eta
-    delta = z + lp.sum(-1) / n_tok - beta * adv.sum(-1) / n_tok - ref.sum(-1) / n_tok   # (B,)
-    with torch.no_grad():
-        log_w = (lp - old).sum(-1)                                              # (B,) summed log ratio
-        cap = log_ratio_clamp if w_cap is None else min(math.log(w_cap), log_ratio_clamp)
-        # authors: importance_weight = exp(masked_sum(logpf - logpf_old)).detach(), uncapped
-        w = log_w.clamp(max=cap).exp()                                          # (B,)
-        if weights is not None:
-            if weights.dim() == 2 and weights.shape[-1] != 1:
-                raise ValueError("flowrl_loss takes per-response weights (B,) or (B, 1), not per-token (B, T)")
-            w = w * weights.detach().reshape(-1).to(w.dtype)
-        w = _where_valid(row, w)
-    per_resp = _where_valid(row, w * delta ** 2)                                 # (B,)
-    d = row.sum().clamp_min(1) if denom is None else denom
-    loss = per_resp.sum() / d
-
-    if not with_stats:
-        return loss, {}
-    with torch.no_grad():
-        nr = row.sum().clamp_min(1)
-        dl = _where_valid(row, delta.detach())
-        stats = {"loss/value": loss.detach(), "loss/tb_delta_abs_mean": dl.abs().sum() / nr,
-                 "loss/tb_delta_mean": dl.sum() / nr, "loss/is_weight_mean": w.sum() / nr,
-                 "loss/is_weight_clamp_frac": (row & (log_w > cap)).sum() / nr,
-                 "loss/log_z_mean": z.detach().sum() / nr}
-    return loss, stats
-
-
-class LogZHead(torch.nn.Module):
-    """FlowRL's learned log-partition log Z(x): an MLP on the policy's last hidden state averaged over
-    the prompt tokens (prompt_mean_hidden). The authors' ProjZModule (their verl fork,
-    verl/workers/fsdp_workers.py; porj_layer=3 in command/training/math/flowrl_7B_math.sh): num_layers - 1
-    blocks Linear(H, H)-GELU-LayerNorm(H)-Dropout(0.1), then Linear(H, 1); every width is H, the policy's
-    hidden size. They attach it to the actor, so the policy's optimiser (lr, weight decay) trains it.
-    forward: (B, H) -> (B,), computed in the head's own dtype (the input is cast to it).
-    """
-
-    def __init__(self, hidden_size, dropout=0.1, num_layers=3):
-        super().__init__()
-        layers = []
-        for _ in range(num_layers - 1):
-            layers += [torch.nn.Linear(hidden_size, hidden_size), torch.nn.GELU(),
-                       torch.nn.LayerNorm(hidden_size), torch.nn.Dropout(dropout)]
-        layers.append(torch.nn.Linear(hidden_size, 1))
-        self.net = torch.nn.Sequential(*layers)
-
-    def forward(self, x):                                                       # x: (B, H)
-        return self.net(x.to(self.net[-1].weight.dtype)).squeeze(-1)            # (B,)
-
-
-def prompt_mean_hidden(hidden, prompt_mask):
-    """Mean of hidden (B, L, H) over the positions where prompt_mask (B, L) is 1 -> (B, H); 0 for a row
-    with none. Not detached: in the authors' code the TB loss also reaches the policy through log Z
-    (their detach is commented out); detach the result to train only the head. The authors average
-    over the prompt tokens except the last one (their slice [:, :-response_length - 1]); this averages
-    over whatever prompt_mask marks, so clear its last prompt position to reproduce theirs.
-    """
-    valid = (prompt_mask > 0)[..., None]                                        # (B, L, 1)
-    s = _where_valid(valid, hidden).sum(1)                                      # (B, H)
-    # verl_F.masked_mean(prompts_last_hidden, prompt_attention_mask, axis=1) in the authors' actor
-    return s / valid.sum(1).clamp_min(1).to(hidden.dtype)
-
-
 def group_advantages(rewards, group_size, *, std_normalize=True, eps=1e-6):
     """GRPO advantages: A = (R - mean_group) / (std_group + eps), std with Bessel's correction.
 
@@ -618,6 +251,7 @@ def group_advantages(rewards, group_size, *, std_normalize=True, eps=1e-6):
     (N / group_size,) bool): degenerate marks those zero-variance groups.
     """
     r = rewards.reshape(-1, group_size).to(torch.float64)                       # (G, K)
+    # GRPO (Shao et al. 2024, Eq. 3's outcome supervision); verl compute_grpo_outcome_advantage: eps 1e-6
     centred = r - r.mean(-1, keepdim=True)
     degenerate = (r == r[:, :1]).all(-1)                                         # (G,)
     if std_normalize and group_size > 1:
@@ -627,49 +261,42 @@ def group_advantages(rewards, group_size, *, std_normalize=True, eps=1e-6):
 
 
 # ----------------------------------------------------------------------------------------------------
-# TRAINING (the torchrun entry point). The recipe, one rollout step on every rank:
-#   1. sample_groups   draw this rank's prompts, G responses each (rollout.py), reward them (data.py's
-#                      task kinds -> verifier.py); dynamic sampling: drop zero-variance groups, draw more
-#   2. build_batch     group advantages (Eq. 5's A, GRPO normalisation) and the flat sample list
-#   3. old_logprobs    log pi_old recomputed by the trainer (no grad), TIS weights, rollout mismatch
-#   4. update_policy   updates_per_rollout optimiser steps, one per mini-batch, micro-batches accumulated,
-#                      a global token-mean denominator, the loss chosen once (LOSSES) before the loop
-#   5. push_weights    the new weights into the engine
-#   6. reduce_metrics  sums and maxima over ranks by name; rank 0 logs; evaluate; save_checkpoint
-# Ranks meet only in all_reduce/all_gather calls, DDP's gradient mean and FSDP2's collectives; `lockstep`
-# is the one mechanism that keeps their forward/backward counts equal.
+# TRAINING (the torchrun entry point). main() is the algorithm; everything after it is plumbing.
+# Imports are here, not at the top of the file, so that the LOSS section above runs alone.
 # ----------------------------------------------------------------------------------------------------
 
-import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
-import functools  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from contextlib import contextmanager, nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,  # noqa: E402
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import data  # noqa: E402
-from common import UsageError, seed_for  # noqa: E402,F401  (UsageError: lad.UsageError for callers)
-from common import parse_args as _parse_cli  # noqa: E402
-
-
-def parse_args(cls=None, argv=None):
-    """lad.py's command line (common.parse_args over its Args; bench scripts pass their own Args)."""
-    return _parse_cli(cls or Args, argv)
-
+import metrics  # noqa: E402
+import rollout  # noqa: E402
+import tasks  # noqa: E402
+import tiny  # noqa: E402
+from baselines import BASELINES, BaselineArgs, LogZHead, baseline_loss, check_knobs, prompt_mean_hidden  # noqa: E402
+from common import UsageError, parse_args, seed_for  # noqa: E402
+from eval import generate_rows, score_rows  # noqa: E402
 
 
 @dataclasses.dataclass
-class Args:
-    """LAD / GRPO training on the embedded default (tiny Qwen2, built-in 'sum' task) or a real model."""
+class Args(BaselineArgs):
+    """LAD (or a baseline) training: the embedded default (tiny Qwen2, builtin-sum), or a real model and data file."""
 
-    CHOICES = {"loss": ["lad", "grpo", "flowrl", "clip-cov", "kl-cov", "entadv"], "flowrl_ref": ["init", "old"],
-               "divergence": sorted(DIVERGENCES), "ratio": ["token", "seq"],
-               "engine": ["auto", "hf", "vllm"], "wandb": ["disabled", "offline", "online"],
+    CHOICES = {"loss": ["lad", *BASELINES], "flowrl_ref": ["init", "old"], "divergence": sorted(DIVERGENCES),
+               "ratio": ["token", "seq"], "engine": ["auto", "hf", "vllm"], "wandb": ["disabled", "offline", "online"],
                "chat": ["auto", "true", "false"]}
 
     loss: str = "lad"
@@ -681,45 +308,17 @@ class Args:
     """1/eta, inverse temperature of the advantage distribution (Eq. 5); paper's best 4 (Table 6)"""
     ratio: str = "token"
     """LAD ratio: token (per-token r, verl's recipe the paper follows) or seq (length-normalised)"""
-    clip_low: float = 0.2
-    """GRPO: PPO clip epsilon below 1 (DAPO clip-higher recipe, paper App. C.2)"""
-    clip_high: float = 0.28
-    """GRPO: PPO clip epsilon above 1 (DAPO clip-higher)"""
-    dual_clip: float = 10.0
-    """grpo/entadv: dual-clip c (> 1), a negative-advantage token's loss capped at -A c; 0 = off. 10: the
-    entropy-mechanism run scripts the paper's protocol follows (clip_ratio_c=10; verl's default is 3)"""
-    kl_coef: float = 0.0
-    """grpo: k3 KL to the frozen initial policy (verl use_kl_loss, low_var_kl); 0 = off, as DAPO and the paper"""
-    flowrl_beta: float = 15.0
-    """flowrl: reward scale beta in delta = log Z + mean log pi - beta mean A - mean log pi_ref (authors' 15)"""
     flowrl_ref: str = "init"
     """flowrl: pi_ref = init (the frozen initial policy, the authors' code; one extra no-grad forward) or old
     (pi_old, paper Eq. 18: no extra model)"""
-    flowrl_w_cap: float = 0.0
-    """flowrl: cap on the importance weight w = exp(sum_t log r); 0 = uncapped, as the authors' code"""
-    clip_cov_ratio: float = 2e-4
-    """clip-cov: fraction of valid tokens whose loss is removed (verl default; authors' 7b/32b_clip_cov.sh)"""
-    clip_cov_lb: float = 1.0
-    """clip-cov: lower covariance bound of the eligible tokens (verl default, authors' scripts)"""
-    clip_cov_ub: float = 5.0
-    """clip-cov: upper covariance bound of the eligible tokens (verl default, authors' scripts)"""
-    kl_cov_ratio: float = 2e-3
-    """kl-cov: fraction k of valid tokens (top by covariance) that get the penalty (authors' 7b_kl_cov.sh)"""
-    kl_cov_coef: float = 1.0
-    """kl-cov: coefficient of |log pi - log pi_old| on those tokens (authors' 7b_kl_cov.sh; verl default 0.1)"""
-    entadv_alpha: float = 0.4
-    """entadv: alpha in A + min(alpha H_t, |A| / kappa) (Cheng et al. 2025's value for GRPO)"""
-    entadv_kappa: float = 2.0
-    """entadv: kappa in that cap, >= 1 (Cheng et al. 2025's value for GRPO)"""
     model: str = ""
-    """HF model folder (or a hub id already in the local cache); empty = the tiny warm-started model"""
-    train_data: str = "builtin"
-    """'builtin' (tiny.py's 'sum' task), 'builtin-code' (tiny.py's code task: programs run in the sandbox) or a
-    .jsonl/.parquet file: math (problem+answer, or DAPO-style prompt messages + reward_model.ground_truth) or
-    code (LiveCodeBench/DeepCoder, LeetCode, TACO/APPS, EvalPlus, verl-style rows: README "Code rewards")"""
+    """HF model folder (or a hub id already in the local cache); empty = the tiny model warm-started on the task"""
+    train_data: str = "builtin-sum"
+    """builtin-sum, builtin-code (tasks.py's built-in tasks; code runs in the sandbox) or a .jsonl/.parquet file:
+    math (problem+answer, or DAPO-style prompt messages + reward_model.ground_truth) or code (LiveCodeBench/
+    DeepCoder, LeetCode, TACO/APPS, EvalPlus, verl-style rows: docs/sandbox.md)"""
     eval_data: str = ""
-    """held-out file (same formats) for periodic evaluation; empty = the built-in task's heldout split for
-    builtin and builtin-code, none otherwise"""
+    """held-out file (same formats) for periodic evaluation; empty = a built-in task's heldout split, none for files"""
     prompt_template: str = data.TEMPLATES["boxed"]
     """template for file rows with a 'problem' field; {problem} is replaced (built-in prompts are used as is)"""
     chat: str = "auto"
@@ -733,8 +332,8 @@ class Args:
     micro_batch: int = 64
     """responses per forward/backward on one rank (gradient accumulation inside a mini-batch)"""
     max_new_tokens: int = 0
-    """response length cap in tokens; 0 = the task's: 12 for builtin (answers <= 8), 32 for builtin-code
-    (a fenced print(a+b) is 26), 1024 for files (paper: 8192)"""
+    """response length cap in tokens; 0 = the built-in task's (tasks.py: 12 for builtin-sum, 32 for builtin-code),
+    1024 for files (paper: 8192)"""
     temperature: float = 1.0
     """sampling temperature (paper: 1.0); the trainer's log-probs use the same (as verl)"""
     top_p: float = 1.0
@@ -781,7 +380,7 @@ class Args:
     gpu_memory_utilization: float = 0.4
     """fraction of each GPU vLLM may take while awake (weights + KV cache); it sleeps during updates"""
     tis_cap: float = 0.0
-    """truncated IS: scale each token's loss by min(exp(logp_old - logp_engine), C); 0 = off (README: C = 2)"""
+    """truncated IS: scale each token's loss by min(exp(logp_old - logp_engine), C); 0 = off (docs/gpu.md: C = 2)"""
     fsdp: bool = False
     """FSDP2 (fully_shard per decoder layer + root): shards over torchrun ranks; bf16 compute with fp32 master
     weights on GPU, also in one process (python lad.py); either engine"""
@@ -792,8 +391,115 @@ class Args:
     that cannot create user namespaces. Default off: code rewards refuse to run without bubblewrap"""
 
 
+def main(args):
+    """Train; returns the run folder. Every rank runs this; ranks meet only in the collectives named below."""
+    args = resolve_args(args)
+    ctx = Ranks.from_env()
+    check_args(args, ctx.world)
+    ckpt = find_checkpoint(args.resume) if args.resume else None
+    task = tasks.builtin(args.train_data)
+    train, held = load_data(args, task)                        # a bad file fails here, before any model
+    model_path = str(ckpt) if ckpt else args.model or tiny.default_model_dir(task or tasks.SUM, 0, ctx.say)
+    init_distributed(args, ctx)                                # torchrun's process group (one-rank FSDP2: its own)
+    tr, start, cursor = build_trainer(args, ctx, model_path, ckpt)
+    train, held, facts = encode_data(args, tr, train, held)
+    engine, facts["engine_resolved"] = build_engine(args, ctx, tr, model_path, train + (held or []))
+    out = open_run(args, ctx, ckpt, {"model_path": model_path, "params": sum(p.numel() for p in tr.lm.parameters()),
+                                     **facts})
+    log = open_log(args, ctx, out, start)
+    if held is not None and args.eval_every > 0 and start == 0:
+        log(0, evaluate(args, ctx, engine, tr.tok, held, 0))
+    bar = tqdm(total=args.steps, initial=start, desc="train", dynamic_ncols=True, disable=ctx.rank != 0)
+    filler = (train[0]["ids"], [tr.tok.eos_token_id])          # the weight-0 row that pads a short rank's batch
+    for step in range(start, args.steps):
+        t_step = time.perf_counter()
+        # 1. Rollout: G responses to each of this rank's prompts, each rewarded (tasks.judge). DAPO's dynamic
+        #    sampling drops groups whose rewards are all equal (no advantage) and draws more prompts.
+        groups, cursor, sums, maxes = sample_groups(args, ctx, engine, tr.tok, train, cursor, step)
+        engine.sleep()
+        # 2. Advantages: the A of Eq. 5, GRPO's normalisation within each group of G responses. Every rank then
+        #    pads its batch with weight-0 rows to the largest rank's size, so all run the same forwards.
+        rewards = torch.tensor([x for g in groups for x in g.rewards], dtype=torch.float32)
+        adv = group_advantages(rewards, args.group_size)[0] if groups else rewards
+        batch = pad_to_largest_rank(Batch.of(groups, adv, tr.tok.pad_token_id), filler, ctx)
+        # 3. log pi_old of every sample, recomputed by the trainer without gradient (as verl); pi_ref's where
+        #    the loss needs it (FlowRL, GRPO with --kl-coef)
+        with phase("logprob", maxes, ctx):
+            old, tis, s_old, m_old = old_logprobs(args, ctx, tr.policy, batch)
+            ref = ref_logprobs(args, ctx, tr.reference, batch) if tr.reference is not None else None
+        # 4. K optimiser steps, one per mini-batch of a shuffled order; micro-batches accumulate gradients over
+        #    the GLOBAL count of the mini-batch's tokens (FlowRL: responses), so any split over ranks and
+        #    micro-batches gives the gradient of one token-mean over the whole mini-batch.
+        with phase("update", maxes, ctx):
+            tr.policy.train()
+            n_real = sum(batch.real)                          # padding rows stay last, out of the shuffle
+            order = torch.randperm(n_real, generator=torch.Generator().manual_seed(
+                seed_for("shuffle", args.seed, step, ctx.rank))).tolist() + list(range(n_real, len(batch)))
+            minis = [order[u::args.updates_per_rollout] for u in range(args.updates_per_rollout)]
+            denoms = global_denominators(batch, minis, "response" if args.loss == "flowrl" else "token", ctx)
+            upd, grad_norms = {"stats_n": 0.0, "objective_sum": 0.0}, []
+            for mb, denom in zip(minis, denoms):
+                if denom == 0:
+                    continue                                  # no rank has a token here: all skip together
+                micro = [mb[i:i + args.micro_batch] for i in range(0, len(mb), args.micro_batch)]
+                for j, idx in enumerate(micro):
+                    x = batch.inputs(idx, ctx.device, prompt_mask=args.loss == "flowrl")
+                    # DDP averages gradients over ranks at the last micro-batch's backward only
+                    with tr.policy.no_sync() if j < len(micro) - 1 and ctx.ddp else nullcontext():
+                        logp, entropy, log_z = tr.policy(x.ids, x.attn, x.pos, x.tgt, x.valid,
+                                                         prompt_mask=x.prompt_mask)      # (B, T), (B, T), (B,)
+                        T = logp.shape[1]
+                        tis_w = None if tis is None else tis[idx, :T]
+                        if args.loss == "lad":        # Eq. 8 with eta = 1 / --inv-eta, token-mean over denom
+                            loss, stats = lad_loss(logp, old[idx, :T], x.adv, x.mask, divergence=args.divergence,
+                                                   eta=1.0 / args.inv_eta, ratio=args.ratio, denom=denom,
+                                                   weights=tis_w)
+                        else:                         # the paper's baselines, same inputs (baselines.py)
+                            loss, stats = baseline_loss(args, logp, old[idx, :T], x.adv, x.mask, denom=denom,
+                                                        weights=tis_w, entropy=entropy, log_z=log_z,
+                                                        ref_logp=None if ref is None else ref[idx, :T],
+                                                        generator=tr.generator)
+                        loss.backward()
+                    accumulate(upd, stats, loss, weight=1.0 if x.real else 0.0)
+                grad_norm = torch.nn.utils.clip_grad_norm_(tr.policy.parameters(), args.clip_grad)
+                grad_norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor")
+                                        else grad_norm))                        # FSDP2: a DTensor
+                tr.opt.step()
+                tr.opt.zero_grad(set_to_none=True)
+        # 5. Weight sync: the new weights into the engine, in place (the HF engine samples from lm itself)
+        with phase("sync", maxes, ctx):
+            push_weights(engine, tr.lm)
+        maxes.update(m_old, step_s=time.perf_counter() - t_step)
+        # 6. Metrics: sums and maxima over ranks by name (rank 0 logs); held-out evaluation; checkpoint
+        s, mx = reduce_metrics({**sums, **s_old, **upd}, maxes, ctx)
+        m = step_metrics(s, mx, grad_norms, tr.opt.param_groups[0]["lr"], args)
+        if held is not None and args.eval_every > 0 and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
+            te = time.perf_counter()
+            m.update(evaluate(args, ctx, engine, tr.tok, held, step + 1), **{"perf/eval_s": time.perf_counter() - te})
+        log(step + 1, m)
+        show_progress(bar, m)
+        if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
+            save_checkpoint(args, ctx, tr, out, step + 1, cursor)
+    bar.close()
+    ctx.say(f"done: {out}")
+    log(None, None)
+    if hasattr(engine, "close"):
+        engine.close()
+    if ctx.world == 1 and dist_on():   # the one-rank group of --fsdp (vLLM's close may have ended it)
+        dist.destroy_process_group()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command line: Args above, its checks, the defaults that depend on other flags
+# ----------------------------------------------------------------------------------------------------
 
 def check_args(a, world):
+    """UsageError (one line, exit 2 on every rank) for a bad flag value, before anything is loaded."""
+    try:
+        check_knobs(a)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if a.group_size < 2:
         raise UsageError(f"--group-size must be >= 2 (group advantages need a spread), got {a.group_size}")
     if a.prompts_per_step < 1 or a.prompts_per_step % world:
@@ -812,14 +518,11 @@ def check_args(a, world):
         raise UsageError(f"--temperature must be > 0 (the trainer divides logits by it), got {a.temperature}")
     if not 0 < a.top_p <= 1:
         raise UsageError(f"--top-p must be in (0, 1], got {a.top_p}")
-    if a.wandb != "disabled":
-        import importlib.util
-
-        if importlib.util.find_spec("wandb") is None:
-            raise UsageError(f"--wandb {a.wandb} needs the wandb package (pip install wandb); or --wandb disabled")
+    if a.wandb != "disabled" and importlib.util.find_spec("wandb") is None:
+        raise UsageError(f"--wandb {a.wandb} needs the wandb package (pip install wandb); or --wandb disabled")
     for name in ("train_data", "eval_data"):
         v = getattr(a, name)
-        if v and v not in BUILTIN_TASKS and not Path(v).is_file():
+        if v and v not in tasks.BUILTIN and not Path(v).is_file():
             raise UsageError(f"--{name.replace('_', '-')}: data file not found: {v}")
     if a.vllm_tp < 1 or world % a.vllm_tp:
         raise UsageError(f"--vllm-tp {a.vllm_tp} must be >= 1 and divide the world size {world}")
@@ -827,22 +530,10 @@ def check_args(a, world):
         raise UsageError(f"--gpu-memory-utilization must be in (0, 1), got {a.gpu_memory_utilization}")
     if a.tis_cap < 0:
         raise UsageError(f"--tis-cap must be >= 0 (0 = off), got {a.tis_cap}")
-    if a.train_data not in BUILTIN_TASKS and "{problem}" not in a.prompt_template:
+    if a.train_data not in tasks.BUILTIN and "{problem}" not in a.prompt_template:
         raise UsageError("--prompt-template must contain {problem}")
-    if a.eval_data in BUILTIN_TASKS:
+    if a.eval_data in tasks.BUILTIN:
         raise UsageError("--eval-data takes a file; the built-in tasks' heldout split is used when it is empty")
-    if a.dual_clip != 0 and not a.dual_clip > 1:
-        raise UsageError(f"--dual-clip must be > 1 (dual-clip PPO caps -A r at -A c), or 0 = off; got {a.dual_clip}")
-    for name in ("kl_coef", "flowrl_beta", "flowrl_w_cap", "entadv_alpha", "kl_cov_coef"):
-        if getattr(a, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
-    for name in ("clip_cov_ratio", "kl_cov_ratio"):
-        if not 0 < getattr(a, name) <= 1:
-            raise UsageError(f"--{name.replace('_', '-')} is a fraction of the valid tokens, in (0, 1]; got {getattr(a, name)}")
-    if not a.clip_cov_lb < a.clip_cov_ub:
-        raise UsageError(f"--clip-cov-lb {a.clip_cov_lb} must be below --clip-cov-ub {a.clip_cov_ub}")
-    if a.entadv_kappa < 1:
-        raise UsageError(f"--entadv-kappa must be >= 1 (else A + |A|/kappa flips a negative advantage), got {a.entadv_kappa}")
     if a.loss == "flowrl" and a.tis_cap > 0:
         raise UsageError("--tis-cap weighs tokens; FlowRL's loss is per response (its own weight w is the summed "
                          "log ratio to pi_old): use --tis-cap 0 with --loss flowrl")
@@ -851,67 +542,155 @@ def check_args(a, world):
                          "model's checkpoint); use DDP (--fsdp false) under torchrun")
 
 
-BUILTIN_TASKS = {"builtin": "sum", "builtin-code": "code"}   # --train-data name -> tiny.py task
-
-
 def resolve_args(a):
-    """The defaults that depend on other flags, filled in once (config.json logs the resolved values).
-    --max-new-tokens 0: a built-in task's own limit (data.BUILTIN_NEW_TOKENS), else 1024."""
-    task = BUILTIN_TASKS.get(a.train_data)
-    return dataclasses.replace(a, max_new_tokens=a.max_new_tokens or data.BUILTIN_NEW_TOKENS.get(task, 1024))
+    """The defaults that depend on other flags, filled in once (config.json logs the resolved values):
+    --train-data's older names, and --max-new-tokens 0 (a built-in task's own limit, else 1024)."""
+    task = tasks.builtin(a.train_data, "lad.py")
+    return dataclasses.replace(a, train_data=task.name if task else a.train_data,
+                               max_new_tokens=a.max_new_tokens or (task.new_tokens if task else 1024))
 
 
 # ----------------------------------------------------------------------------------------------------
-# The loss, chosen once: --loss name -> a function (logp, old_logp, adv, mask, *, denom, weights, **needs)
-# -> (loss, stats). `needs` names what the loop must hand it beyond that (loss_needs), `unit` what its
-# denominator counts (tokens, or responses for FlowRL's per-response loss). Every baseline runs with the
-# same lr, batch and steps as LAD; clip-higher 0.2/0.28 applies to every clipped one (paper App. C.2).
-# Adding a method: a pure function in the LOSS section, one entry here, its flags in Args.
+# Ranks: torchrun's environment and the collectives (all reductions of the loop are here)
 # ----------------------------------------------------------------------------------------------------
 
-LOSSES = {
-    # Eq. 8 with eta = 1/inv_eta; token-mean over the global mini-batch (denom from global_denominators)
-    "lad": lambda a, g: functools.partial(lad_loss, divergence=a.divergence, eta=1.0 / a.inv_eta, ratio=a.ratio),
-    # DAPO clipped surrogate with clip-higher (paper App. C.2), dual-clip and optional k3 KL as verl
-    "grpo": lambda a, g: functools.partial(grpo_loss, clip_low=a.clip_low, clip_high=a.clip_high,
-                                           dual_clip=a.dual_clip or None, kl_coef=a.kl_coef),
-    # FlowRL trajectory balance (Zhu et al. 2025; paper Eq. 18), per response
-    "flowrl": lambda a, g: functools.partial(flowrl_loss, beta=a.flowrl_beta, w_cap=a.flowrl_w_cap or None),
-    # Clip-Cov (Cui et al. 2025): PPO clip at --clip-low/--clip-high, a seeded draw of high-cov tokens removed
-    "clip-cov": lambda a, g: functools.partial(clip_cov_loss, generator=g, clip_cov_ratio=a.clip_cov_ratio,
-                                               cov_lb=a.clip_cov_lb, cov_ub=a.clip_cov_ub,
-                                               clip_low=a.clip_low, clip_high=a.clip_high),
-    # KL-Cov (Cui et al. 2025): unclipped -A r, |log r| penalty on the top-k tokens by covariance
-    "kl-cov": lambda a, g: functools.partial(kl_cov_loss, kl_cov_ratio=a.kl_cov_ratio, kl_coef=a.kl_cov_coef),
-    # EntAdv (Cheng et al. 2025): GRPO on A + min(alpha H_t, |A| / kappa)
-    "entadv": lambda a, g: functools.partial(entadv_loss, alpha=a.entadv_alpha, kappa=a.entadv_kappa,
-                                             clip_low=a.clip_low, clip_high=a.clip_high,
-                                             dual_clip=a.dual_clip or None),
-}
+@dataclasses.dataclass
+class Ranks:
+    """This process's place in the job: torchrun's RANK/LOCAL_RANK/WORLD_SIZE, one process without it."""
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+    device: torch.device
+    ddp: bool = False                  # set by build_trainer: the policy is DDP-wrapped (world > 1, no FSDP)
+
+    @classmethod
+    def from_env(cls):
+        e = os.environ
+        return cls(int(e.get("RANK", "0")), int(e.get("WORLD_SIZE", "1")), int(e.get("LOCAL_RANK", "0")),
+                   int(e.get("LOCAL_WORLD_SIZE", "1")),
+                   torch.device(f"cuda:{e.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"))
+
+    def say(self, msg):
+        """A progress line from rank 0 only."""
+        if self.rank == 0:
+            print(msg, flush=True)
 
 
-def loss_needs(args):
-    """What update_policy must pass the chosen loss beyond (logp, old, adv, mask, denom, weights):
-    entropy (the update forward's, detached), log_z (the LogZHead on the prompt), ref_logp (the frozen
-    initial policy's log-probs, phase 3)."""
-    return {"entadv": ("entropy",),
-            "flowrl": ("log_z",) + (("ref_logp",) if args.flowrl_ref == "init" else ()),
-            "grpo": ("ref_logp",) if args.kl_coef > 0 else ()}.get(args.loss, ())
+def init_distributed(args, ctx):
+    """Each rank's CPU threads (the cores shared by the local ranks), then the process group: torchrun's
+    (env://) for world > 1; for one process under --fsdp, an in-process one (fully_shard needs a group;
+    HashStore: no port, no network)."""
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_world))
+    else:
+        torch.cuda.set_device(ctx.device)
+    backend = "nccl" if ctx.device.type == "cuda" else "gloo"
+    if ctx.world > 1:
+        dist.init_process_group(backend)
+    elif args.fsdp:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    # every rank must run the same batch geometry; one all_gather, every rank sees the same verdict
+    geo = (args.prompts_per_step, args.group_size, args.updates_per_rollout, args.micro_batch, args.steps, args.loss)
+    if len(set(all_gather_obj(geo))) != 1:
+        raise UsageError(f"incompatible batch settings across ranks: {all_gather_obj(geo)}")
 
 
-def make_loss(args, generator=None):
-    """The loss of --loss with its flags bound. generator: Clip-Cov's draw (the loop passes one per rank
-    and checkpoints it); None: a fresh one seeded from --seed."""
-    if generator is None:
-        generator = torch.Generator().manual_seed(seed_for("clipcov", args.seed))
-    fn = LOSSES[args.loss](args, generator)
-    fn.needs, fn.unit = loss_needs(args), "response" if args.loss == "flowrl" else "token"
-    return fn
+def dist_on():
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce(t, op=None):
+    if dist_on():
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_obj(obj):
+    if not dist_on():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@contextmanager
+def phase(name, maxes, ctx):
+    """Time a phase of the step into maxes["perf/<name>_s"] (added up when it runs several times) and, on a
+    GPU, its peak allocated memory into maxes["perf/<name>_peak_gb"] (torch.cuda.max_memory_allocated since
+    the phase began): the per-phase figures docs/metrics.md defines and bench/gpu_step.py checks the memory
+    plan against. Both are maxima over ranks once reduced."""
+    cuda = ctx.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        maxes[f"perf/{name}_s"] = maxes.get(f"perf/{name}_s", 0.0) + time.perf_counter() - t0
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(ctx.device) / 2 ** 30
+            maxes[f"perf/{name}_peak_gb"] = max(maxes.get(f"perf/{name}_peak_gb", 0.0), peak)
+
+
+def reduce_metrics(sums: dict, maxes: dict, ctx):
+    """Sums and maxima over ranks, by name: one all_reduce each. Every rank has the same keys (the loss,
+    engine and task kind decide them), so sorted keys line the values up."""
+    ks, km = sorted(sums), sorted(maxes)
+    s = all_reduce(torch.tensor([float(sums[k]) for k in ks], dtype=torch.float64, device=ctx.device))
+    m = all_reduce(torch.tensor([float(maxes[k]) for k in km], dtype=torch.float64, device=ctx.device),
+                   dist.ReduceOp.MAX if dist_on() else None)
+    return dict(zip(ks, s.tolist())), dict(zip(km, m.tolist()))
+
+
+def global_denominators(batch, minis, unit, ctx):
+    """Per mini-batch, the token-mean denominator of its optimiser step, made global with ONE all_reduce:
+    the valid tokens (unit "token"; FlowRL's "response": responses with >= 1 token) of the mini-batch's
+    real rows on ALL ranks, divided by the world size. Why divide: DDP averages gradients over ranks, so
+    a rank's loss sum_t l_t / (G / W) becomes, after the average, sum over all ranks' tokens / G -- the
+    token-mean of the whole mini-batch, as if one process ran it, however tokens are spread over ranks."""
+    size = [min(len(r), 1) if unit == "response" else len(r) for r in batch.responses]
+    local = [float(sum(size[i] for i in mb if batch.real[i])) for mb in minis]
+    t = all_reduce(torch.tensor(local, dtype=torch.float64, device=ctx.device))
+    return [x / ctx.world if x else 0.0 for x in t.tolist()]
 
 
 # ----------------------------------------------------------------------------------------------------
-# Data order and the flat batch
+# Data: rows (checked before any model is built), their order, prompts encoded
 # ----------------------------------------------------------------------------------------------------
+
+def load_data(args, task):
+    """Train and held-out rows, identical on every rank (a bad file fails on all of them, before any model is
+    built or collective run), and their judges' requirements checked (tasks.require: code needs the sandbox).
+    Returns (train, held-out or None)."""
+    if task is not None:
+        train = tasks.builtin_rows(task, "train")
+        held = tasks.builtin_rows(task, "heldout") if not args.eval_data else None
+    else:
+        train, held = data.load_rows(args.train_data, args.prompt_template), None
+    if args.eval_data:
+        held = data.load_rows(args.eval_data, args.prompt_template)
+    try:                                           # refuse now, with the fix, not after the warm start
+        tasks.require({r["kind"] for r in train + (held or [])}, weak_sandbox=args.weak_sandbox)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return train, held
+
+
+def encode_data(args, tr, train, held):
+    """Prompt token ids of every row (data.encode_rows: the chat template where the tokenizer has one), prompts
+    that leave no room for --max-new-tokens in the model's context skipped and counted. Returns (train,
+    held-out, facts for config.json)."""
+    ctx_len = getattr(tr.lm.config, "max_position_embeddings", None) or 10 ** 9
+    limit = ctx_len - args.max_new_tokens
+    if limit < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens} leaves no room in the context ({ctx_len})")
+    train, skipped = data.encode_rows(train, tr.tok, args.chat, limit, args.train_data)
+    if held is not None:
+        held = data.encode_rows(held, tr.tok, args.chat, limit, args.eval_data or "heldout")[0]
+        held = held[:args.eval_prompts] if args.eval_prompts else held
+    return train, held, {"train_prompts": len(train), "train_prompts_skipped_too_long": skipped,
+                         "heldout_prompts": len(held) if held else 0, "prompt_limit": limit}
 
 
 def row_for(rank_index, rank, world, n, seed):
@@ -924,9 +703,8 @@ def row_for(rank_index, rank, world, n, seed):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Log-probs of response tokens: chunked log-softmax over response positions only
+# The model: log-probs of response tokens (chunked log-softmax), the trainer's parts, checkpoints
 # ----------------------------------------------------------------------------------------------------
-
 
 class Policy(torch.nn.Module):
     """An HF causal LM whose forward returns log pi(y_t | x, y_<t) and the entropy of each response
@@ -956,9 +734,9 @@ class Policy(torch.nn.Module):
     def forward(self, ids, attn, pos, tgt, valid, prompt_mask=None):
         """ids/attn (B, L) right-padded prompt+response; pos (B, T) index of the hidden state that
         predicts response token t (prompt_len + t - 1); tgt (B, T) the tokens; valid (B, T) bool.
-        Returns logp (B, T), entropy (B, T); with prompt_mask (B, L) also log Z (B,) of log_z_head."""
+        Returns logp (B, T), entropy (B, T) and, with prompt_mask (B, L), log Z (B,) of log_z_head (else None)."""
         hidden = self.lm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state   # (B, L, H)
-        log_z = None if prompt_mask is None else self.log_z_head(prompt_mean_hidden(hidden, prompt_mask))
+        log_z = None if prompt_mask is None else self.log_z_head(prompt_mean_hidden(hidden, prompt_mask)).float()
         h = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))[valid]       # (N, H)
         t = tgt[valid]                                                                      # (N,)
         lps, ents = [], []
@@ -974,7 +752,271 @@ class Policy(torch.nn.Module):
         ent = torch.zeros(valid.shape, dtype=torch.float32, device=ids.device)
         logp = logp.masked_scatter(valid, torch.cat(lps)) if lps else logp
         ent = ent.masked_scatter(valid, torch.cat(ents)) if ents else ent
-        return (logp, ent) if log_z is None else (logp, ent, log_z)
+        return logp, ent, log_z
+
+
+@dataclasses.dataclass
+class Trainer:
+    """What is trained: the HF model `lm` (saved, synced into the engine) and its tokenizer; `policy`, the
+    Policy over lm that every forward of the loop goes through (DDP-wrapped under torchrun, sharded in place
+    under FSDP2); FlowRL's log Z head (or None); the optimiser; pi_ref, the frozen initial policy (or None);
+    Clip-Cov's per-rank generator; the run's initial model (pi_ref's source, kept across resumes)."""
+    lm: torch.nn.Module
+    tok: object
+    policy: torch.nn.Module
+    head: torch.nn.Module | None
+    opt: torch.optim.Optimizer
+    reference: torch.nn.Module | None
+    generator: torch.Generator
+    init_model: str
+
+
+def build_trainer(args, ctx, model_path, ckpt):
+    """Load the model (resume > --model > the tiny warm start), wrap it (Policy, FSDP2 or DDP), make AdamW,
+    restore a checkpoint's state or seed a fresh start, load pi_ref. Returns (Trainer, start step, cursor)."""
+    if args.model and not Path(args.model).exists() and ckpt is None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")                  # no network at run time
+    lm, tok = load_hf(model_path, ctx.device, "model")
+    head = None
+    if args.loss == "flowrl":
+        with torch.random.fork_rng(devices=[]):        # the head's init is a function of --seed alone
+            torch.manual_seed(seed_for("init", args.seed))
+            head = LogZHead(lm.config.hidden_size).to(ctx.device)
+    policy = Policy(lm, args.logprob_chunk, args.temperature, log_z_head=head)
+    if args.activation_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.fsdp:                      # before the optimiser sees the parameters: fully_shard swaps them for DTensors
+        shard_policy(policy, lm, ctx.device.type == "cuda")
+    # one optimiser for the model and the head (the authors train ProjZ with the actor's), model first
+    opt = torch.optim.AdamW(list(lm.parameters()) + (list(head.parameters()) if head is not None else []),
+                            lr=args.lr, weight_decay=args.weight_decay)
+    ctx.ddp = ctx.world > 1 and not args.fsdp
+    if ctx.ddp:                        # buffers (rotary tables) are equal on every rank: no per-forward broadcast
+        policy = torch.nn.parallel.DistributedDataParallel(
+            policy, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None, broadcast_buffers=False)
+    generator = torch.Generator().manual_seed(seed_for("clipcov", args.seed, rank=ctx.rank))
+    tr = Trainer(lm, tok, policy, head, opt, None, generator, model_path)
+    start, cursor = load_state(args, ctx, tr, ckpt)
+    if needs_reference(args):
+        ref_lm = load_hf(tr.init_model, ctx.device, "reference (initial) model")[0].requires_grad_(False).eval()
+        tr.reference = Policy(ref_lm, args.logprob_chunk, args.temperature)
+        if args.fsdp:
+            shard_policy(tr.reference, ref_lm, ctx.device.type == "cuda")
+    return tr, start, cursor
+
+
+def needs_reference(args) -> bool:
+    """Whether --loss needs the frozen initial policy's log-probs (FlowRL's pi_ref, GRPO's KL anchor)."""
+    return (args.loss == "flowrl" and args.flowrl_ref == "init") or (args.loss == "grpo" and args.kl_coef > 0)
+
+
+def load_hf(path, device, what):
+    """An HF causal LM in float32 on device and its tokenizer (pad = EOS where it has none)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    except OSError as e:
+        raise UsageError(f"cannot load the {what} {path!r}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return lm, tok
+
+
+def shard_policy(policy, lm, cuda):
+    """FSDP2: each decoder layer is one unit (its all-gather overlaps the previous layer's compute), the
+    Policy the root (embeddings, final norm, the possibly tied LM head). On GPU, bf16 compute with fp32
+    master weights, optimiser state and gradient reduction. Like DDP, FSDP2 averages gradients over ranks,
+    so global_denominators applies unchanged. Parameter names stay the HF ones."""
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else MixedPrecisionPolicy()
+    for layer in lm.base_model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(policy, mp_policy=mp)
+    return policy
+
+
+def load_state(args, ctx, tr, ckpt):
+    """Resume (optimiser, step, data cursor, RNG states, the log Z head, Clip-Cov's generator, the initial
+    model's path) or a fresh start (per-rank seeds). Returns (start step, cursor)."""
+    if ckpt is None:
+        random.seed(seed_for("init", args.seed, rank=ctx.rank))
+        torch.manual_seed(seed_for("init", args.seed, rank=ctx.rank))
+        return 0, 0
+    st = torch.load(ckpt / "trainer.pt", weights_only=False)
+    if st["args"].get("loss", "lad") != args.loss:
+        raise UsageError(f"--resume: checkpoint was trained with --loss {st['args'].get('loss')}, not {args.loss}")
+    if st["world"] != ctx.world:
+        raise UsageError(f"--resume: checkpoint was written by {st['world']} ranks, this run has {ctx.world}")
+    if args.fsdp and not st["args"].get("fsdp", False):
+        # its optimiser state is keyed by parameter position; set_optimizer_state_dict needs names
+        raise UsageError("--resume: checkpoint was written without --fsdp; resume it with --fsdp false")
+    if args.fsdp:                      # a full (gathered) optimiser state, re-sharded on load
+        set_optimizer_state_dict(tr.lm, tr.opt, st["optimizer"], options=StateDictOptions(full_state_dict=True))
+    else:
+        tr.opt.load_state_dict(st["optimizer"])
+    if tr.head is not None:
+        tr.head.load_state_dict(st["log_z_head"])
+    rs = torch.load(ckpt / f"rank{ctx.rank}.pt", weights_only=False)
+    tr.generator.set_state(rs["clipcov_generator"])
+    torch.set_rng_state(rs["torch"])
+    random.setstate(rs["python"])
+    if ctx.device.type == "cuda" and rs["cuda"] is not None:
+        torch.cuda.set_rng_state_all(rs["cuda"])
+    tr.init_model = st.get("init_model", tr.init_model)
+    return st["step"], rs["cursor"]
+
+
+def save_checkpoint(args, ctx, tr, out, step, cursor):
+    """out/ckpt-NNNNNN: the HF folder (rank 0), trainer.pt (optimiser, step, args, the initial model's path,
+    the log Z head) and rank{r}.pt (data cursor, RNG states, Clip-Cov's generator); then out/latest."""
+    ck = Path(out) / f"ckpt-{step:06d}"
+    ck.mkdir(parents=True, exist_ok=True)
+    model_sd = opt_sd = None
+    if args.fsdp:                      # gather full state dicts (collectives: every rank takes part)
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd, opt_sd = get_model_state_dict(tr.lm, options=full), get_optimizer_state_dict(tr.lm, tr.opt, options=full)
+    if ctx.rank == 0:
+        tr.lm.save_pretrained(ck, state_dict=model_sd)
+        tr.tok.save_pretrained(ck)
+        torch.save({"step": step, "optimizer": opt_sd if opt_sd is not None else tr.opt.state_dict(), "world": ctx.world,
+                    "args": dataclasses.asdict(args), "init_model": tr.init_model,
+                    **({"log_z_head": tr.head.state_dict()} if tr.head is not None else {})}, ck / "trainer.pt")
+    torch.save({"cursor": cursor, "torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "clipcov_generator": tr.generator.get_state()}, ck / f"rank{ctx.rank}.pt")
+    if dist_on():
+        dist.barrier()
+    if ctx.rank == 0:
+        (Path(out) / "latest").write_text(ck.name + "\n")
+    return ck
+
+
+def find_checkpoint(path):
+    p = Path(path)
+    if (p / "trainer.pt").is_file():
+        return p
+    if (p / "latest").is_file():
+        ck = p / (p / "latest").read_text().strip()
+        if (ck / "trainer.pt").is_file():
+            return ck
+    raise UsageError(f"--resume {path}: no checkpoint there (expected trainer.pt, or a run folder with 'latest')")
+
+
+# ----------------------------------------------------------------------------------------------------
+# One step's phases: rollout groups, the flat batch and its rank padding, old log-probs, weight sync
+# ----------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Group:
+    """One prompt's G responses: its row, the engine's samples, their texts and verdicts."""
+    row: dict
+    samples: list
+    texts: list
+    rewards: list
+    reasons: list
+
+
+def sample_groups(args, ctx, engine, tok, train, cursor, step):
+    """Phase 1: G responses for each of this rank's prompts, judged (tasks.judge), with DAPO's dynamic
+    sampling: groups whose rewards are all equal carry no advantage and are dropped, and more prompts are
+    drawn, for at most --max-sample-rounds rounds (agreed across ranks: one all_reduce per round).
+    Returns (kept groups, the new cursor, sums, maxes) for the step's metrics."""
+    per_rank, G = args.prompts_per_step // ctx.world, args.group_size
+    kind = train[0]["kind"]
+    kept = []
+    sums = dict.fromkeys(("reward", "correct", "responses", "drawn", "dropped", "resp_len", "truncated",
+                          "distinct", *(f"reason_{r}" for r in tasks.REASONS[kind])), 0.0)
+    maxes = {"resp_len_max": 0}
+    for rnd in range(args.max_sample_rounds):
+        need = per_rank - len(kept) if (rnd == 0 or args.dynamic_sampling) else 0
+        if rnd > 0 and all_reduce(torch.tensor([need], dtype=torch.float64, device=ctx.device),
+                                  dist.ReduceOp.MAX if dist_on() else None).item() == 0:
+            break
+        if need <= 0:
+            continue
+        rows = []
+        for _ in range(need):
+            rows.append(train[row_for(cursor, ctx.rank, ctx.world, len(train), args.seed)])
+            cursor += 1
+        with phase("rollout", maxes, ctx):
+            samples = engine.generate([r["ids"] for r in rows], G, temperature=args.temperature, top_p=args.top_p,
+                                      max_new_tokens=args.max_new_tokens,
+                                      seed=seed_for("rollout", args.seed, step, ctx.rank, rnd))
+        with phase("reward", maxes, ctx):
+            texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+            verdicts = tasks.judge(texts, [rows[s.prompt_index]["gold"] for s in samples], kind,
+                                   weak_sandbox=args.weak_sandbox)
+        for v in verdicts:
+            sums[f"reason_{v.reason}"] += 1
+        sums["drawn"] += len(rows)
+        for i, r in enumerate(rows):
+            sl = slice(i * G, (i + 1) * G)
+            g = Group(r, samples[sl], texts[sl], [v.reward for v in verdicts[sl]], [v.reason for v in verdicts[sl]])
+            sums["responses"] += G
+            sums["reward"] += sum(g.rewards)
+            sums["correct"] += sum(x > 0 for x in g.rewards)
+            sums["resp_len"] += sum(len(s.response_ids) for s in g.samples)
+            maxes["resp_len_max"] = max(maxes["resp_len_max"], max(len(s.response_ids) for s in g.samples))
+            sums["truncated"] += sum(s.truncated for s in g.samples)
+            sums["distinct"] += len({tasks.answer_key(t, kind) for t, x in zip(g.texts, g.rewards) if x > 0} - {None})
+            if args.dynamic_sampling and len(set(g.rewards)) == 1:
+                sums["dropped"] += 1
+            else:
+                kept.append(g)
+        if not args.dynamic_sampling:
+            break
+    kept = kept[:per_rank]
+    sums["kept"] = len(kept)
+    return kept, cursor, sums, maxes
+
+
+@dataclasses.dataclass
+class Batch:
+    """One step's flat rollout batch on this rank. Row i is prompts[i] + responses[i] with advantage adv[i];
+    real[i] is False for a row that only pads this rank to the others' size (outside every loss mask)."""
+    prompts: list
+    responses: list
+    adv: torch.Tensor                  # (N,) float32
+    engine_logp: list                  # per row the engine's log-probs of its response tokens, or None
+    real: list
+    pad_id: int
+
+    @classmethod
+    def of(cls, groups, adv, pad_id):
+        samples = [(g.row["ids"], s) for g in groups for s in g.samples]
+        return cls([p for p, _ in samples], [s.response_ids for _, s in samples], adv,
+                   [s.logprobs for _, s in samples], [True] * len(samples), pad_id)
+
+    def __len__(self):
+        return len(self.prompts)
+
+    def width(self):
+        """T: the longest response (at least 1), the width of the (N, T) per-token tensors of the step."""
+        return max([len(r) for r in self.responses] + [1])
+
+    def inputs(self, idx, device, prompt_mask=False):
+        items = [(self.prompts[i], self.responses[i]) for i in idx]
+        ids, attn, pos, tgt, valid = make_batch(items, self.pad_id, device)
+        real = torch.tensor([float(self.real[i]) for i in idx], device=device)
+        return Micro(ids, attn, pos, tgt, valid, valid.float() * real[:, None], self.adv[list(idx)].to(device),
+                     any(self.real[i] for i in idx), prompt_mask_of(items, ids.shape[1], device) if prompt_mask else None)
+
+
+@dataclasses.dataclass
+class Micro:
+    """The tensors of one micro-batch (Batch.inputs): ids/attn (B, L) right-padded prompt + response; pos, tgt,
+    valid (B, T) as Policy.forward takes them; mask (B, T) the loss mask (valid tokens of real rows); adv (B,);
+    real: whether any row is real; prompt_mask (B, L) the prompt positions (FlowRL's log Z) or None."""
+    ids: torch.Tensor
+    attn: torch.Tensor
+    pos: torch.Tensor
+    tgt: torch.Tensor
+    valid: torch.Tensor
+    mask: torch.Tensor
+    adv: torch.Tensor
+    real: bool
+    prompt_mask: torch.Tensor | None
 
 
 def make_batch(items, pad_id, device):
@@ -995,323 +1037,133 @@ def make_batch(items, pad_id, device):
     return [x.to(device) for x in (ids, attn, pos, tgt, valid)]
 
 
-
 def prompt_mask_of(items, L, device):
     """(B, L) 1 at the prompt positions of make_batch's rows (the prompt comes first in each)."""
     plen = torch.tensor([len(p) for p, _ in items], device=device)
     return (torch.arange(L, device=device)[None] < plen[:, None]).float()
 
 
-def pad_to(rows, T):
-    """Stack per-sample (t,) tensors into (B, T): cut or zero-pad each to T."""
-    return torch.stack([r[:T] if r.shape[0] >= T else torch.nn.functional.pad(r, (0, T - r.shape[0])) for r in rows])
+def pad_to_largest_rank(batch, filler, ctx):
+    """Rank lock-step, the one mechanism: DDP's gradient averaging and FSDP2's all-gathers are collectives
+    inside forward and backward, so every rank must run the same micro-batches. One all_reduce (max) of the
+    row count; a shorter rank appends `filler` rows (prompt ids, response ids) with real False: they run
+    through the forwards but lie outside every loss mask and denominator, so they change no number."""
+    n = int(all_reduce(torch.tensor([float(len(batch))], dtype=torch.float64, device=ctx.device),
+                       dist.ReduceOp.MAX if dist_on() else None).item())
+    k = n - len(batch)
+    if k > 0:
+        batch.prompts += [filler[0]] * k
+        batch.responses += [filler[1]] * k
+        batch.adv = torch.cat([batch.adv, torch.zeros(k, dtype=batch.adv.dtype)])
+        batch.engine_logp += [[0.0] * len(filler[1])] * k
+        batch.real += [False] * k
+    return batch
 
 
+def logprob_passes(args, ctx, policy, batch):
+    """Every row's log pi(y_t) and entropy under `policy`, without gradient, one micro-batch at a time in row
+    order: yields (first row, Micro, logp (B, T), entropy (B, T)), float32."""
+    for lo in range(0, len(batch), args.micro_batch):
+        x = batch.inputs(range(lo, min(lo + args.micro_batch, len(batch))), ctx.device)
+        with torch.no_grad():
+            lp, en, _ = policy(x.ids, x.attn, x.pos, x.tgt, x.valid)
+        yield lo, x, lp.float(), en.float()
 
 
-# ----------------------------------------------------------------------------------------------------
-# Rank lock-step (the one mechanism): a phase whose forwards or backwards are collectives (DDP's gradient
-# mean, FSDP2's all-gathers) runs the same number of them on every rank -- the maximum over ranks -- and a
-# rank short of real work runs filler work that weighs 0. The algorithm's lines then read as one process.
-# ----------------------------------------------------------------------------------------------------
+def old_logprobs(args, ctx, policy, batch):
+    """Phase 3: log pi_old (N, T) of every row, recomputed by the trainer (as verl; not the engine's), the
+    entropy of the policy at each response token (train/entropy) and, where the engine returned its own
+    log-probs, the rollout/trainer mismatch and with --tis-cap the truncated-IS weights (docs/gpu.md).
+    Returns (old (N, T), tis (N, T) or None, sums, maxes)."""
+    N, T = len(batch), batch.width()
+    old = torch.zeros(N, T, device=ctx.device)
+    with_engine = all(lp is not None for lp, r in zip(batch.engine_logp, batch.real) if r)
+    tis = torch.zeros(N, T, device=ctx.device) if with_engine and args.tis_cap > 0 else None
+    sums, maxes = {"ent": 0.0, "ent_n": 0.0}, {}
+    for lo, x, lp, en in logprob_passes(args, ctx, policy, batch):
+        B, t = lp.shape
+        old[lo:lo + B, :t] = lp
+        if with_engine:
+            elp = torch.zeros_like(lp)
+            for b, e in enumerate(batch.engine_logp[lo:lo + B]):
+                elp[b, :len(e)] = torch.tensor(e, dtype=torch.float32)
+            w_tis, st = rollout.rollout_mismatch(lp, elp, x.mask, args.tis_cap)
+            if tis is not None:
+                tis[lo:lo + B, :t] = w_tis
+            for k, v in st.items():
+                if k.endswith("_max"):
+                    maxes[k] = max(maxes.get(k, 0.0), v)
+                else:
+                    sums[k] = sums.get(k, 0.0) + v
+        if x.real:
+            m = x.mask > 0
+            sums["ent"] += float(en[m].sum())
+            sums["ent_n"] += int(m.sum())
+    return old, tis, sums, maxes
 
 
-def dist_on():
-    return dist.is_available() and dist.is_initialized()
+def ref_logprobs(args, ctx, reference, batch):
+    """log pi_ref (N, T) of every row under the frozen initial policy (FlowRL's reference, GRPO's KL anchor)."""
+    ref = torch.zeros(len(batch), batch.width(), device=ctx.device)
+    for lo, _, lp, _ in logprob_passes(args, ctx, reference, batch):
+        ref[lo:lo + lp.shape[0], :lp.shape[1]] = lp
+    return ref
 
 
-def all_reduce(t, op=None):
-    if dist_on():
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
-
-def all_gather_obj(obj):
-    if not dist_on():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def lockstep(counts, device):
-    """Per phase (or mini-batch) the number of forwards every rank runs: the max over ranks (one all_reduce)."""
-    t = torch.tensor([float(c) for c in counts], dtype=torch.float64, device=device)
-    if dist_on():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [int(x) for x in t.tolist()]
-
-
-def reduce_metrics(sums: dict, maxes: dict, device):
-    """Sums and maxima over ranks, by name: one all_reduce each. Every rank has the same keys (the loss,
-    engine and config decide them), so sorted keys line the values up."""
-    ks, km = sorted(sums), sorted(maxes)
-    s = all_reduce(torch.tensor([float(sums[k]) for k in ks], dtype=torch.float64, device=device))
-    m = torch.tensor([float(maxes[k]) for k in km], dtype=torch.float64, device=device)
-    if dist_on():
-        dist.all_reduce(m, op=dist.ReduceOp.MAX)
-    return dict(zip(ks, s.tolist())), dict(zip(km, m.tolist()))
-
-
-def global_denominators(token_counts, world, device):
-    """Token-mean denominators of the optimiser steps of this rollout, made global with ONE all_reduce.
-
-    token_counts: valid response tokens of each mini-batch on this rank. Returns, per mini-batch,
-    (global tokens) / world. Why divide by world: DDP averages gradients over ranks, so a rank's loss
-    sum_t l_t / (G / W) becomes, after the average, sum over ALL ranks' tokens / G -- exactly the
-    token-mean of the whole mini-batch, as if it ran on one rank, however tokens are spread over ranks.
-    """
-    t = torch.tensor(token_counts, dtype=torch.float64, device=device)
-    all_reduce(t)
-    return (t / world).tolist(), t.tolist()
-
-
-def shard_policy(policy, lm, cuda):
-    """FSDP2: each decoder layer is one unit (its all-gather overlaps the previous layer's
-    compute), the Policy the root (embeddings, final norm, the possibly tied LM head). On GPU, bf16
-    compute with fp32 master weights, optimiser state and gradient reduction. Like DDP, FSDP2 averages
-    gradients over ranks, so global_denominators applies unchanged. Parameter names stay the HF ones."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else MixedPrecisionPolicy()
-    for layer in lm.base_model.layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(policy, mp_policy=mp)
-    return policy
-
-
-# ----------------------------------------------------------------------------------------------------
-# Checkpoints (HF folder + trainer state + per-rank RNG/cursor)
-# ----------------------------------------------------------------------------------------------------
-
-
-def save_checkpoint(out, step, lm, tok, opt, cursor, rank, world, args, state=None, rank_state=None):
-    """The HF folder, trainer.pt (optimiser, step, args and `state`: the method's extra state, e.g. the log
-    Z head, the reference model's path) and rank{r}.pt (cursor, RNGs and `rank_state`, e.g. Clip-Cov's
-    generator)."""
-    ck = Path(out) / f"ckpt-{step:06d}"
-    ck.mkdir(parents=True, exist_ok=True)
-    model_sd = opt_sd = None
-    if getattr(args, "fsdp", False):       # gather full state dicts (collectives: every rank takes part)
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-
-        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_sd, opt_sd = get_model_state_dict(lm, options=full), get_optimizer_state_dict(lm, opt, options=full)
-    if rank == 0:
-        lm.save_pretrained(ck, state_dict=model_sd)
-        tok.save_pretrained(ck)
-        torch.save({"step": step, "optimizer": opt_sd if opt_sd is not None else opt.state_dict(), "world": world,
-                    "args": dataclasses.asdict(args), **(state or {})}, ck / "trainer.pt")
-    torch.save({"cursor": cursor, "torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, **(rank_state or {})},
-               ck / f"rank{rank}.pt")
-    if dist_on():
-        dist.barrier()
-    if rank == 0:
-        (Path(out) / "latest").write_text(ck.name + "\n")
-    return ck
-
-
-def find_checkpoint(path):
-    p = Path(path)
-    if (p / "trainer.pt").is_file():
-        return p
-    if (p / "latest").is_file():
-        ck = p / (p / "latest").read_text().strip()
-        if (ck / "trainer.pt").is_file():
-            return ck
-    raise UsageError(f"--resume {path}: no checkpoint there (expected trainer.pt, or a run folder with 'latest')")
-
-
-
-# ----------------------------------------------------------------------------------------------------
-# The phases of one rollout step (explicit inputs and outputs; no state kept between calls)
-# ----------------------------------------------------------------------------------------------------
-
-
-def sample_groups(engine, tok, train, cursor, step, args, rank, world, device):
-    """Phase 1: G responses for each of this rank's prompts, rewarded, with dynamic sampling (DAPO): groups
-    whose rewards are all equal carry no advantage and are dropped; more prompts are drawn, for at most
-    max_sample_rounds rounds (agreed across ranks: one all_reduce per round).
-    Returns (kept groups [(row, samples, rewards)], a spare dropped group, the new cursor, sums, times)."""
-    per_rank, G = args.prompts_per_step // world, args.group_size
-    kept, spare = [], None
-    sums = dict.fromkeys(("reward", "correct", "responses", "drawn", "dropped", "resp_len", "truncated",
-                          "distinct"), 0.0)
-    resp_len_max, times = 0, {"rollout": 0.0, "reward": 0.0}
-    for rnd in range(args.max_sample_rounds):
-        need = per_rank - len(kept) if (rnd == 0 or args.dynamic_sampling) else 0
-        if rnd > 0 and lockstep([need], device)[0] == 0:
-            break
-        if need <= 0:
-            continue
-        rows = []
-        for _ in range(need):
-            rows.append(train[row_for(cursor, rank, world, len(train), args.seed)])
-            cursor += 1
-        t0 = time.perf_counter()
-        samples = engine.generate([r["ids"] for r in rows], G, temperature=args.temperature, top_p=args.top_p,
-                                  max_new_tokens=args.max_new_tokens, seed=seed_for("rollout", args.seed, step, rank, rnd))
-        times["rollout"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-        kind = rows[0]["kind"]
-        verdicts = data.reward_verdicts(texts, [rows[s.prompt_index]["gold"] for s in samples], kind,
-                                        weak_sandbox=args.weak_sandbox)
-        rewards = [x for x, _ in verdicts]
-        times["reward"] += time.perf_counter() - t0
-        if kind == "code":             # every rank has the same keys: all start at 0 (reduce_metrics)
-            import sandbox
-
-            for reason in sandbox.REASONS:
-                sums[f"code_{reason}"] = sums.get(f"code_{reason}", 0.0) + sum(v == reason for _, v in verdicts)
-        sums["drawn"] += len(rows)
-        for i, r in enumerate(rows):
-            grp, rw, tx = samples[i * G:(i + 1) * G], rewards[i * G:(i + 1) * G], texts[i * G:(i + 1) * G]
-            sums["responses"] += G
-            sums["reward"] += sum(rw)
-            sums["correct"] += sum(x > 0 for x in rw)
-            sums["resp_len"] += sum(len(s.response_ids) for s in grp)
-            resp_len_max = max(resp_len_max, max(len(s.response_ids) for s in grp))
-            sums["truncated"] += sum(s.truncated for s in grp)
-            sums["distinct"] += len({data.answer_key(t, kind) for t, x in zip(tx, rw) if x > 0} - {None})
-            if args.dynamic_sampling and len(set(rw)) == 1:
-                sums["dropped"] += 1
-                spare = spare or (r, grp, rw)
-            else:
-                kept.append((r, grp, rw))
-        if not args.dynamic_sampling:
-            break
-    kept = kept[:per_rank]
-    sums["kept"] = len(kept)
-    return kept, spare, cursor, sums, {"resp_len_max": resp_len_max}, times
-
-
-def build_batch(kept, spare, G):
-    """Phase 2: GRPO advantages per group (the paper's estimator) and the flat sample list.
-    Returns {"items": [(prompt_ids, response_ids)], "adv": [A], "engine_logp": [...], "real": n}; a rank
-    that kept nothing trains on one sample of its spare group, weighted 0 (lockstep's filler)."""
-    items, adv, eng_lp = [], [], []
-    if kept:
-        a, _ = group_advantages(torch.tensor([x for _, _, rw in kept for x in rw], dtype=torch.float32), G)
-        adv = a.tolist()
-        items = [(r["ids"], s.response_ids) for r, grp, _ in kept for s in grp]
-        eng_lp = [s.logprobs for _, grp, _ in kept for s in grp]
-    real = len(items)
-    if not items:
-        r, grp, _ = spare
-        items, adv, eng_lp = [(r["ids"], grp[0].response_ids)], [0.0], [grp[0].logprobs]
-    return {"items": items, "adv": adv, "engine_logp": eng_lp, "real": real}
-
-
-def old_logprobs(policy, batch, micro_batch, pad_id, device, tis_cap=0.0, autocast=contextlib.nullcontext):
-    """Phase 3: log pi_old of every sample, recomputed by the trainer without gradient (as verl), the
-    entropy estimate, and -- where the engine returned its own log-probs -- the truncated-IS weights and
-    the rollout/trainer mismatch (README "vllm"). Returns (old [(T,)], tis [(T,)] or None, sums, maxes)."""
-    import rollout
-
-    items, real = batch["items"], batch["real"]
-    eng_lp = batch["engine_logp"]
-    with_engine_lp = all(x is not None for x in eng_lp)
-    n_real = -(-len(items) // micro_batch)
-    (n_fwd,) = lockstep([n_real], device)
-    old, tis, sums, maxes = [], [], {"ent": 0.0, "ent_n": 0.0}, {}
-    with torch.no_grad(), autocast():
-        for j in range(n_fwd):
-            lo = j * micro_batch
-            if lo >= len(items):           # lockstep filler: a forward whose result is unused
-                policy(*make_batch(items[:1], pad_id, device))
-                continue
-            ids, attn, pos, tgt, valid = make_batch(items[lo:lo + micro_batch], pad_id, device)
-            lp, en = policy(ids, attn, pos, tgt, valid)
-            lp, en = lp.float(), en.float()
-            old += list(lp)
-            if with_engine_lp:
-                elp = torch.zeros_like(lp)
-                for b, x in enumerate(eng_lp[lo:lo + micro_batch]):
-                    elp[b, :len(x)] = torch.tensor(x, dtype=torch.float32)
-                w_tis, st = rollout.rollout_mismatch(lp, elp, valid.float() * float(lo < real), tis_cap)
-                tis += list(w_tis) if w_tis is not None else []
-                for k, v in st.items():
-                    if k.endswith("_max"):
-                        maxes[k] = max(maxes.get(k, 0.0), v)
-                    else:
-                        sums[k] = sums.get(k, 0.0) + v
-            if lo < real:
-                sums["ent"] += float(en[valid].sum())
-                sums["ent_n"] += int(valid.sum())
-    return old, (tis if tis_cap > 0 and tis else None), sums, maxes
-
-
-def update_policy(fwd, params, opt, batch, old, tis, loss_fn, *, updates_per_rollout, micro_batch, clip_grad,
-                  pad_id, device, world, shuffle_seed, no_sync=None, autocast=contextlib.nullcontext, ref=None):
-    """Phase 4: updates_per_rollout AdamW steps, each on one mini-batch of a shuffled order, accumulated
-    over micro-batches, with a GLOBAL denominator (global_denominators: all ranks and micro-batches of the
-    optimiser step) counting what loss_fn.unit says: valid tokens (token-mean), or for FlowRL responses
-    with >= 1 token. bench/step_ratio.py and bench/gpu_step.py call this function.
-    fwd: the (possibly DDP/FSDP-wrapped) Policy; no_sync: DDP's context for all but the last micro-batch;
-    ref: the frozen initial policy's log-probs [(T,)] where loss_fn.needs "ref_logp".
-    Returns (sums of the loss stats weighted by sample weight, with "stats_n" their weight and
-    "objective_sum" the sum of the micro-batch objectives; the grad norm of each optimiser step)."""
-    items, adv, real = batch["items"], batch["adv"], batch["real"]
-    needs = getattr(loss_fn, "needs", ())
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
-    minis = [order[i::updates_per_rollout] for i in range(updates_per_rollout)]
-    per_response = getattr(loss_fn, "unit", "token") == "response"
-    lens = [min(len(r), 1) if per_response else len(r) for _, r in items]    # what one sample adds to denom
-    scale = 1.0 if real else 0.0       # a rank that kept nothing: all its work is filler
-    denoms, global_tokens = global_denominators([float(sum(lens[i] for i in mb)) * scale for mb in minis],
-                                                world, device)
-    n_micro = lockstep([-(-len(mb) // micro_batch) for mb in minis], device)
-    sums, grad_norms = {"stats_n": 0.0, "objective_sum": 0.0}, []
-    for u, mb in enumerate(minis):
-        if global_tokens[u] == 0:
-            continue                   # no rank has a token here: all skip together (same numbers)
-        micro = [mb[i:i + micro_batch] for i in range(0, len(mb), micro_batch)]
-        for j in range(n_micro[u]):
-            real_micro = j < len(micro)
-            mi = micro[j] if real_micro else [order[0]]                  # lockstep filler: weight 0
-            w = scale if real_micro else 0.0
-            last = j == n_micro[u] - 1
-            with (contextlib.nullcontext() if last or no_sync is None else no_sync()), autocast():
-                ids, attn, pos, tgt, valid = make_batch([items[i] for i in mi], pad_id, device)
-                pm = prompt_mask_of([items[i] for i in mi], ids.shape[1], device) if "log_z" in needs else None
-                logp, ent, *log_z = fwd(ids, attn, pos, tgt, valid, prompt_mask=pm)         # (B, T) x2 [, (B,)]
-                T = logp.shape[1]
-                old_lp = pad_to([old[i] for i in mi], T)                                      # (B, T)
-                a = torch.tensor([adv[i] for i in mi], dtype=torch.float32, device=device)     # (B,)
-                tis_w = None if tis is None else pad_to([tis[i] for i in mi], T)
-                given = {"entropy": ent, "log_z": log_z[0].float() if log_z else None,
-                         "ref_logp": pad_to([ref[i] for i in mi], T) if "ref_logp" in needs else None}
-                loss, st = loss_fn(logp.float(), old_lp, a, valid.float(), denom=denoms[u], weights=tis_w,
-                                   **{k: given[k] for k in needs})
-                (loss * w).backward()
-            for k, v in st.items():           # weighted by w: a filler adds nothing
-                if k != "loss/value":
-                    sums[k] = sums.get(k, 0.0) + w * float(v)
-            sums["stats_n"] += w
-            sums["objective_sum"] += w * float(loss.detach())
-        gn = torch.nn.utils.clip_grad_norm_(params, clip_grad)
-        grad_norms.append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))   # FSDP2: a DTensor
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return sums, grad_norms
+def accumulate(upd, stats, loss, weight):
+    """The update's figures: each micro-batch's loss stats and objective, weighted (a micro-batch of padding
+    rows only weighs 0), summed by name; step_metrics divides by stats_n."""
+    for k, v in stats.items():
+        if k != "loss/value":
+            upd[k] = upd.get(k, 0.0) + weight * float(v)
+    upd["stats_n"] += weight
+    upd["objective_sum"] += weight * float(loss.detach())
 
 
 def push_weights(engine, lm):
     """Phase 5: the new weights into the engine (a no-op for the HF engine sampling from `lm` itself; under
     FSDP it fills its rollout copy). Cast before the gather: bf16 halves the traffic. vLLM wakes after the
-    sync, so its KV cache comes back last (README "vllm")."""
-    import rollout
-
+    sync, so its KV cache comes back last (docs/gpu.md)."""
     eng_dtype = getattr(engine, "dtype", None)
     engine.sync_weights(rollout.hf_named_tensors(lm, dtype=getattr(torch, eng_dtype) if eng_dtype else None))
     engine.wake()
 
 
-def step_metrics(s, mx, grad_norms, lr):
-    """Phase 6: the logged figures of one step from the reduced sums s and maxima mx (README "Metrics")."""
+def build_engine(args, ctx, tr, model_path, rows):
+    """The rollout engine (rollout.py); --engine auto is resolved here once, so its reason is logged."""
+    kind, why = args.engine, ""
+    if kind == "auto":
+        usable, reason = rollout.vllm_status()
+        kind, why = ("vllm" if usable else "hf"), f" (auto: {reason})"
+    ctx_len = getattr(tr.lm.config, "max_position_embeddings", None) or 10 ** 9
+    engine, kind = rollout.make_engine(kind, model=tr.lm, tokenizer=tr.tok, model_path=model_path,
+                                       seed=args.seed + ctx.rank, batch_size=args.gen_batch,
+                                       tensor_parallel_size=args.vllm_tp,
+                                       gpu_memory_utilization=args.gpu_memory_utilization,
+                                       max_model_len=min(ctx_len, max(len(r["ids"]) for r in rows) + args.max_new_tokens))
+    return engine, kind + why
+
+
+def evaluate(args, ctx, engine, tok, held, step):
+    """Held-out figures at `step`: eval.py's pipeline (generate_rows, score_rows, metrics.problem_values) on
+    this rank's share of the prompts, gathered; the names are eval.py's (docs/metrics.md)."""
+    mine = held[ctx.rank::ctx.world]
+    rows = generate_rows(engine, tok, mine, n=args.eval_k, temperature=args.temperature, top_p=args.top_p,
+                         max_new_tokens=args.max_new_tokens, seed=seed_for("eval", args.seed, step + 1, ctx.rank),
+                         batch_size=max(1, len(mine)))
+    score_rows(rows, weak_sandbox=args.weak_sandbox)
+    ks = metrics.default_ks(args.eval_k)
+    per = [metrics.problem_values(rows[i:i + args.eval_k], ks) for i in range(0, len(rows), args.eval_k)]
+    vals = [v for part in all_gather_obj(per) for v in part]
+    return {**metrics.mean_values(vals), "eval/n": args.eval_k, "eval/prompts": len(vals)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run's record: config.json, metrics.jsonl (rank 0), wandb, the progress bar
+# ----------------------------------------------------------------------------------------------------
+
+def step_metrics(s, mx, grad_norms, lr, args):
+    """The logged figures of one step from the reduced sums s and maxima mx (docs/metrics.md defines each)."""
     m = {"train/reward_mean": s["reward"] / s["responses"], "train/accuracy": s["correct"] / s["responses"],
          "train/distinct_correct": s["distinct"] / s["drawn"],
          "train/entropy": s["ent"] / s["ent_n"] if s["ent_n"] else float("nan"),
@@ -1321,16 +1173,12 @@ def step_metrics(s, mx, grad_norms, lr):
          "rollout/response_len_max": mx["resp_len_max"], "rollout/truncation_rate": s["truncated"] / s["responses"],
          "perf/step_s": mx["step_s"], "perf/tokens_per_s": s["resp_len"] / mx["step_s"]}
     m.update({k: v for k, v in mx.items() if k.startswith("perf/")})
+    m.update({f"rollout/{k}_frac": v / s["responses"] for k, v in s.items() if k.startswith("reason_")})
     if s["stats_n"]:
         m.update({k: v / s["stats_n"] for k, v in s.items() if k.startswith("loss/")})
     if grad_norms:                     # each micro-batch loss is already over the global denominator
         m["loss/objective"] = s["objective_sum"] / len(grad_norms)
-    if "code_ok" in s:                 # code rewards: each sandbox verdict's share of the step's responses
-        import sandbox
-
-        m["rollout/code_pass_rate"] = s["code_ok"] / s["responses"]
-        m.update({f"rollout/code_{r}_frac": s[f"code_{r}"] / s["responses"] for r in sandbox.REASONS if r != "ok"})
-    if "rollout/tokens" in s:          # rollout/trainer mismatch (README "vllm")
+    if "rollout/tokens" in s:          # rollout/trainer mismatch (docs/gpu.md)
         n_tok = max(s["rollout/tokens"], 1.0)
         m["rollout/logp_diff_mean"] = s["rollout/logp_diff_sum"] / n_tok
         m["rollout/logp_diff_max"] = mx["rollout/logp_diff_max"]
@@ -1340,203 +1188,28 @@ def step_metrics(s, mx, grad_norms, lr):
     return m
 
 
-def evaluate(engine, rows, args, rank, world, tok, step):
-    """Held-out figures (metrics.py: the same functions and names as eval.py's tables) at `step`."""
-    import metrics
-
-    mine = rows[rank::world]
-    k = args.eval_k
-    samples = engine.generate([r["ids"] for r in mine], k, temperature=args.temperature, top_p=args.top_p,
-                              max_new_tokens=args.max_new_tokens, seed=seed_for("eval", args.seed, step + 1, rank)) \
-        if mine else []
-    texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-    per = []
-    for i, r in enumerate(mine):
-        sm, tx = samples[i * k:(i + 1) * k], texts[i * k:(i + 1) * k]
-        rw = data.rewards(tx, [r["gold"]] * len(tx), r["kind"], weak_sandbox=args.weak_sandbox)
-        per.append([{"reward": float(x), "response": t, "answer": data.answer_key(t, r["kind"]),
-                     "num_tokens": len(s.response_ids), "truncated": bool(s.truncated)}
-                    for t, x, s in zip(tx, rw, sm)])
-    ks = metrics.default_ks(k)
-    vals = [metrics.problem_values(p, ks) for part in all_gather_obj(per) for p in part]
-    return {**metrics.mean_values(vals), "eval/n": k, "eval/prompts": len(vals)}
-
-# ----------------------------------------------------------------------------------------------------
-# Setting up the run: ranks, data (checked before any model is built), model, trainer, state, engine, log
-# ----------------------------------------------------------------------------------------------------
+def open_run(args, ctx, ckpt, facts):
+    """The run folder (rank 0's name for every rank), its config.json (every setting, resolved, and the run's
+    facts: model path, parameters, engine, prompt counts) and a one-line summary; returns the folder."""
+    out = args.out or (str(ckpt.parent) if ckpt is not None else
+                       f"runs/{args.loss}{'-' + args.divergence if args.loss == 'lad' else ''}-s{args.seed}-"
+                       f"{time.strftime('%Y%m%d-%H%M%S')}")
+    out = all_gather_obj(out)[0]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    cfg = {**dataclasses.asdict(args), "world_size": ctx.world, **facts, "out": out, "torch": torch.__version__}
+    if ctx.rank == 0:
+        (Path(out) / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+        print(f"lad.py: {args.loss}{'/' + args.divergence if args.loss == 'lad' else ''}, {ctx.world} rank(s), "
+              f"engine {cfg['engine_resolved']}, model {cfg['model_path']} ({cfg['params'] / 1e6:.2f}M params), "
+              f"{cfg['train_prompts']} train prompts ({cfg['train_prompts_skipped_too_long']} skipped: longer than "
+              f"{cfg['prompt_limit']} tokens), out {out}", flush=True)
+    return out
 
 
-def setup_ranks(args):
-    """RANK/LOCAL_RANK/WORLD_SIZE from torchrun (one process without it); the process group; threads."""
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    check_args(args, world)
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
-    return {"world": world, "rank": rank, "local_rank": local_rank, "local_world": local_world,
-            "cuda": cuda, "device": device, "own_group": args.fsdp and world == 1}
-
-
-def init_process_group(args, rk):
-    if not rk["cuda"]:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // rk["local_world"]))
-    if rk["world"] > 1 or rk["own_group"]:
-        if rk["cuda"]:
-            torch.cuda.set_device(rk["device"])
-        if rk["own_group"]:
-            # fully_shard needs a process group, also of one rank (python lad.py --fsdp true: bf16 compute,
-            # fp32 master weights, nothing sharded). Without torchrun there is no MASTER_ADDR; an in-process
-            # store needs no port (no race for a free one) and no network.
-            dist.init_process_group("nccl" if rk["cuda"] else "gloo", store=dist.HashStore(), rank=0, world_size=1)
-        else:
-            dist.init_process_group("nccl" if rk["cuda"] else "gloo")
-    # every rank must run the same batch geometry; one all_gather, every rank sees the same verdict
-    geo = (args.prompts_per_step, args.group_size, args.updates_per_rollout, args.micro_batch, args.steps, args.loss)
-    if len(set(all_gather_obj(geo))) != 1:
-        raise UsageError(f"incompatible batch settings across ranks: {all_gather_obj(geo)}")
-
-
-def load_data(args):
-    """Train and held-out rows (identical on every rank: a bad file fails on all of them, before any model
-    is built or collective run). Returns (train rows, held-out rows or None)."""
-    if args.train_data in BUILTIN_TASKS:
-        train = data.builtin_rows("train", BUILTIN_TASKS[args.train_data])
-        held = data.builtin_rows("heldout", BUILTIN_TASKS[args.train_data]) if not args.eval_data else None
-    else:
-        train, held = data.load_rows(args.train_data, args.prompt_template), None
-    if args.eval_data:
-        held = data.load_rows(args.eval_data, args.prompt_template)
-    if "code" in {r["kind"] for r in train + (held or [])}:
-        import sandbox
-
-        if args.weak_sandbox:
-            print("lad.py: WARNING: --weak-sandbox true: model-written programs run WITHOUT bubblewrap (resource "
-                  "limits and the audit hook only); do not train on untrusted code like this", file=sys.stderr, flush=True)
-        else:
-            try:
-                sandbox.check_sandbox()            # refuse now, with the fix, not after the warm start
-            except sandbox.SandboxUnavailable as e:
-                raise UsageError(f"code rewards need the bubblewrap sandbox: {e}") from None
-    return train, held
-
-
-def load_model(args, rk, ckpt):
-    """The model path (resume > --model > the tiny default, built once under a file lock, before the thread
-    count is cut, so the one rank that builds it uses every core), tokenizer and LM."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if ckpt is not None:
-        model_path = str(ckpt)
-    elif args.model:
-        model_path = args.model
-    else:
-        import tiny
-
-        model_path = tiny.default_model_dir(0, log=print if rk["rank"] == 0 else (lambda *a: None),
-                                            task=BUILTIN_TASKS.get(args.train_data, "sum"))
-    init_process_group(args, rk)
-    if args.model and not Path(args.model).exists() and ckpt is None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")                  # no network at run time
-    try:
-        tok = AutoTokenizer.from_pretrained(model_path)
-        lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(rk["device"])
-    except OSError as e:
-        raise UsageError(f"cannot load model {model_path!r}: {str(e).splitlines()[0]}") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return model_path, tok, lm
-
-
-def build_trainer(args, lm, rk):
-    """The Policy (log-probs; FlowRL's log Z head inside it), sharded before the optimiser sees its
-    parameters (fully_shard swaps them for DTensors), the DDP wrapper (or the Policy itself) and AdamW."""
-    head = None
-    if "log_z" in loss_needs(args):
-        with torch.random.fork_rng(devices=[]):        # the head's init is a function of --seed alone
-            torch.manual_seed(seed_for("init", args.seed))
-            head = LogZHead(lm.config.hidden_size).to(rk["device"])
-    policy = Policy(lm, args.logprob_chunk, args.temperature, log_z_head=head)
-    if args.activation_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if args.fsdp:
-        shard_policy(policy, lm, rk["cuda"])
-    # one optimiser for the model and the head (the authors train ProjZ with the actor's), model first
-    opt = torch.optim.AdamW(list(lm.parameters()) + (list(head.parameters()) if head is not None else []),
-                            lr=args.lr, weight_decay=args.weight_decay)
-    ddp = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[rk["local_rank"]] if rk["cuda"] else None) \
-        if rk["world"] > 1 and not args.fsdp else policy
-    return policy, ddp, opt
-
-
-def load_state(args, ckpt, lm, opt, rk, policy, generator, model_path):
-    """Resume (optimiser, step, data cursor, RNG states, the log Z head, Clip-Cov's generator) or a fresh
-    start (per-rank seeds) -> (step, cursor, the reference model's path: the run's initial model)."""
-    if ckpt is None:
-        random.seed(seed_for("init", args.seed, rank=rk["rank"]))
-        torch.manual_seed(seed_for("init", args.seed, rank=rk["rank"]))
-        return 0, 0, model_path
-    st = torch.load(ckpt / "trainer.pt", weights_only=False)
-    if st["args"].get("loss", "lad") != args.loss:
-        raise UsageError(f"--resume: checkpoint was trained with --loss {st['args'].get('loss')}, not {args.loss}")
-    if st["world"] != rk["world"]:
-        raise UsageError(f"--resume: checkpoint was written by {st['world']} ranks, this run has {rk['world']}")
-    if args.fsdp and not st["args"].get("fsdp", False):
-        # its optimiser state is keyed by parameter position; set_optimizer_state_dict needs names
-        raise UsageError("--resume: checkpoint was written without --fsdp; resume it with --fsdp false")
-    if args.fsdp:                      # a full (gathered) optimiser state, re-sharded on load
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(lm, opt, st["optimizer"], options=StateDictOptions(full_state_dict=True))
-    else:
-        opt.load_state_dict(st["optimizer"])
-    if policy.log_z_head is not None:
-        policy.log_z_head.load_state_dict(st["log_z_head"])
-    rs = torch.load(ckpt / f"rank{rk['rank']}.pt", weights_only=False)
-    if "clipcov_generator" in rs:
-        generator.set_state(rs["clipcov_generator"])
-    torch.set_rng_state(rs["torch"])
-    random.setstate(rs["python"])
-    if rk["cuda"] and rs["cuda"] is not None:
-        torch.cuda.set_rng_state_all(rs["cuda"])
-    return st["step"], rs["cursor"], st.get("init_model", model_path)
-
-
-def load_reference(args, rk, path):
-    """The frozen initial policy pi_ref (FlowRL's reference, GRPO's KL anchor) from `path`, no gradient;
-    None when the loss needs none. Under FSDP it is sharded like the trained model."""
-    if "ref_logp" not in loss_needs(args):
-        return None
-    from transformers import AutoModelForCausalLM
-
-    try:
-        ref_lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(rk["device"])
-    except OSError as e:
-        raise UsageError(f"cannot load the reference (initial) model {path!r}: {str(e).splitlines()[0]}") from None
-    ref_lm.requires_grad_(False)
-    ref = Policy(ref_lm.eval(), args.logprob_chunk, args.temperature)
-    return shard_policy(ref, ref_lm, rk["cuda"]) if args.fsdp else ref
-
-
-def build_engine(args, lm, tok, model_path, rows, ctx):
-    """The rollout engine (rollout.py); --engine auto is resolved here once, so its reason is logged."""
-    import rollout
-
-    kind, why = args.engine, ""
-    if kind == "auto":
-        usable, reason = rollout.vllm_status()
-        kind, why = ("vllm" if usable else "hf"), f" (auto: {reason})"
-    engine, kind = rollout.make_engine(kind, model=lm, tokenizer=tok, model_path=model_path,
-                                       seed=args.seed + int(os.environ.get("RANK", "0")), batch_size=args.gen_batch,
-                                       tensor_parallel_size=args.vllm_tp,
-                                       gpu_memory_utilization=args.gpu_memory_utilization,
-                                       max_model_len=min(ctx, max(len(r["ids"]) for r in rows) + args.max_new_tokens))
-    return engine, kind + why
-
-
-def open_log(out, start, rank, cfg, args):
-    """Rank 0's metrics.jsonl (rows past a resumed checkpoint are dropped: each step is logged once) and
-    wandb. Returns log(step, metrics)."""
-    if rank != 0:
+def open_log(args, ctx, out, start):
+    """log(step, metrics): rank 0 appends a row to out/metrics.jsonl (and to wandb); log(None, None) closes it.
+    Rows of a resumed run past its checkpoint (`start`) are dropped first: each step is logged once."""
+    if ctx.rank != 0:
         return lambda step, m: None
     path = Path(out) / "metrics.jsonl"
     if path.exists():                  # a run killed after its checkpoint logged steps it will now redo
@@ -1547,7 +1220,8 @@ def open_log(out, start, rank, cfg, args):
     if args.wandb != "disabled":
         import wandb
 
-        wb = wandb.init(project=args.wandb_project, mode=args.wandb, config=cfg, dir=out)
+        wb = wandb.init(project=args.wandb_project, mode=args.wandb, dir=out,
+                        config=json.loads((Path(out) / "config.json").read_text()))
 
     def log(step, m):
         if m is None:                  # the end of the run
@@ -1556,128 +1230,22 @@ def open_log(out, start, rank, cfg, args):
                 wb.finish()
             return
         row = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}}
-        fh.write(json.dumps(row) + "\n")                       # NaN -> null: strict JSON
+        fh.write(json.dumps(row) + "\n")                      # NaN -> null: strict JSON
         fh.flush()
         if wb is not None:
             wb.log(m, step=step)
     return log
 
-# ----------------------------------------------------------------------------------------------------
-# main: the recipe of the TRAINING section's opening comment, one named phase per line
-# ----------------------------------------------------------------------------------------------------
 
-
-def main(args):
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()          # our own tqdm bar is the only one
-    args = resolve_args(args)
-    rk = setup_ranks(args)
-    rank, world, device = rk["rank"], rk["world"], rk["device"]
-    ckpt = find_checkpoint(args.resume) if args.resume else None
-    train, held = load_data(args)                              # bad files fail here, before any model
-    model_path, tok, lm = load_model(args, rk, ckpt)
-    ctx = getattr(lm.config, "max_position_embeddings", None) or 10 ** 9
-    limit = ctx - args.max_new_tokens
-    if limit < 1:
-        raise UsageError(f"--max-new-tokens {args.max_new_tokens} leaves no room in the context ({ctx})")
-    train, skipped = data.encode_rows(train, tok, args.chat, limit, args.train_data)
-    if held is not None:
-        held = data.encode_rows(held, tok, args.chat, limit, args.eval_data or "heldout")[0]
-        held = held[:args.eval_prompts] if args.eval_prompts else held
-    out = args.out or (str(ckpt.parent) if ckpt is not None else
-                       f"runs/{args.loss}{'-' + args.divergence if args.loss == 'lad' else ''}-s{args.seed}-"
-                       f"{time.strftime('%Y%m%d-%H%M%S')}")
-    out = all_gather_obj(out)[0]                               # rank 0's timestamp for everyone
-    Path(out).mkdir(parents=True, exist_ok=True)
-    policy, ddp, opt = build_trainer(args, lm, rk)
-    clipcov_gen = torch.Generator().manual_seed(seed_for("clipcov", args.seed, rank=rank))   # per rank
-    start, cursor, init_model = load_state(args, ckpt, lm, opt, rk, policy, clipcov_gen, model_path)
-    ref_policy = load_reference(args, rk, init_model)         # pi_ref: the frozen initial policy, if needed
-    engine, engine_kind = build_engine(args, lm, tok, model_path, train + (held or []), ctx)
-    cfg = {**dataclasses.asdict(args), "world_size": world, "engine_resolved": engine_kind, "model_path": model_path,
-           "out": out, "train_prompts": len(train), "train_prompts_skipped_too_long": skipped,
-           "heldout_prompts": len(held) if held else 0, "params": sum(p.numel() for p in lm.parameters()),
-           "torch": torch.__version__}
-    if rank == 0:
-        (Path(out) / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
-        print(f"lad.py: {args.loss}{'/' + args.divergence if args.loss == 'lad' else ''}, {world} rank(s), "
-              f"engine {engine_kind}, model {model_path} ({cfg['params'] / 1e6:.2f}M params), "
-              f"{len(train)} train prompts ({skipped} skipped: longer than {limit} tokens), out {out}", flush=True)
-    log = open_log(out, start, rank, cfg, args)
-    loss_fn = make_loss(args, clipcov_gen)
-    params = list(policy.parameters())                        # the model's and the log Z head's
-    do_eval = held is not None and args.eval_every > 0
-    if do_eval and start == 0:
-        log(0, evaluate(engine, held, args, rank, world, tok, 0))
-    bar = progress_bar(rank, start, args.steps)
-    for step in range(start, args.steps):
-        t_step = time.perf_counter()
-        kept, spare, cursor, sums, maxes, times = sample_groups(engine, tok, train, cursor, step, args, rank, world, device)
-        engine.sleep()
-        batch = build_batch(kept, spare, args.group_size)
-        t0 = time.perf_counter()
-        old, tis, s_old, m_old = old_logprobs(policy, batch, args.micro_batch, tok.pad_token_id, device, args.tis_cap)
-        ref = None if ref_policy is None else old_logprobs(
-            ref_policy, {**batch, "engine_logp": [None] * len(batch["items"])}, args.micro_batch, tok.pad_token_id,
-            device)[0]
-        times["logprob"], t0 = time.perf_counter() - t0, time.perf_counter()
-        policy.train()
-        s_upd, grad_norms = update_policy(
-            ddp, params, opt, batch, old, tis, loss_fn, updates_per_rollout=args.updates_per_rollout,
-            micro_batch=args.micro_batch, clip_grad=args.clip_grad, pad_id=tok.pad_token_id, device=device,
-            world=world, shuffle_seed=seed_for("shuffle", args.seed, step, rank),
-            no_sync=ddp.no_sync if world > 1 and not args.fsdp else None, ref=ref)
-        times["update"], t0 = time.perf_counter() - t0, time.perf_counter()
-        push_weights(engine, lm)
-        times["sync"] = time.perf_counter() - t0
-        maxes.update(m_old, step_s=time.perf_counter() - t_step, **{f"perf/{k}_s": v for k, v in times.items()})
-        s, mx = reduce_metrics({**sums, **s_old, **s_upd}, maxes, device)
-        m = step_metrics(s, mx, grad_norms, opt.param_groups[0]["lr"])
-        if do_eval and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
-            te = time.perf_counter()
-            m.update(evaluate(engine, held, args, rank, world, tok, step + 1), **{"perf/eval_s": time.perf_counter() - te})
-        log(step + 1, m)
-        show_progress(bar, step + 1, m)
-        if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
-            save_checkpoint(out, step + 1, lm, tok, opt, cursor, rank, world, args,
-                            state={"init_model": init_model, **({"log_z_head": policy.log_z_head.state_dict()}
-                                                                if policy.log_z_head is not None else {})},
-                            rank_state={"clipcov_generator": clipcov_gen.get_state()})
-    finish(bar, log, engine, rk, out)
-    return out
-
-
-def progress_bar(rank, start, steps):
-    if rank != 0:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True)
-
-
-def show_progress(bar, step, m):
-    if bar is None:
-        return
+def show_progress(bar, m):
     bar.update(1)
     bar.set_postfix(reward=f"{m['train/reward_mean']:.3f}", zv=f"{m['rollout/zero_var_frac']:.2f}",
                     ent=f"{m['train/entropy']:.2f}", dist=f"{m['train/distinct_correct']:.2f}",
                     s=f"{m['perf/step_s']:.2f}", refresh=False)
-    if "eval/avg@n" in m:
+    if "eval/avg@n" in m and not bar.disable:
         n = m["eval/n"]
-        bar.write(f"step {step}: eval avg@{n} {m['eval/avg@n']:.3f}  pass@{n} {m[f'eval/pass@{n}']:.3f}  "
+        bar.write(f"eval avg@{n} {m['eval/avg@n']:.3f}  pass@{n} {m[f'eval/pass@{n}']:.3f}  "
                   f"distinct correct {m['eval/distinct_answers']:.2f}")
-
-
-def finish(bar, log, engine, rk, out):
-    if bar is not None:
-        bar.close()
-        print(f"done: {out}", flush=True)
-    log(None, None)
-    if hasattr(engine, "close"):
-        engine.close()
-    if rk["own_group"] and dist_on():  # the one-rank group main opened (vLLM's close may have done it)
-        dist.destroy_process_group()
 
 
 def cli(argv=None):

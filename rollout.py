@@ -28,10 +28,13 @@ The boundary (used by lad.py and eval.py; both engines implement it):
 
 from __future__ import annotations
 
+import os
+import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from torch.distributed.tensor import DTensor
 
 
 @dataclass
@@ -97,6 +100,8 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts, n, *, temperature=1.0, top_p=1.0, max_new_tokens=256, seed=0):
+        from transformers import LogitsProcessorList
+
         device = next(self.model.parameters()).device
         seqs = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]   # grouped by prompt
         out = []
@@ -113,7 +118,7 @@ class HFEngine:
                 ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for _, p in chunk], device=device)
                 att = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p in chunk], device=device)
                 greedy = temperature == 0
-                keep_lp = _SampledLogprobs(1.0 if greedy else temperature)
+                keep_lp = _SampledLogprobs(1.0 if greedy else temperature)   # a transformers logits processor
                 gen = self.model.generate(
                     input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
                     do_sample=not greedy, temperature=None if greedy else temperature,
@@ -166,7 +171,7 @@ class HFEngine:
         """No-op."""
 
 
-class _SampledLogprobs(LogitsProcessor):
+class _SampledLogprobs:
     """Collects log pi(y_t) of each sampled token, after temperature and before top-p (the trainer's
     distribution), holding one step's (b, V) log-softmax at a time. generate(output_logits=True) would
     keep every step's logits instead: 0.6 MB per token at a 152k vocabulary, 5 GB per 8k-token response.
@@ -193,8 +198,6 @@ class _SampledLogprobs(LogitsProcessor):
 
 def _is_sharded(model):
     """True when `model`'s parameters are FSDP2 DTensors (fully_shard was applied to it or a parent)."""
-    from torch.distributed.tensor import DTensor
-
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
@@ -268,11 +271,6 @@ class VLLMEngine:
     def __init__(self, model_path, *, tokenizer=None, seed=0, tensor_parallel_size=1, dtype=None,
                  max_model_len=None, gpu_memory_utilization=0.4, cpu_kv_cache_bytes=256 << 20,
                  sleep_level=1, enforce_eager=None):
-        import os
-        import random
-
-        import numpy as np
-
         # The engine core must live in this process: weights then stream to it as a Python generator.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")    # vLLM logs every request at INFO
@@ -448,8 +446,6 @@ def hf_named_tensors(model, dtype=None):
     Hugging Face checkpoint's. FSDP2 parameters are DTensors: each is cast to `dtype` (halving the
     all-gather for bf16 engines) and gathered with full_tensor(), a collective, so every rank must consume
     this generator to the end in the same order (they do: every rank syncs its own engine at once)."""
-    from torch.distributed.tensor import DTensor
-
     for name, p in model.named_parameters():
         name = name.removeprefix("module.").replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
         t = p.detach()

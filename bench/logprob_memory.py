@@ -153,7 +153,7 @@ def run_pass(policy, batch, grad):
         with torch.no_grad():
             policy(*batch)
         return
-    logp, _ = policy(*batch)
+    logp, _, _ = policy(*batch)
     (logp * batch[4]).sum().backward()
 
 

@@ -1,5 +1,5 @@
 """Tests for bandit.py (paper Sec. 4.1): convergence in exact-expectation mode, Eq. 7 vs Eq. 8
-(Theorem B.1), the exact-mode weighting built on lad.py's losses, worker splitting, CLI errors."""
+(Theorem B.1), the exact-mode weighting built on lad.py's and baselines.py's losses, worker splitting, CLI errors."""
 
 import math
 import subprocess
@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bandit  # noqa: E402
+import baselines  # noqa: E402
 import lad  # noqa: E402
 
 SMOOTH = ["kl", "rkl", "jf", "hd", "js"]  # TV's f = |x - 1| has no derivative at x = 1
@@ -108,7 +109,7 @@ def test_exact_mode_weighting_of_lad_py_losses():
     for div, fn in lad.DIVERGENCES.items():
         want = (q * (adv.exp() * fn(logp - old - adv)[0])).sum()
         torch.testing.assert_close(_practical(logp, old, adv, q, div), want)
-    got, _ = lad.flowrl_loss(logp[:, None], old[:, None] - (K * q).log()[:, None], adv, torch.ones(K, 1),
+    got, _ = baselines.flowrl_loss(logp[:, None], old[:, None] - (K * q).log()[:, None], adv, torch.ones(K, 1),
                              torch.full((K,), 0.3, dtype=torch.float64), beta=1.0, ref_logp=old[:, None],
                              w_cap=math.inf)
     delta = 0.3 + logp - adv - old
@@ -123,7 +124,7 @@ def test_workers_give_identical_results():
 
 
 def test_entropy_baselines_run_deterministic_and_split_independent():
-    """clip-cov, kl-cov, entadv (lad.py's functions on one-token actions): finite metrics, the same result
+    """clip-cov, kl-cov, entadv (baselines.py's functions on one-token actions): finite metrics, the same result
     in one process and split over two, and a second run of clip-cov reproduces its random draws."""
     a = bandit.Args(methods="clip-cov,kl-cov,entadv,grpo", steps=60, seeds=2, progress=False,
                     clip_cov_ratio=0.2, kl_cov_ratio=0.2, clip_cov_lb=-100.0, clip_cov_ub=100.0)
@@ -149,7 +150,7 @@ def test_clip_cov_draw_depends_on_the_seed_generator(monkeypatch):
 def test_entadv_in_the_bandit_never_flips_a_negative_advantage():
     adv = torch.tensor([-2.0, -0.1, 0.0, 0.3, 1.5], dtype=torch.float64)
     h = torch.full((5, 1), math.log(50), dtype=torch.float64)               # the uniform start's entropy
-    out = lad.entropy_advantage(adv, h, torch.ones(5, 1, dtype=torch.float64), alpha=0.4, kappa=2.0)[:, 0]
+    out = baselines.entropy_advantage(adv, h, torch.ones(5, 1, dtype=torch.float64), alpha=0.4, kappa=2.0)[:, 0]
     assert (out[adv < 0] <= 0).all() and out[2] == 0 and (out[adv > 0] >= adv[adv > 0]).all()
 
 

@@ -1,4 +1,4 @@
-"""Tests of the baselines in lad.py's LOSS section: GRPO at verl's edges, Clip-Cov, KL-Cov, EntAdv, FlowRL.
+"""Tests of baselines.py: GRPO at verl's edges, Clip-Cov, KL-Cov, EntAdv, FlowRL.
 
 Each loss is checked against its definition written out token by token in Python loops (values, and
 gradients through autograd on that loop), plus its selection rules and the NaN/inf-padding guarantee.
@@ -9,9 +9,37 @@ import math
 import pytest
 import torch
 
+import baselines
 import lad
 
 F64 = dict(dtype=torch.float64)
+
+
+# The losses take their knobs as required arguments (their defaults live in baselines.BaselineArgs); these
+# bind the values the checks below were written for: each method's authors' own (Clip-Cov: clip 1.0/1.0).
+def grpo_loss(*a, clip_low=0.2, clip_high=0.28, **k):
+    return baselines.grpo_loss(*a, clip_low=clip_low, clip_high=clip_high, **k)
+
+
+def clip_cov_loss(*a, clip_cov_ratio=2e-4, cov_lb=1.0, cov_ub=5.0, clip_low=1.0, clip_high=1.0, **k):
+    return baselines.clip_cov_loss(*a, clip_cov_ratio=clip_cov_ratio, cov_lb=cov_lb, cov_ub=cov_ub,
+                                   clip_low=clip_low, clip_high=clip_high, **k)
+
+
+def kl_cov_loss(*a, kl_cov_ratio=2e-3, kl_coef=1.0, **k):
+    return baselines.kl_cov_loss(*a, kl_cov_ratio=kl_cov_ratio, kl_coef=kl_coef, **k)
+
+
+def entropy_advantage(*a, alpha=0.4, kappa=2.0, **k):
+    return baselines.entropy_advantage(*a, alpha=alpha, kappa=kappa, **k)
+
+
+def entadv_loss(*a, alpha=0.4, kappa=2.0, clip_low=0.2, clip_high=0.28, **k):
+    return baselines.entadv_loss(*a, alpha=alpha, kappa=kappa, clip_low=clip_low, clip_high=clip_high, **k)
+
+
+def flowrl_loss(*a, beta=15.0, **k):
+    return baselines.flowrl_loss(*a, beta=beta, **k)
 
 
 def batch(B=6, T=9, seed=0, scale=1.0, adv_scale=1.0):
@@ -56,7 +84,7 @@ def test_grpo_k3_uses_verls_clamps_value_and_gradient():
     old = torch.zeros(1, 4, **F64)
     ref = torch.tensor([[0.5, -1.0, 3.0, 25.0]], **F64)
     adv = torch.zeros(1, **F64)                                            # isolate the KL term
-    loss, st = lad.grpo_loss(logp, old, adv, torch.ones(1, 4, **F64), ref_logp=ref, kl_coef=0.5)
+    loss, st = grpo_loss(logp, old, adv, torch.ones(1, 4, **F64), ref_logp=ref, kl_coef=0.5)
     k3 = [math.exp(d) - d - 1 for d in (0.5, -1.0)] + [10.0, 10.0]
     assert loss.item() == pytest.approx(0.5 * sum(k3) / 4, rel=1e-12)
     g = grad_of(loss, logp)
@@ -70,7 +98,7 @@ def test_grpo_tis_weights_scale_the_policy_gradient_only():
     logp, old, adv, mask = batch(seed=1)
     ref = old + 0.2
     w = torch.rand(*old.shape, generator=torch.Generator().manual_seed(3), **F64) + 0.5
-    loss, _ = lad.grpo_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=0.3, weights=w)
+    loss, _ = grpo_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=0.3, weights=w)
     total, n = 0, 0
     for b, t in cells(mask):
         pg, _ = ppo_token(logp[b, t], old[b, t], adv[b], 0.2, 0.28)
@@ -97,7 +125,7 @@ def test_sequence_aggregations_average_over_rows_with_a_valid_token(agg):
 def test_dual_clip_must_exceed_one():
     logp, old, adv, mask = batch()
     with pytest.raises(ValueError):
-        lad.grpo_loss(logp, old, adv, mask, dual_clip=1.0)
+        grpo_loss(logp, old, adv, mask, dual_clip=1.0)
 
 
 # ---- NaN / inf in padding, for every loss -----------------------------------------------------------
@@ -109,14 +137,14 @@ def _all_losses():
     return {
         "lad": lambda p, o, a, m, e, z, w: lad.lad_loss(p, o, a, m, weights=w),
         "lad-seq": lambda p, o, a, m, e, z, w: lad.lad_loss(p, o, a, m, ratio="seq", agg="seq-mean-token-mean"),
-        "grpo": lambda p, o, a, m, e, z, w: lad.grpo_loss(p, o, a, m, dual_clip=3.0, ref_logp=o, kl_coef=0.1,
+        "grpo": lambda p, o, a, m, e, z, w: grpo_loss(p, o, a, m, dual_clip=3.0, ref_logp=o, kl_coef=0.1,
                                                           weights=w),
-        "clip-cov": lambda p, o, a, m, e, z, w: lad.clip_cov_loss(
+        "clip-cov": lambda p, o, a, m, e, z, w: clip_cov_loss(
             p, o, a, m, generator=torch.Generator().manual_seed(0), clip_cov_ratio=0.2, cov_lb=-1e9, cov_ub=1e9,
             weights=w),
-        "kl-cov": lambda p, o, a, m, e, z, w: lad.kl_cov_loss(p, o, a, m, kl_cov_ratio=0.2, weights=w),
-        "entadv": lambda p, o, a, m, e, z, w: lad.entadv_loss(p, o, a, m, e, weights=w),
-        "flowrl": lambda p, o, a, m, e, z, w: lad.flowrl_loss(p, o, a, m, z, ref_logp=o),
+        "kl-cov": lambda p, o, a, m, e, z, w: kl_cov_loss(p, o, a, m, kl_cov_ratio=0.2, weights=w),
+        "entadv": lambda p, o, a, m, e, z, w: entadv_loss(p, o, a, m, e, weights=w),
+        "flowrl": lambda p, o, a, m, e, z, w: flowrl_loss(p, o, a, m, z, ref_logp=o),
     }, ent
 
 
@@ -158,14 +186,15 @@ def test_with_stats_false_gives_the_same_loss_and_gradient_and_no_stats(name):
     e, z = ent(old.shape), torch.randn(5, generator=torch.Generator().manual_seed(3), **F64)
     w = torch.rand(*old.shape, generator=torch.Generator().manual_seed(2), **F64) + 0.5
     full, stats = losses[name](logp, old, adv, mask, e, z, w)
-    real = {"lad": lad.lad_loss, "lad-seq": lad.lad_loss, "grpo": lad.grpo_loss, "clip-cov": lad.clip_cov_loss,
-            "kl-cov": lad.kl_cov_loss, "entadv": lad.entadv_loss, "flowrl": lad.flowrl_loss}[name]
-    orig = getattr(lad, real.__name__)
+    module = lad if name.startswith("lad") else baselines
+    fn_name = {"lad": "lad_loss", "lad-seq": "lad_loss", "grpo": "grpo_loss", "clip-cov": "clip_cov_loss",
+               "kl-cov": "kl_cov_loss", "entadv": "entadv_loss", "flowrl": "flowrl_loss"}[name]
+    orig = getattr(module, fn_name)
     try:    # the same call with with_stats=False
-        setattr(lad, real.__name__, lambda *a, **k: orig(*a, **k, with_stats=False))
+        setattr(module, fn_name, lambda *a, **k: orig(*a, **k, with_stats=False))
         bare, none = losses[name](logp, old, adv, mask, e, z, w)
     finally:
-        setattr(lad, real.__name__, orig)
+        setattr(module, fn_name, orig)
     assert stats and none == {}
     assert torch.equal(full, bare) and torch.equal(grad_of(full, logp), grad_of(bare, logp))
 
@@ -182,7 +211,7 @@ def test_clip_cov_removes_only_eligible_unclipped_tokens_and_matches_the_definit
     logp, old, adv, mask = _clip_cov_case()
     lo = hi = 0.2                                                          # so that PPO clips some tokens
     ratio = 0.05
-    loss, st = lad.clip_cov_loss(logp, old, adv, mask, generator=torch.Generator().manual_seed(1),
+    loss, st = clip_cov_loss(logp, old, adv, mask, generator=torch.Generator().manual_seed(1),
                                  clip_cov_ratio=ratio, clip_low=lo, clip_high=hi)
     g = grad_of(loss, logp)
     cov = covs(logp.detach(), adv, mask)
@@ -208,7 +237,7 @@ def test_clip_cov_removes_only_eligible_unclipped_tokens_and_matches_the_definit
 
 
 def _selection(logp, old, adv, mask, seed, **kw):
-    loss, _ = lad.clip_cov_loss(logp, old, adv, mask, generator=torch.Generator().manual_seed(seed), **kw)
+    loss, _ = clip_cov_loss(logp, old, adv, mask, generator=torch.Generator().manual_seed(seed), **kw)
     g = grad_of(loss, logp)
     return frozenset(map(tuple, ((g == 0) & (mask > 0)).nonzero().tolist()))
 
@@ -247,12 +276,12 @@ def test_clip_cov_selection_is_uniform_over_eligible_tokens_and_seeded():
 def test_clip_cov_generator_state_is_what_a_resume_restores():
     logp, old, adv, mask = _clip_cov_case(seed=8)
     g = torch.Generator().manual_seed(3)
-    lad.clip_cov_loss(logp, old, adv, mask, generator=g, clip_cov_ratio=0.02)
+    clip_cov_loss(logp, old, adv, mask, generator=g, clip_cov_ratio=0.02)
     state = g.get_state()
-    a = lad.clip_cov_loss(logp, old, adv, mask, generator=g, clip_cov_ratio=0.02)[0]
+    a = clip_cov_loss(logp, old, adv, mask, generator=g, clip_cov_ratio=0.02)[0]
     g2 = torch.Generator()
     g2.set_state(state)
-    b = lad.clip_cov_loss(logp, old, adv, mask, generator=g2, clip_cov_ratio=0.02)[0]
+    b = clip_cov_loss(logp, old, adv, mask, generator=g2, clip_cov_ratio=0.02)[0]
     assert torch.equal(grad_of(a, logp), grad_of(b, logp))
 
 
@@ -261,7 +290,7 @@ def test_clip_cov_generator_state_is_what_a_resume_restores():
 @pytest.mark.parametrize("ratio,coef", [(2e-3, 1.0), (0.1, 0.5)])
 def test_kl_cov_penalises_exactly_the_top_k_tokens_by_covariance(ratio, coef):
     logp, old, adv, mask = batch(B=8, T=12, seed=9, scale=1.5)
-    loss, st = lad.kl_cov_loss(logp, old, adv, mask, kl_cov_ratio=ratio, kl_coef=coef)
+    loss, st = kl_cov_loss(logp, old, adv, mask, kl_cov_ratio=ratio, kl_coef=coef)
     cov = covs(logp.detach(), adv, mask)
     n = len(cov)
     k = max(1, int(n * ratio))
@@ -280,13 +309,12 @@ def test_kl_cov_penalises_exactly_the_top_k_tokens_by_covariance(ratio, coef):
     assert st["loss/kl_cov_abs_log_ratio_mean"].item() == pytest.approx(mean_abs, rel=1e-12)
 
 
-def test_kl_cov_defaults_are_the_authors_7b_run():
-    import inspect
-    p = inspect.signature(lad.kl_cov_loss).parameters
-    assert p["kl_cov_ratio"].default == 0.002 and p["kl_coef"].default == 1.0
-    c = inspect.signature(lad.clip_cov_loss).parameters
-    assert (c["clip_cov_ratio"].default, c["cov_lb"].default, c["cov_ub"].default) == (2e-4, 1.0, 5.0)
-    assert (c["clip_low"].default, c["clip_high"].default) == (1.0, 1.0)
+def test_knob_defaults_are_the_authors_runs():
+    d = baselines.BaselineArgs()
+    assert (d.kl_cov_ratio, d.kl_cov_coef) == (0.002, 1.0)                # recipe/entropy/7b_kl_cov.sh
+    assert (d.clip_cov_ratio, d.clip_cov_lb, d.clip_cov_ub) == (2e-4, 1.0, 5.0)   # verl defaults, 7b/32b_clip_cov.sh
+    assert (d.clip_low, d.clip_high, d.dual_clip) == (0.2, 0.28, 10.0)     # DAPO clip-higher for all (App. C.2)
+    assert (d.entadv_alpha, d.entadv_kappa, d.flowrl_beta) == (0.4, 2.0, 15.0)
 
 
 # ---- EntAdv -----------------------------------------------------------------------------------------
@@ -295,8 +323,8 @@ def test_entropy_advantage_and_entadv_loss_match_the_definition():
     logp, old, adv, mask = batch(B=6, T=9, seed=12, adv_scale=1.5)
     ent = torch.rand(6, 9, generator=torch.Generator().manual_seed(2), **F64) * 4
     alpha, kappa = 0.4, 2.0
-    shaped = lad.entropy_advantage(adv, ent, mask, alpha=alpha, kappa=kappa)
-    loss, st = lad.entadv_loss(logp, old, adv, mask, ent, alpha=alpha, kappa=kappa)
+    shaped = entropy_advantage(adv, ent, mask, alpha=alpha, kappa=kappa)
+    loss, st = entadv_loss(logp, old, adv, mask, ent, alpha=alpha, kappa=kappa)
     total, capped = 0, 0
     for b, t in cells(mask):
         a = float(adv[b])
@@ -319,18 +347,18 @@ def test_entropy_advantage_never_flips_a_negative_advantage():
     ent = torch.rand(adv.shape[0], 3, generator=g, **F64) * 20             # entropies far above |A|
     mask = torch.ones(adv.shape[0], 3, **F64)
     for kappa in (1.0, 2.0, 10.0):
-        shaped = lad.entropy_advantage(adv, ent, mask, alpha=0.4, kappa=kappa)
+        shaped = entropy_advantage(adv, ent, mask, alpha=0.4, kappa=kappa)
         a = adv[:, None].expand_as(shaped)
         assert (shaped[a < 0] <= 0).all() and (shaped[a == 0] == 0).all() and (shaped >= a).all()
     with pytest.raises(ValueError):
-        lad.entropy_advantage(adv, ent, mask, kappa=0.5)                   # could flip: refused
+        entropy_advantage(adv, ent, mask, kappa=0.5)                   # could flip: refused
 
 
 def test_entadv_at_alpha_zero_is_grpo():
     logp, old, adv, mask = batch(seed=14)
     ent = torch.rand(*old.shape, **F64)
-    a, _ = lad.entadv_loss(logp, old, adv, mask, ent, alpha=0.0, dual_clip=3.0)
-    b, _ = lad.grpo_loss(logp, old, adv, mask, dual_clip=3.0)
+    a, _ = entadv_loss(logp, old, adv, mask, ent, alpha=0.0, dual_clip=3.0)
+    b, _ = grpo_loss(logp, old, adv, mask, dual_clip=3.0)
     assert torch.equal(a, b) and torch.equal(grad_of(a, logp), grad_of(b, logp))
 
 
@@ -341,7 +369,7 @@ def test_flowrl_matches_the_authors_objective(with_ref):
     logp, old, adv, mask = batch(B=5, T=7, seed=15, scale=0.5)
     ref_lp = old - 0.4 if with_ref else None
     log_z = torch.randn(5, generator=torch.Generator().manual_seed(1), **F64).requires_grad_()
-    loss, st = lad.flowrl_loss(logp, old, adv, mask, log_z, beta=15.0, ref_logp=ref_lp)
+    loss, st = flowrl_loss(logp, old, adv, mask, log_z, beta=15.0, ref_logp=ref_lp)
     total = 0
     for b in range(5):
         ts = [t for t in range(7) if mask[b, t] > 0]
@@ -363,28 +391,28 @@ def test_flowrl_weight_cap_and_the_overflow_clamp():
     logp = torch.full((B, T), 0.2, requires_grad=True)                    # float32, summed log ratio 120
     old = torch.zeros(B, T)
     adv, mask, z = torch.ones(B), torch.ones(B, T), torch.zeros(B)
-    loss, st = lad.flowrl_loss(logp, old, adv, mask, z)                   # uncapped: e^120 would be inf
+    loss, st = flowrl_loss(logp, old, adv, mask, z)                   # uncapped: e^120 would be inf
     assert torch.isfinite(loss) and torch.isfinite(grad_of(loss, logp)).all()
     assert st["loss/is_weight_clamp_frac"].item() == 1.0
-    assert st["loss/is_weight_mean"].item() == pytest.approx(math.exp(lad.LOG_RATIO_CLAMP), rel=1e-5)
-    _, st = lad.flowrl_loss(logp, old, adv, mask, z, w_cap=10.0)
+    assert st["loss/is_weight_mean"].item() == pytest.approx(math.exp(baselines.LOG_RATIO_CLAMP), rel=1e-5)
+    _, st = flowrl_loss(logp, old, adv, mask, z, w_cap=10.0)
     assert st["loss/is_weight_mean"].item() == pytest.approx(10.0, rel=1e-6)
     with pytest.raises(ValueError):
-        lad.flowrl_loss(logp, old, adv, mask, z, weights=torch.ones(B, T))
+        flowrl_loss(logp, old, adv, mask, z, weights=torch.ones(B, T))
 
 
 def test_flowrl_global_response_denominator_equals_one_big_batch():
     logp, old, adv, mask = batch(B=8, T=6, seed=16, scale=0.3)
     z = torch.randn(8, generator=torch.Generator().manual_seed(2), **F64)
-    full, _ = lad.flowrl_loss(logp, old, adv, mask, z)
-    parts = sum(lad.flowrl_loss(logp[i:i + 3], old[i:i + 3], adv[i:i + 3], mask[i:i + 3], z[i:i + 3], denom=8)[0]
+    full, _ = flowrl_loss(logp, old, adv, mask, z)
+    parts = sum(flowrl_loss(logp[i:i + 3], old[i:i + 3], adv[i:i + 3], mask[i:i + 3], z[i:i + 3], denom=8)[0]
                 for i in range(0, 8, 3))
     assert torch.allclose(full, parts, rtol=1e-12)
     assert torch.allclose(grad_of(full, logp), grad_of(parts, logp), rtol=1e-12)
 
 
 def test_log_z_head_shapes_and_structure():
-    head = lad.LogZHead(16)
+    head = baselines.LogZHead(16)
     kinds = [type(m).__name__ for m in head.net]
     assert kinds == ["Linear", "GELU", "LayerNorm", "Dropout"] * 2 + ["Linear"]
     assert [m.out_features for m in head.net if isinstance(m, torch.nn.Linear)] == [16, 16, 1]
@@ -392,7 +420,7 @@ def test_log_z_head_shapes_and_structure():
     hidden = torch.randn(3, 5, 16)
     pm = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
     hidden[pm == 0] = math.nan                                             # padding cannot leak
-    pooled = lad.prompt_mean_hidden(hidden, pm)
+    pooled = baselines.prompt_mean_hidden(hidden, pm)
     assert pooled.shape == (3, 16) and torch.isfinite(pooled).all()
     assert torch.allclose(pooled[0], hidden[0, :3].mean(0)) and torch.allclose(pooled[1], hidden[1, 0])
     assert head(pooled).shape == (3,)
@@ -409,13 +437,13 @@ def test_flowrl_delta_shrinks_when_log_z_head_and_a_policy_parameter_are_optimis
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.2, -0.8])
     mask = torch.ones(B, T)
     mask[1, 5:] = 0
-    head = lad.LogZHead(H).eval()                                          # dropout off: its noise floors delta
+    head = baselines.LogZHead(H).eval()                                          # dropout off: its noise floors delta
     theta = torch.zeros(B, T, requires_grad=True)                          # the "policy": a per-token shift
     opt = torch.optim.Adam([*head.parameters(), theta], lr=1e-2)
     first = None
     for _ in range(60):
-        log_z = head(lad.prompt_mean_hidden(hidden, pm))
-        loss, st = lad.flowrl_loss(base + theta, old, adv, mask, log_z, beta=2.0)
+        log_z = head(baselines.prompt_mean_hidden(hidden, pm))
+        loss, st = flowrl_loss(base + theta, old, adv, mask, log_z, beta=2.0)
         first = st["loss/tb_delta_abs_mean"].item() if first is None else first
         opt.zero_grad()
         loss.backward()

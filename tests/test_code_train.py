@@ -1,4 +1,4 @@
-"""Code in the training loop: the built-in code task (tiny.py), its rewards through the sandbox, the code
+"""Code in the training loop: the built-in code task (tasks.py), its rewards through the sandbox, the code
 metrics, torchrun on `--train-data builtin-code`, and a real DeepCoder file through the whole path (CPU).
 
 Needs bubblewrap (sandbox.py; .ci/run installs it)."""
@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import data  # noqa: E402
 import lad  # noqa: E402
+import tasks  # noqa: E402
 import tiny  # noqa: E402
 
 from test_train import _env, _torchrun  # noqa: E402
@@ -29,41 +29,41 @@ def code_model_dir(tmp_path_factory):
     """A short code warm start from a random init: the fenced format is learned, the sums mostly not."""
     path = tmp_path_factory.mktemp("tiny-code")
     model, tok = tiny.make_model(seed=0)
-    tiny.warm_start(model, tok, seed=0, steps=60, log=lambda *a: None, task="code")
+    tiny.warm_start(model, tok, tasks.CODE.draw(), seed=0, steps=60, log=lambda *a: None)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
 
 
 def test_builtin_code_rows_and_rewards():
-    train, held = data.builtin_rows("train", "code"), data.builtin_rows("heldout", "code")
+    train, held = tasks.builtin_rows(tasks.CODE, "train"), tasks.builtin_rows(tasks.CODE, "heldout")
     assert train and held and not {r["id"] for r in train} & {r["id"] for r in held}
     assert {r["kind"] for r in train + held} == {"code"}
-    assert data.builtin_rows("train", "code") == train                     # deterministic
+    assert tasks.builtin_rows(tasks.CODE, "train") == train                # deterministic
     row = next(r for r in train + held if r["id"] == "code-13")
     gold = [row["gold"]] * 6
     texts = ["```python\nprint(8+5)\n```", "```python\nprint(13)\n```", "```python\nprint(4+9)\n```",
              "```python\nprint(9+5)\n```", "print(8+5)", "```python\nprint(8+\n```"]
-    v = data.reward_verdicts(texts, gold, "code")
-    assert [r for r, _ in v] == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
-    assert [why for _, why in v][3:] == ["wrong_answer", "no_code_block", "runtime_error"]
+    v = tasks.judge(texts, gold, "code")
+    assert [x.reward for x in v] == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert [x.reason for x in v][3:] == ["wrong_answer", "no_code_block", "runtime_error"]
     # distinct correct programs are told apart by their text
-    assert len({data.answer_key(t, "code") for t in texts[:3]}) == 3
+    assert len({tasks.answer_key(t, "code") for t in texts[:3]}) == 3
     # the warm start's own responses are correct programs
-    prompt, answer = tiny._examples("code")(__import__("random").Random(0))
+    prompt, answer = tasks.CODE.draw()(__import__("random").Random(0))
     t = int(prompt.split()[0])
-    assert data.rewards([answer], [next(r for r in train if r["id"] == f"code-{t}")["gold"]], "code") == [1.0]
+    assert tasks.judge([answer], [next(r for r in train if r["id"] == f"code-{t}")["gold"]], "code")[0].reward == 1.0
 
 
-def test_code_metrics_named_and_shares(monkeypatch):
+def test_reason_metrics_named_and_shares(monkeypatch):
     s = {"reward": 2.0, "responses": 8.0, "correct": 2.0, "distinct": 1.0, "drawn": 2.0, "ent": 0.0, "ent_n": 0.0,
          "dropped": 0.0, "kept": 2.0, "resp_len": 80.0, "truncated": 0.0, "stats_n": 0.0,
-         "code_ok": 2.0, "code_wrong_answer": 3.0, "code_runtime_error": 1.0, "code_timeout": 1.0, "code_memory": 0.0,
-         "code_blocked": 0.0, "code_no_code_block": 1.0}
-    m = lad.step_metrics(s, {"resp_len_max": 20, "step_s": 1.0}, [], 1e-3)
-    assert m["rollout/code_pass_rate"] == 0.25 and m["rollout/code_no_code_block_frac"] == 0.125
-    assert m["rollout/code_timeout_frac"] == 0.125 and m["rollout/code_runtime_error_frac"] == 0.125
-    shares = [v for k, v in m.items() if k.startswith("rollout/code_")]
+         "reason_ok": 2.0, "reason_wrong_answer": 3.0, "reason_runtime_error": 1.0, "reason_timeout": 1.0,
+         "reason_memory": 0.0, "reason_blocked": 0.0, "reason_no_code_block": 1.0}
+    m = lad.step_metrics(s, {"resp_len_max": 20, "step_s": 1.0}, [], 1e-3, lad.Args())
+    assert m["rollout/reason_ok_frac"] == 0.25 and m["rollout/reason_no_code_block_frac"] == 0.125
+    assert m["rollout/reason_timeout_frac"] == 0.125 and m["rollout/reason_runtime_error_frac"] == 0.125
+    shares = [v for k, v in m.items() if k.startswith("rollout/reason_")]
     assert abs(sum(shares) - 1.0) < 1e-12                                  # every response has one reason
 
 
@@ -92,9 +92,9 @@ def test_torchrun_builtin_code_two_ranks(tmp_path, code_model_dir):
     assert [x["step"] for x in rows] == [0, 1, 2]
     for x in rows[1:]:
         assert x["rollout/prompts_drawn"] >= 4 and x["perf/reward_s"] > 0
-        assert 0 <= x["rollout/code_pass_rate"] <= 1 and x["rollout/code_pass_rate"] == x["train/accuracy"]
+        assert 0 <= x["rollout/reason_ok_frac"] <= 1 and x["rollout/reason_ok_frac"] == x["train/accuracy"]
         for k in ("no_code_block", "timeout", "runtime_error", "wrong_answer"):
-            assert 0 <= x[f"rollout/code_{k}_frac"] <= 1
+            assert 0 <= x[f"rollout/reason_{k}_frac"] <= 1
     assert "eval/pass@2" in rows[-1]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["max_new_tokens"] == 32 and cfg["train_data"] == "builtin-code"
@@ -127,6 +127,6 @@ def test_deepcoder_file_runs_two_steps(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows] == [1, 2]
-    assert all(x["rollout/code_no_code_block_frac"] == 1.0 and x["train/reward_mean"] == 0.0 for x in rows)
+    assert all(x["rollout/reason_no_code_block_frac"] == 1.0 and x["train/reward_mean"] == 0.0 for x in rows)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train_prompts"] == 580 and cfg["train_prompts_skipped_too_long"] == 0

@@ -14,7 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import data  # noqa: E402
 import eval as ev  # noqa: E402
+import metrics  # noqa: E402
+import tasks  # noqa: E402
+from common import UsageError  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -33,16 +37,16 @@ def brute_pass_at_k(n, c, k):
 def test_pass_at_k_matches_subset_enumeration(n):
     for c in range(n + 1):
         for k in range(1, n + 1):
-            assert ev.pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k), abs=1e-12)
+            assert metrics.pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k), abs=1e-12)
 
 
 def test_pass_at_k_known_values_and_stability():
-    assert ev.pass_at_k(4, 1, 1) == pytest.approx(0.25)
-    assert ev.pass_at_k(4, 1, 2) == pytest.approx(0.5)          # 1 - C(3,2)/C(4,2) = 1 - 3/6
-    assert ev.pass_at_k(10, 0, 5) == 0.0
-    assert ev.pass_at_k(10, 6, 5) == 1.0                        # n - c < k
+    assert metrics.pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert metrics.pass_at_k(4, 1, 2) == pytest.approx(0.5)          # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    assert metrics.pass_at_k(10, 0, 5) == 0.0
+    assert metrics.pass_at_k(10, 6, 5) == 1.0                        # n - c < k
     # large n: the binomials overflow a float, the product form does not
-    big = ev.pass_at_k(2000, 3, 1000)
+    big = metrics.pass_at_k(2000, 3, 1000)
     exact = 1 - math.comb(1997, 1000) / math.comb(2000, 1000)
     assert big == pytest.approx(exact, rel=1e-12)
 
@@ -50,43 +54,45 @@ def test_pass_at_k_known_values_and_stability():
 @pytest.mark.parametrize("n,c,k", [(4, 1, 5), (4, 5, 2), (4, -1, 2), (4, 1, 0)])
 def test_pass_at_k_rejects_bad_arguments(n, c, k):
     with pytest.raises(ValueError):
-        ev.pass_at_k(n, c, k)
+        metrics.pass_at_k(n, c, k)
 
 
 def test_avg_at_k_hand_computed():
-    assert ev.avg_at_k([1, 0, 0, 1]) == 0.5
-    assert ev.avg_at_k([1.0, 1.0, 1.0]) == 1.0
+    assert metrics.avg_at_k([1, 0, 0, 1]) == 0.5
+    assert metrics.avg_at_k([1.0, 1.0, 1.0]) == 1.0
     # per-problem means (0.5 and 1/3) averaged with equal weight, not pooled (3/7)
-    assert ev.avg_at_k([[1, 0, 1, 0], [0, 1, 0]]) == pytest.approx((0.5 + 1 / 3) / 2)
+    assert metrics.avg_at_k([[1, 0, 1, 0], [0, 1, 0]]) == pytest.approx((0.5 + 1 / 3) / 2)
     with pytest.raises(ValueError):
-        ev.avg_at_k([])
+        metrics.avg_at_k([])
 
 
 def test_distinct_n_hand_computed():
     texts = ["the cat sat", "the cat ran"]
     # unigrams: the cat sat the cat ran -> 4 distinct / 6
-    assert ev.distinct_n(texts, 1) == pytest.approx(4 / 6)
+    assert metrics.distinct_n(texts, 1) == pytest.approx(4 / 6)
     # bigrams: (the cat)(cat sat)(the cat)(cat ran) -> 3 distinct / 4
-    assert ev.distinct_n(texts, 2) == pytest.approx(3 / 4)
+    assert metrics.distinct_n(texts, 2) == pytest.approx(3 / 4)
     # trigrams never cross texts: 2 distinct / 2
-    assert ev.distinct_n(texts, 3) == 1.0
-    assert ev.distinct_n(texts, 4) == 0.0                       # no 4-grams at all
-    assert ev.distinct_n(["a a a a"], 2) == pytest.approx(1 / 3)
+    assert metrics.distinct_n(texts, 3) == 1.0
+    assert metrics.distinct_n(texts, 4) == 0.0                       # no 4-grams at all
+    assert metrics.distinct_n(["a a a a"], 2) == pytest.approx(1 / 3)
 
 
 def test_distinct_n_tokenisation_splits_symbols():
-    assert ev.tokenize("3+5+9") == ["3", "+", "5", "+", "9"]
-    assert ev.tokenize("x^2 = 17, so") == ["x", "^", "2", "=", "17", ",", "so"]
+    assert metrics.tokenize("3+5+9") == ["3", "+", "5", "+", "9"]
+    assert metrics.tokenize("x^2 = 17, so") == ["x", "^", "2", "=", "17", ",", "so"]
     # "3+5+9" and "9+5+3": tokens 3 + 5 + 9 9 + 5 + 3 -> distinct {3,+,5,9} = 4 / 10
-    assert ev.distinct_n(["3+5+9", "9+5+3"], 1) == pytest.approx(4 / 10)
+    assert metrics.distinct_n(["3+5+9", "9+5+3"], 1) == pytest.approx(4 / 10)
     with pytest.raises(TypeError):
-        ev.distinct_n("one string", 1)
+        metrics.distinct_n("one string", 1)
 
 
 def test_metrics_import_is_light():
-    """lad.py imports the metrics during training: eval.py must not pull torch/transformers at import."""
+    """metrics.py is pure Python (a generations file is scored without torch), and nothing the evaluation
+    imports pulls transformers or vLLM before a model is loaded."""
     import subprocess
-    code = "import sys, eval; bad = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]; print(bad)"
+    code = ("import sys, metrics; bad = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]; "
+            "import eval; bad += [m for m in ('transformers', 'vllm') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -133,10 +139,10 @@ def test_loader_field_conventions():
 
 
 def test_last_boxed_matches_braces():
-    assert ev.last_boxed(r"so \boxed{1} and \boxed{\frac{a}{b}} end") == r"\frac{a}{b}"
-    assert ev.last_boxed(r"$\framebox{204}$") == "204"
-    assert ev.last_boxed(r"\boxed{unclosed") is None
-    assert ev.last_boxed("no box") is None
+    assert data.last_boxed(r"so \boxed{1} and \boxed{\frac{a}{b}} end") == r"\frac{a}{b}"
+    assert data.last_boxed(r"$\framebox{204}$") == "204"
+    assert data.last_boxed(r"\boxed{unclosed") is None
+    assert data.last_boxed("no box") is None
 
 
 def test_bad_rows_are_reported_with_file_and_line(tmp_path):
@@ -213,7 +219,7 @@ def expected_synth():
         "eval/distinct_answers": (2 + 1 + 0) / 3,
         "eval/truncated": (0 + 0 + 0.25) / 3,
         # p1 tokens: 1 + 4 4 + 1 1 + 4 5 + 0 -> unigrams {1,+,4,5,0} = 5 / 12
-        "eval/distinct-1": (5 / 12 + ev.distinct_n(SYNTH["p2"][1], 1) + ev.distinct_n(SYNTH["p3"][1], 1)) / 3,
+        "eval/distinct-1": (5 / 12 + metrics.distinct_n(SYNTH["p2"][1], 1) + metrics.distinct_n(SYNTH["p3"][1], 1)) / 3,
         "c": c,
     }
 
@@ -273,7 +279,7 @@ def test_bad_input_exits_nonzero_with_a_message(tmp_path, capsys):
         (["--generations", str(tmp_path / "missing.jsonl"), "--kind", "sum"], "not found"),
         (["--benchmark", "gsm9k", "--model", str(tmp_path)], "unknown benchmark"),
         (["--generations", str(gens), "--kind", "sum", "--k", "1,8"], "n >= k"),
-        (["--benchmark", "tiny", "--n", "4", "--k", "8"], "needs n >= 8"),
+        (["--benchmark", "builtin-sum", "--n", "4", "--k", "8"], "needs n >= 8"),
         (["--benchmark", "aime24", "--data-dir", str(tmp_path)], "no file aime24"),
         (["--compare", str(gens)], "not an eval.py summary"),
     ]
@@ -344,16 +350,16 @@ def test_generation_on_the_builtin_task_records_every_setting(tmp_path):
     import json
     import tiny
     model_dir = tiny.init_model_dir(tmp_path / "model", seed=0)
-    argv = ["--benchmark", "tiny", "--model", model_dir, "--n", "3", "--limit", "4", "--max-new-tokens", "6",
+    argv = ["--benchmark", "builtin-sum", "--model", model_dir, "--n", "3", "--limit", "4", "--max-new-tokens", "6",
             "--engine", "hf", "--bootstrap", "50"]
     assert ev.main(argv + ["--out-dir", str(tmp_path / "a")]) == 0
     s = json.loads((tmp_path / "a" / "summary.json").read_text())
     cfg = s["config"]
     assert (cfg["engine"], cfg["device"], cfg["dtype"], cfg["n"], cfg["max_new_tokens"]) == ("hf", "cpu", "float32", 3, 6)
-    assert (cfg["temperature"], cfg["top_p"], cfg["templates"], cfg["chat_template_used"]) == (1.0, 1.0, {"tiny": "raw"}, False)
-    assert cfg["k"] == [1, 2, 3] and s["benchmarks"]["tiny"]["problems"] == 4
+    assert (cfg["temperature"], cfg["top_p"], cfg["templates"], cfg["chat_template_used"]) == (1.0, 1.0, {"builtin-sum": "raw"}, False)
+    assert cfg["k"] == [1, 2, 3] and s["benchmarks"]["builtin-sum"]["problems"] == 4
     rows = [json.loads(x) for x in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
-    heldout = [r["id"] for r in tiny.task_split("heldout")[:4]]
+    heldout = [r["id"] for r in tasks.sum_split("heldout")[:4]]
     assert [(r["id"], r["sample"]) for r in rows] == [(i, j) for i in heldout for j in range(3)]
     for r in rows:
         assert 1 <= r["num_tokens"] <= 6 and r["reward"] in (0.0, 1.0)
@@ -367,19 +373,19 @@ def test_builtin_code_task_is_generated_and_scored_in_the_sandbox(tmp_path, caps
     import json
     import data
     import sandbox
-    argv = ["--benchmark", "tiny-code", "--n", "16", "--engine", "hf", "--bootstrap", "0", "--out-dir", str(tmp_path)]
+    argv = ["--benchmark", "builtin-code", "--n", "16", "--engine", "hf", "--bootstrap", "0", "--out-dir", str(tmp_path)]
     assert ev.main(argv) == 0                       # no --model: the code task's warm start
     s = json.loads((tmp_path / "summary.json").read_text())
-    cfg, b = s["config"], s["benchmarks"]["tiny-code"]
-    assert (cfg["kinds"], cfg["templates"], cfg["max_new_tokens"]) == ({"tiny-code": "code"}, {"tiny-code": "raw"}, 32)
-    assert "reward_code" in cfg["protocol"] and b["problems"] == 3 and sum(b["reasons"].values()) == 48
+    cfg, b = s["config"], s["benchmarks"]["builtin-code"]
+    assert (cfg["kinds"], cfg["templates"], cfg["max_new_tokens"]) == ({"builtin-code": "code"}, {"builtin-code": "raw"}, 32)
+    assert "limits" in cfg["protocol"]["rewards"]["code"] and b["problems"] == 3 and sum(b["reasons"].values()) == 48
     assert b["reasons"].get("ok", 0) >= 1           # the warm start answers some prompts with a passing program
-    golds = {r["id"]: r["gold"] for r in data.builtin_rows("heldout", "code")}
+    golds = {r["id"]: r["gold"] for r in tasks.builtin_rows(tasks.CODE, "heldout")}
     rows = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
     for r in rows[:6]:                              # each reward is the sandbox's verdict on that response
         v = sandbox.run_problem(r["response"], golds[r["id"]])
         assert (r["reward"], r["reason"]) == (v.reward, v.reason)
-    assert ev.main(["--benchmark", "tiny,tiny-code", "--out-dir", str(tmp_path / "x")]) == 2   # two tasks, no --model
+    assert ev.main(["--benchmark", "builtin-sum,builtin-code", "--out-dir", str(tmp_path / "x")]) == 2   # two tasks, no --model
     assert "except for one built-in task alone" in capsys.readouterr().err
 
 
@@ -392,7 +398,7 @@ def test_generation_through_the_vllm_engine(tmp_path):
     model_dir = tiny.init_model_dir(tmp_path / "model", seed=0)
     # In its own process: a vLLM engine tears down vLLM's process-group state when it closes, so a
     # second engine in the same pytest process (tests/test_vllm.py) would fail to start.
-    r = subprocess.run([sys.executable, str(ev.ROOT / "eval.py"), "--benchmark", "tiny", "--model", model_dir,
+    r = subprocess.run([sys.executable, str(ev.ROOT / "eval.py"), "--benchmark", "builtin-sum", "--model", model_dir,
                         "--n", "2", "--limit", "3", "--engine", "vllm", "--max-new-tokens", "5", "--bootstrap", "0",
                         "--out-dir", str(tmp_path / "v")], capture_output=True, text=True, timeout=600, cwd=ev.ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -429,15 +435,15 @@ def test_scoring_math_generations_against_a_benchmark_file(tmp_path):
 def test_prompt_templates_and_chat_wrapping():
     import tiny
     tok = tiny.make_tokenizer()
-    assert ev.prompt_ids(tok, "T=5 avoid=0 k=2:", False) == tok("T=5 avoid=0 k=2:")["input_ids"]
+    assert data.prompt_ids(tok, "T=5 avoid=0 k=2:", False) == tok("T=5 avoid=0 k=2:")["input_ids"]
     tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
                          "{% if add_generation_prompt %}<assistant>{% endif %}")
-    assert tok.decode(ev.prompt_ids(tok, "hi", True)) == "<user>hi<assistant>"
-    text = ev.render_prompt("dapo", "What is {x}?")                  # braces in problems survive
+    assert tok.decode(data.prompt_ids(tok, "hi", True)) == "<user>hi<assistant>"
+    text = data.render_prompt("dapo", "What is {x}?")                  # braces in problems survive
     assert "What is {x}?" in text and text.startswith("Solve the following math problem")
     import lad                                                       # the default is the trainer's prompt
-    assert ev.TEMPLATES["boxed"] == lad.Args().prompt_template
-    assert ev.render_prompt("Q: {problem}\nA:", "1+1") == "Q: 1+1\nA:"
+    assert data.TEMPLATES["boxed"] == lad.Args().prompt_template
+    assert data.render_prompt("Q: {problem}\nA:", "1+1") == "Q: 1+1\nA:"
 
 
 def test_shards_merge_into_one_evaluation(tmp_path):
@@ -449,16 +455,16 @@ def test_shards_merge_into_one_evaluation(tmp_path):
                         "--bootstrap", "0", "--shard", f"{i}/2", "--out-dir", str(tmp_path / f"s{i}")]) == 0
     shards = [json.loads(x) for i in (0, 1) for x in (tmp_path / f"s{i}" / "samples.jsonl").read_text().splitlines()]
     assert len(shards) == 10 and len({r["id"] for r in shards}) == 5
-    assert ev.main(["--benchmark", "tiny", "--limit", "5", "--bootstrap", "0", "--out-dir", str(tmp_path / "all"),
+    assert ev.main(["--benchmark", "builtin-sum", "--limit", "5", "--bootstrap", "0", "--out-dir", str(tmp_path / "all"),
                     "--generations", f"{tmp_path / 's0' / 'samples.jsonl'},{tmp_path / 's1' / 'samples.jsonl'}"]) == 0
     s = json.loads((tmp_path / "all" / "summary.json").read_text())
-    assert s["benchmarks"]["tiny"]["problems"] == 5 and s["config"]["missing_problems"] == {}
-    assert s["benchmarks"]["tiny"]["metrics"]["eval/avg@n"]["mean"] == pytest.approx(
+    assert s["benchmarks"]["builtin-sum"]["problems"] == 5 and s["config"]["missing_problems"] == {}
+    assert s["benchmarks"]["builtin-sum"]["metrics"]["eval/avg@n"]["mean"] == pytest.approx(
         sum(r["reward"] for r in shards) / 10)
 
 
 def test_humanevalplus_canonical_solutions_pass_and_broken_ones_fail(tmp_path):
-    """Code benchmarks score through the training reward (data.rewards -> sandbox.py): the canonical
+    """Code benchmarks score through the training reward (tasks.judge -> sandbox.py): the canonical
     solution of each of the first HumanEval+ problems passes base and plus tests; returning None fails."""
     rows = [json.loads(x) for x in (BENCH_DIR / "humanevalplus.jsonl").read_text().splitlines()[:3]]
     gens = tmp_path / "gens.jsonl"
@@ -510,8 +516,8 @@ def test_humanevalplus_base_and_plus_are_separate_lines(tmp_path):
                     str(out / "samples.jsonl"), "--out-dir", str(tmp_path / "again"), "--bootstrap", "0"]) == 0
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert again["benchmarks"]["humanevalplus"]["metrics"] == full["metrics"]
-    with pytest.raises(ev.EvalError, match=r"samples.jsonl:1: gold of humanevalplus/HumanEval/0 is a reference"):
-        ev.evaluate(ev.parse_args(["--generations", str(out / "samples.jsonl"), "--out-dir", str(tmp_path / "x")]))
+    with pytest.raises(UsageError, match=r"samples.jsonl:1: gold of humanevalplus/HumanEval/0 is a reference"):
+        ev.evaluate(ev.parse_args(ev.Args, ["--generations", str(out / "samples.jsonl"), "--out-dir", str(tmp_path / "x")]))
 
 
 def lcb_fixture(tmp_path, dates):
@@ -556,18 +562,18 @@ def test_livecodebench_date_errors_name_the_line(tmp_path, dates, meta_edit, mat
         meta.unlink()
     elif meta_edit:
         meta.write_text(meta_edit(meta.read_text()))
-    with pytest.raises(ev.EvalError, match=match):
-        ev.evaluate(ev.parse_args(["--benchmark", str(bench), "--generations", str(gens), "--lcb-start", "2024-01-01",
+    with pytest.raises(UsageError, match=match):
+        ev.evaluate(ev.parse_args(ev.Args, ["--benchmark", str(bench), "--generations", str(gens), "--lcb-start", "2024-01-01",
                                    "--out-dir", str(tmp_path / "o")]))
 
 
 def test_date_flags_are_checked(tmp_path):
-    with pytest.raises(ev.EvalError, match="--lcb-end: not a date"):
-        ev.evaluate(ev.parse_args(["--benchmark", "livecodebench", "--lcb-end", "2025-02-30", "--generations", "x"]))
-    with pytest.raises(ev.EvalError, match="is after --lcb-end"):
-        ev.evaluate(ev.parse_args(["--benchmark", "livecodebench", "--lcb-start", "2025-02-02", "--lcb-end", "2025-02-01"]))
-    with pytest.raises(ev.EvalError, match="names none"):
-        ev.evaluate(ev.parse_args(["--benchmark", "aime24", "--lcb-start", "2025-01-01", "--generations", "x"]))
+    with pytest.raises(UsageError, match="--lcb-end: not a date"):
+        ev.evaluate(ev.parse_args(ev.Args, ["--benchmark", "livecodebench", "--lcb-end", "2025-02-30", "--generations", "x"]))
+    with pytest.raises(UsageError, match="is after --lcb-end"):
+        ev.evaluate(ev.parse_args(ev.Args, ["--benchmark", "livecodebench", "--lcb-start", "2025-02-02", "--lcb-end", "2025-02-01"]))
+    with pytest.raises(UsageError, match="names none"):
+        ev.evaluate(ev.parse_args(ev.Args, ["--benchmark", "aime24", "--lcb-start", "2025-01-01", "--generations", "x"]))
 
 
 def test_leetcode_reference_solutions_through_generations(tmp_path):

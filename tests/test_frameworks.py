@@ -21,19 +21,30 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 
 # ------------------------------------------------------------------------------------------ TRL
-def test_trl_grpo_trainer_trains_with_lad_loss(tmp_path):
+def test_trl_grpo_trainer_trains_with_lad_loss(tmp_path, monkeypatch):
     pytest.importorskip("trl")
     import trl_lad
+    from common import parse_args
 
+    rec = []
+
+    def recording(logp, old, adv, mask, **kw):              # what TRL's loss hook hands to lad_loss
+        loss, stats = lad.lad_loss(logp, old, adv, mask, **kw)
+        rec.append(dict(logp=logp.detach().clone(), old_logp=old.detach().clone(), advantages=adv.detach().clone(),
+                        mask=mask.detach().clone(), loss=loss.detach().clone(), kw=kw))
+        return loss, stats
+
+    monkeypatch.setattr(trl_lad, "lad_loss", recording)
     torch.manual_seed(0)
-    trainer = trl_lad.build(steps=3, out=str(tmp_path / "trl"), prompts_per_step=2, group_size=4, lr=1e-3)
-    trainer.lad_record = []
+    args = parse_args(trl_lad.Args, ["--steps", "3", "--out", str(tmp_path / "trl"), "--prompts-per-step", "2",
+                                     "--group-size", "4", "--lr", "1e-3"])
+    trainer = trl_lad.build(args)
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     trainer.train()
 
-    rec = trainer.lad_record
     assert len(rec) == 3, "our _compute_loss ran once per step"
-    for r in rec:   # the loss TRL backpropagated is lad_loss on the same tensors
+    for r in rec:   # the loss TRL backpropagated is lad_loss on the same tensors, at lad.py's eta = 1 / --inv-eta
+        assert r["kw"]["divergence"] == "js" and r["kw"]["eta"] == 0.25
         ref, _ = lad.lad_loss(r["logp"], r["old_logp"], r["advantages"], r["mask"], divergence="js", eta=0.25)
         assert torch.allclose(r["loss"], ref, rtol=1e-6, atol=1e-7)
     logs = [h for h in trainer.state.log_history if "loss" in h]
@@ -44,6 +55,22 @@ def test_trl_grpo_trainer_trains_with_lad_loss(tmp_path):
         assert "reward" in h and 0.0 <= float(h["reward"]) <= 1.0
     moved = sum((p.detach() - before[k]).abs().sum().item() for k, p in trainer.model.named_parameters())
     assert moved > 0, "the weights moved"
+
+
+def test_trl_updates_per_rollout_split_the_generation(tmp_path, monkeypatch):
+    """--updates-per-rollout K: one generation of P x G responses, K optimiser steps on disjoint thirds."""
+    pytest.importorskip("trl")
+    import trl_lad
+    from common import parse_args
+
+    sizes = []
+    monkeypatch.setattr(trl_lad, "lad_loss", lambda logp, *a, **k: (sizes.append(logp.shape[0]),
+                                                                     lad.lad_loss(logp, *a, **k))[1])
+    args = parse_args(trl_lad.Args, ["--steps", "1", "--out", str(tmp_path / "trl"), "--prompts-per-step", "3",
+                                     "--group-size", "4", "--updates-per-rollout", "3"])
+    trainer = trl_lad.build(args)
+    trainer.train()
+    assert sizes == [4, 4, 4] and trainer.state.global_step == 3
 
 
 # ------------------------------------------------------------------------------------------ verl

@@ -1,11 +1,13 @@
 """Tests of the LAD loss, the GRPO/DAPO baseline and group advantages (lad.py LOSS section)."""
 
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
 
+import baselines
 import lad
 
 F64 = dict(dtype=torch.float64)
@@ -244,7 +246,7 @@ def test_aggregations_match_hand_computed_values():
 @pytest.mark.parametrize("agg", lad.AGGREGATIONS)
 def test_micro_batches_with_the_global_denominator_equal_one_big_batch(loss_name, agg):
     logp, old, adv, mask = rand_batch(B=8, T=11, seed=7)
-    fn = lad.lad_loss if loss_name == "lad" else lad.grpo_loss
+    fn = lad.lad_loss if loss_name == "lad" else functools.partial(baselines.grpo_loss, clip_low=0.2, clip_high=0.28)
     full, _ = fn(logp, old, adv, mask, agg=agg)
     (g_full,) = torch.autograd.grad(full, logp)
     # the denominator is computed once for the whole step: valid tokens, or sequences
@@ -289,7 +291,7 @@ def _grpo_reference(logp, old, adv, mask, lo, hi, c):
 def test_grpo_loss_matches_direct_clipped_objective(dual_clip):
     logp, old, adv, mask = rand_batch(B=10, T=12, seed=8, scale=0.5)
     adv = adv * 2
-    loss, st = lad.grpo_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, dual_clip=dual_clip)
+    loss, st = baselines.grpo_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, dual_clip=dual_clip)
     ref, clip_frac = _grpo_reference(logp, old, adv, mask, 0.2, 0.28, dual_clip)
     assert loss.item() == pytest.approx(ref, rel=1e-12)
     assert st["loss/clip_frac"].item() == pytest.approx(clip_frac)
@@ -310,8 +312,8 @@ def test_grpo_k3_kl_term():
     logp, old, adv, mask = rand_batch(seed=9)
     # seeded (torch.randn_like drew from the global RNG, so whether the clamp was hit depended on test order)
     ref = 2.0 * torch.randn(old.shape, generator=torch.Generator().manual_seed(19), **F64)
-    base, _ = lad.grpo_loss(logp, old, adv, mask)
-    with_kl, st = lad.grpo_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=0.1)
+    base, _ = baselines.grpo_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28)
+    with_kl, st = baselines.grpo_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, ref_logp=ref, kl_coef=0.1)
     d = ref - logp.detach()
     k3_tok = (d.exp() - d - 1).clamp(max=10.0)                             # verl low_var_kl clamps k3 to 10
     assert ((k3_tok == 10.0) & (mask > 0)).any()                           # the clamp is exercised here

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import baselines
 import lad
 from test_train import SMALL, _torchrun, _weights, model_dir  # noqa: F401  (model_dir is a fixture)
 
@@ -29,9 +30,9 @@ def test_own_stat_names_exist():
     lp = torch.randn(4, 5)
     old, adv, mask = lp + 0.1, torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.ones(4, 5)
     for m in METHODS:
-        fn = lad.make_loss(lad.Args(loss=m, kl_coef=0.1))
-        given = {"entropy": torch.rand(4, 5), "log_z": torch.zeros(4), "ref_logp": lp + 0.2}
-        _, st = fn(lp, old, adv, mask, denom=mask.sum(), weights=None, **{k: given[k] for k in fn.needs})
+        _, st = baselines.baseline_loss(lad.Args(loss=m, kl_coef=0.1), lp, old, adv, mask, denom=mask.sum(),
+                                        entropy=torch.rand(4, 5), log_z=torch.zeros(4), ref_logp=lp + 0.2,
+                                        generator=torch.Generator().manual_seed(0))
         assert OWN_STAT[m] in st, (m, sorted(st))
 
 
@@ -92,15 +93,15 @@ def test_flowrl_head_trains_and_is_restored(tmp_path, model_dir, monkeypatch):  
     out = lad.main(lad.parse_args(lad.Args, base + ["--steps", "2", "--out", str(tmp_path / "r")]))
     head = torch.load(Path(out) / "ckpt-000002" / "trainer.pt", weights_only=False)["log_z_head"]
     torch.manual_seed(lad.seed_for("init", 0))
-    fresh = lad.LogZHead(next(iter(head.values())).shape[-1]).state_dict()
+    fresh = baselines.LogZHead(next(iter(head.values())).shape[-1]).state_dict()
     assert max((head[k] - fresh[k]).abs().max().item() for k in head) > 1e-5
 
     seen = {}
     orig = lad.load_state
 
-    def spy(args, ckpt, lm, opt, rk, policy, *rest):
-        res = orig(args, ckpt, lm, opt, rk, policy, *rest)
-        seen.update({k: v.clone() for k, v in policy.log_z_head.state_dict().items()})
+    def spy(args, ctx, tr, ckpt):
+        res = orig(args, ctx, tr, ckpt)
+        seen.update({k: v.clone() for k, v in tr.head.state_dict().items()})
         return res
 
     monkeypatch.setattr(lad, "load_state", spy)

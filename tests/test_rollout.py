@@ -11,6 +11,7 @@ sys.path.insert(0, str(ROOT))
 
 import lad  # noqa: E402
 import rollout  # noqa: E402
+import tasks  # noqa: E402
 import tiny  # noqa: E402
 
 
@@ -22,7 +23,7 @@ def model_tok():
 
 
 def _prompts(tok, n=3):
-    return [tok(r["prompt"])["input_ids"] for r in tiny.task_split("train")[:n]]
+    return [tok(r["prompt"])["input_ids"] for r in tasks.sum_split("train")[:n]]
 
 
 def test_generate_contract(model_tok):
@@ -69,7 +70,7 @@ def test_engine_logprobs_match_trainer(model_tok):
         policy = lad.Policy(model, chunk=5, temperature=temp)
         batch = lad.make_batch([(prompts[s.prompt_index], s.response_ids) for s in out], tok.pad_token_id, "cpu")
         with torch.no_grad():
-            logp, _ = policy(*batch)
+            logp, _, _ = policy(*batch)
         for b, s in enumerate(out):
             torch.testing.assert_close(logp[b, :len(s.logprobs)], torch.tensor(s.logprobs), atol=2e-4, rtol=0)
 
@@ -80,7 +81,7 @@ def test_streamed_logprobs_with_eos_and_top_p():
     sampler truncates. The streamed log-probs must still equal the trainer's temperature-only ones."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = tiny.default_model_dir(0, log=lambda *a: None)
+    path = tiny.default_model_dir(tasks.SUM, 0, lambda *a: None)
     model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
     engine = rollout.HFEngine(model, tok)
     prompts = _prompts(tok, 4)
@@ -90,7 +91,7 @@ def test_streamed_logprobs_with_eos_and_top_p():
     policy = lad.Policy(model, chunk=7, temperature=2.5)
     batch = lad.make_batch([(prompts[s.prompt_index], s.response_ids) for s in out], tok.pad_token_id, "cpu")
     with torch.no_grad():
-        logp, _ = policy(*batch)
+        logp, _, _ = policy(*batch)
     for b, s in enumerate(out):
         assert len(s.logprobs) == len(s.response_ids)
         torch.testing.assert_close(logp[b, :len(s.logprobs)], torch.tensor(s.logprobs), atol=2e-4, rtol=0)

@@ -1,4 +1,4 @@
-"""The training loop (lad.py TRAINING section) and the embedded default (tiny.py), CPU only.
+"""The training loop (lad.py TRAINING section) and the embedded default model (tiny.py), CPU only.
 
 The model here is the tiny Qwen2 after a very short warm start (format learned, arithmetic mostly
 not), so a few percent of samples are correct and some groups have a reward spread to train on.
@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
 import lad  # noqa: E402
+import tasks  # noqa: E402
 import tiny  # noqa: E402
 
 SMALL = ["--steps", "2", "--prompts-per-step", "4", "--group-size", "8", "--updates-per-rollout", "2",
@@ -29,7 +30,7 @@ SMALL = ["--steps", "2", "--prompts-per-step", "4", "--group-size", "8", "--upda
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny")
     model, tok = tiny.make_model(seed=0)
-    tiny.warm_start(model, tok, seed=0, steps=80, log=lambda *a: None)
+    tiny.warm_start(model, tok, tasks.SUM.draw(), seed=0, steps=80, log=lambda *a: None)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
@@ -60,31 +61,6 @@ def _torchrun(args, timeout):
 # ----------------------------------------------------------------------------------------------------
 
 
-def test_task_split_contract():
-    import verifier
-
-    train, held = tiny.task_split("train"), tiny.task_split("heldout")
-    assert train and held and not {r["id"] for r in train} & {r["id"] for r in held}
-    assert tiny.task_split("train") == train                                  # deterministic
-    for r in train + held:
-        assert set(r) == {"id", "prompt", "gold"}
-        t, d, k = (int(x.split("=")[1]) for x in r["gold"].split(","))
-        n = tiny.count_answers(t, d, k)
-        assert n >= tiny.MIN_ANSWERS                                          # several correct answers
-        ans = tiny.random_answer(t, d, k, __import__("random").Random(0))
-        assert verifier.sum_task_reward(ans, r["gold"]) == 1.0
-    with pytest.raises(ValueError):
-        tiny.task_split("test")
-
-
-def test_count_answers_brute_force():
-    import itertools
-
-    for t, d, k in [(5, 3, 2), (13, 4, 2), (0, 0, 2), (17, 9, 3)]:
-        brute = sum(1 for ds in itertools.product(range(10), repeat=k) if d not in ds and sum(ds) == t)
-        assert tiny.count_answers(t, d, k) == brute
-
-
 def test_init_model_dir_loads_with_auto_classes(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -111,7 +87,8 @@ def test_chunked_logprobs_equal_full_softmax(model_dir):
     items = [([5, 6, 7, 8], [9, 10, 1]), ([5, 6], [11, 12, 13, 14, 1]), ([7], [20])]
     batch = lad.make_batch(items, 0, "cpu")
     policy = lad.Policy(lm, chunk=3, temperature=0.8)
-    logp, ent = policy(*batch)
+    logp, ent, log_z = policy(*batch)
+    assert log_z is None                                                      # no prompt mask: no log Z
     (logp.sum() * 1.0).backward()
     g_chunk = [p.grad.clone() for p in lm.parameters()]
     lm.zero_grad()
@@ -137,8 +114,10 @@ def _denominator_worker(rank, world, init_file, q, done):
     mask_all = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.float32)
     adv_all = torch.tensor([1.0, -0.5, 0.3, -0.8])
     rows = [0, 1, 2] if rank == 0 else [3]
-    counts = [float(mask_all[rows].sum()), float(mask_all[rows[:1]].sum())]   # two "mini-batches"
-    denoms, glob = lad.global_denominators(counts, world, torch.device("cpu"))
+    ctx = lad.Ranks(rank, world, 0, world, torch.device("cpu"))
+    batch = lad.Batch([[5]] * len(rows), [[7] * int(mask_all[i].sum()) for i in rows], adv_all[rows],
+                      [None] * len(rows), [True] * len(rows), 0)
+    denoms = lad.global_denominators(batch, [list(range(len(rows))), [0]], "token", ctx)   # two "mini-batches"
     theta = torch.zeros(4, 5, requires_grad=True)                             # logp = old + theta
     loss, _ = lad.lad_loss(logp_all[rows] + theta[rows], logp_all[rows], adv_all[rows], mask_all[rows],
                            divergence="js", eta=0.25, denom=denoms[0])
@@ -146,7 +125,11 @@ def _denominator_worker(rank, world, init_file, q, done):
     grad = theta.grad.clone()
     dist.all_reduce(grad)
     grad /= world                                                             # what DDP does
-    q.put((rank, denoms, glob, grad))
+    # a padding row (real False) adds nothing to any denominator
+    padded = lad.Batch(batch.prompts + [[5]], batch.responses + [[7, 7, 7]], torch.cat([batch.adv, torch.zeros(1)]),
+                       batch.engine_logp + [[0.0]], batch.real + [False], 0)
+    denoms_padded = lad.global_denominators(padded, [list(range(len(rows) + 1)), [0]], "token", ctx)
+    q.put((rank, denoms, denoms_padded, grad))
     # tear down only once the parent holds both results: a rank that exits while the other still reads
     # from its socket can reset that connection (a ConnectionResetError seen once under heavy load)
     done.wait(timeout=300)
@@ -167,9 +150,9 @@ def test_global_denominator_identical_on_ranks_and_matches_one_big_batch(tmp_pat
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0, f"worker exit code {p.exitcode}"
-    (r0, d0, g0, grad0), (r1, d1, g1, grad1) = res
-    assert d0 == d1 and g0 == g1                                              # identical on every rank
-    assert g0 == [13.0, 6.0] and d0 == [6.5, 3.0]                             # global sum, then / world
+    (r0, d0, p0, grad0), (r1, d1, p1, grad1) = res
+    assert d0 == d1 == [6.5, 3.0]                                             # (11 + 2, 4 + 2) tokens / world
+    assert p0 == p1 == d0                                                     # padding rows count nothing
     # DDP-averaged gradient == gradient of the token-mean over the union batch in one process
     g = torch.Generator().manual_seed(0)
     logp_all = torch.randn(4, 5, generator=g) * 0.1 - 1.0
@@ -349,7 +332,7 @@ def test_fsdp_hf_engine_two_ranks_then_resume(tmp_path):
     _check_fsdp_run(out, [1, 2, 3], 2)
     ck = out / "ckpt-000003"
     assert all((ck / f).is_file() for f in ("model.safetensors", "trainer.pt", "rank0.pt", "rank1.pt"))
-    w3, w0 = _weights(ck), _weights(tiny.default_model_dir(0))
+    w3, w0 = _weights(ck), _weights(tiny.default_model_dir(tasks.SUM))
     assert max((w3[k] - w0[k]).abs().max().item() for k in w0) > 1e-4      # the sharded trainer learned
     r = _torchrun(["--resume", str(out), "--steps", "4"] + FSDP_HF, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -395,7 +378,7 @@ def test_resume_drops_metric_rows_past_the_checkpoint(tmp_path):
     """A run killed after its checkpoint at step 2 had logged steps 3 and 4; resuming from step 2 redoes
     them, so the reader must see every step once: rows past the checkpoint go."""
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(5)))
-    log = lad.open_log(str(tmp_path), 2, 0, {}, lad.Args())
+    log = lad.open_log(lad.Args(), lad.Ranks(0, 1, 0, 1, torch.device("cpu")), str(tmp_path), 2)
     log(3, {"x": 30.0})
     log(None, None)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -416,10 +399,12 @@ def test_bad_data_is_rejected_before_the_model_is_built(tmp_path, monkeypatch, c
     assert not any((tmp_path / "cache").glob("tiny-*"))
 
 
-def test_reduce_metrics_by_name_and_lockstep_in_one_process():
-    s, m = lad.reduce_metrics({"b": 2.0, "a": 1.0}, {"z": 5.0}, torch.device("cpu"))
+def test_reduce_metrics_by_name_and_padding_in_one_process():
+    ctx = lad.Ranks(0, 1, 0, 1, torch.device("cpu"))
+    s, m = lad.reduce_metrics({"b": 2.0, "a": 1.0}, {"z": 5.0}, ctx)
     assert s == {"a": 1.0, "b": 2.0} and m == {"z": 5.0}
-    assert lad.lockstep([0, 3, 1], torch.device("cpu")) == [0, 3, 1]
+    batch = lad.Batch([[1]], [[2, 3]], torch.ones(1), [None], [True], 0)
+    assert len(lad.pad_to_largest_rank(batch, ([1], [4]), ctx)) == 1           # one process: nothing to pad
 
 
 def test_seeds_one_function_distinct_streams():

@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import tasks  # noqa: E402
 import tiny  # noqa: E402
 from rollout import VLLMEngine, hf_named_tensors  # noqa: E402
 
@@ -40,7 +41,7 @@ def setup(tmp_path_factory):
     tok = tiny.make_tokenizer()
     engine = VLLMEngine(path, seed=0, max_model_len=128)
     trainer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    prompts = [tok(tiny.sum_prompt(*t))["input_ids"] for t in TASKS]
+    prompts = [tok(tasks.sum_prompt(*t))["input_ids"] for t in TASKS]
     yield engine, trainer, prompts, tok
     engine.close()
 
@@ -169,7 +170,7 @@ def test_torchrun_lad_with_vllm(tmp_path, fsdp):
 
 
 FSDP_CHECK = '''
-"""One update step of lad.py (Policy, make_batch, lad_loss, global_denominators) with FSDP2 on every rank
+"""One update step of lad.py (Policy, make_batch, lad_loss, the global token-mean denominator) with FSDP2 on every rank
 vs the same step in one process on the whole batch."""
 import json
 import sys
@@ -203,8 +204,8 @@ def run(idx, shard, checkpointing):
     ids, attn, pos, tgt, valid = lad.make_batch([items[i] for i in idx], 0, "cpu")
     denom = float(valid.sum())
     if shard:                                          # lad.py's global token-mean denominator
-        denom = lad.global_denominators([denom], world, "cpu")[0][0]
-    logp, _ = policy(ids, attn, pos, tgt, valid)
+        denom = float(lad.all_reduce(torch.tensor([denom], dtype=torch.float64))) / world
+    logp, _, _ = policy(ids, attn, pos, tgt, valid)
     old = logp.detach() + offset[idx, :logp.shape[1]]
     loss, _ = lad.lad_loss(logp, old, adv[idx], valid.float(), divergence="js", eta=0.25, denom=denom)
     loss.backward()
