@@ -188,7 +188,7 @@ def run_ours_inprocess(rows, cold):
     for response, gold, _ in rows:
         if cold:
             clear_caches()
-        out.append(V._verdict("math", response, gold))
+        out.append(V._verdict("reward", response, gold))
     return out, time.perf_counter() - t0
 
 

@@ -1,6 +1,6 @@
-"""Tests for verifier.py: a table of (gold, prediction, expected) equivalences in every category of
-issue 4 (both directions), answer extraction, hostile inputs against the time bound, proof that model
-text is never evaluated, the built-in task, and the code sandbox."""
+"""Tests for verifier.py: a table of (gold, prediction, expected) equivalences, one group per named rule
+(both directions), answer extraction, hostile inputs against the time bound, proof that model text is
+never evaluated, and the other graders (math-verify, verl's DAPO scorer) in the same bounded workers."""
 
 from __future__ import annotations
 
@@ -368,31 +368,75 @@ def test_hostile_inputs_are_bounded():
             assert dt <= timeout + 0.1 or V.pool_stats()["kills"] > 0, (a[:40], dt)
 
 
-def test_hung_worker_is_killed_and_replaced():
+# A test-only worker: the real worker (verifier._serve) with its verdict function wrapped so that
+# three marker responses hang in Python code (the worker's soft timer stops it), hang inside C code
+# (no signal interrupts it: only the parent's kill does) or kill the worker process.
+HANG_PY, HANG_C, CRASH = "<hang in Python>", "<hang in C>", "<worker crash>"
+
+
+def _hanging_worker_argv(grader):
+    code = f"""
+import itertools, os, sys
+sys.path.insert(0, {str(ROOT)!r})
+import verifier
+real = verifier._verdict
+def verdict(kind, a, b, grader):
+    if a == {HANG_PY!r}:
+        while True:
+            pass
+    if a == {HANG_C!r}:
+        return float(sum(itertools.repeat(1, 10 ** 13)))
+    if a == {CRASH!r}:
+        os._exit(3)
+    return real(kind, a, b, grader)
+verifier._verdict = verdict
+verifier._serve({grader!r})
+"""
+    return [sys.executable, "-I", "-c", code]
+
+
+@pytest.fixture
+def hanging_pool(monkeypatch):
+    """A private pool (of the given grader) whose workers hang or crash on the marker responses."""
+    monkeypatch.setattr(V, "_worker_argv", _hanging_worker_argv)
+    pools = []
+
+    def make(grader="ours"):
+        pools.append(V._Pool(grader))
+        return pools[-1]
+
+    yield make
+    for p in pools:
+        p.close()
+
+
+def test_hung_worker_is_killed_and_replaced(hanging_pool):
     """A verdict stuck in C code (no signal can interrupt it) is killed at the bound; the pool recovers."""
-    pool = V._pool()
-    pool.run([(0, "equal", "1", "1")], 1.0, 1)  # warm
-    kills = pool.stats["kills"]
+    pool = hanging_pool()
+    assert pool.run([(0, "equal", "1", "1")], 1.0, 1) == [1.0]  # warm
     t0 = time.perf_counter()
-    got = pool.run([(0, "_hang_c", "", ""), (1, "equal", "2", "2.0")], 0.5, 1)
-    elapsed_first = pool.stats["max_latency_s"]
+    got = pool.run([(0, "reward", HANG_C, "1"), (1, "equal", "2", "2.0")], 0.5, 1)
     assert got == [0.0, 1.0]
-    assert pool.stats["kills"] == kills + 1
-    assert elapsed_first <= 0.5 + 0.1 or time.perf_counter() - t0 < 30
+    assert pool.stats["kills"] == 1
+    assert pool.stats["max_latency_s"] <= 0.5 + 0.1 or time.perf_counter() - t0 < 30
     # a Python-level hang is stopped by the worker's own soft timer (no restart needed)
-    soft = pool.stats["soft_timeouts"]
     t1 = time.perf_counter()
-    assert pool.run([(0, "_hang_python", "", "")], 0.5, 1) == [0.0]
+    assert pool.run([(0, "reward", HANG_PY, "1")], 0.5, 1) == [0.0]
     assert time.perf_counter() - t1 <= 0.5 + 0.1
-    assert pool.stats["soft_timeouts"] == soft + 1
+    assert pool.stats["soft_timeouts"] == 1 and pool.stats["kills"] == 1
+    # a worker that dies mid-batch: that verdict scores 0, the rest of the batch is still scored
+    assert pool.run([(0, "reward", CRASH, "1"), (1, "reward", "\\boxed{3}", "3")], 1.0, 1) == [0.0, 1.0]
+    assert pool.stats["kills"] == 2
 
 
-def test_timeout_works_off_the_main_thread():
+def test_timeout_works_off_the_main_thread(hanging_pool):
+    pool = hanging_pool()
+    pool.run([(0, "equal", "1", "1")], 1.0, 1)  # warm
     out = []
 
     def work():
         t0 = time.perf_counter()
-        out.append((V._pool().run([(0, "_hang_c", "", "")], 0.4, 1), time.perf_counter() - t0))
+        out.append((pool.run([(0, "reward", HANG_C, "1")], 0.4, 1), time.perf_counter() - t0))
         out.append(V.math_equal("3\\sqrt{13}", "\\sqrt{117}"))
 
     th = threading.Thread(target=work)
@@ -428,74 +472,5 @@ def test_never_raises_on_str_and_typeerror_otherwise():
         V.score_batch("abc", "abc")
     with pytest.raises(ValueError):
         V.score_batch(["1"], ["1", "2"])
-    with pytest.raises(ValueError):
-        V.score_batch(["1"], ["1"], kind="nope")
-
-
-# ----------------------------------------------------------------------------------------------------
-# the built-in task (kind "sum")
-# ----------------------------------------------------------------------------------------------------
-
-
-def test_sum_task():
-    gold = "target=17,avoid=3,terms=3"
-    assert V.sum_task_answer("  9+6+2  \nmore") == "9+6+2"
-    assert V.sum_task_answer("\n") is None
-    assert V.sum_task_reward("9+6+2", gold) == 1.0
-    assert V.sum_task_reward("9+6+2\nignored second line", gold) == 1.0
-    assert V.sum_task_reward("9+5+3", gold) == 0.0       # forbidden digit
-    assert V.sum_task_reward("9+6+1", gold) == 0.0       # wrong sum
-    assert V.sum_task_reward("9+8", gold) == 0.0         # wrong number of terms
-    assert V.sum_task_reward("9 + 6 + 2", gold) == 0.0   # format is exact
-    assert V.sum_task_reward("15+2+0", gold) == 0.0      # single digits only
-    assert V.sum_task_reward("", gold) == 0.0
-    assert V.sum_task_reward("7", "target=7,avoid=0,terms=1") == 1.0
-    for bad in ("target=17,avoid=3", "target=17,avoid=33,terms=3", "17,3,3", "target=17,avoid=3,terms=0"):
-        with pytest.raises(ValueError, match="gold"):
-            V.sum_task_reward("9+6+2", bad)
-    assert V.score_batch(["9+6+2", "8+8+1", "x"], [gold] * 3, kind="sum") == [1.0, 1.0, 0.0]
-
-
-# ----------------------------------------------------------------------------------------------------
-# code sandbox
-# ----------------------------------------------------------------------------------------------------
-
-STDIO = [{"input": "2 3\n", "output": "5\n"}, {"input": "10 -4", "output": "6"}]
-CALLS = [{"fn": "add", "args": [2, 3], "expected": 5}, {"fn": "pair", "args": [1], "expected": [1, 2]}]
-
-
-def test_code_reward_passes_and_fails():
-    assert V.code_reward("a, b = map(int, input().split())\nprint(a + b)  \n\n", STDIO) == 1.0
-    r = V.run_code("print(5)", STDIO)
-    assert r.reward == 0.0 and r.passed == 1 and "wrong output" in r.reason
-    prog = "def add(a, b):\n    return a + b\ndef pair(x):\n    return (x, x + 1)\nif __name__ == '__main__':\n    print('not run')"
-    assert V.run_code(prog, CALLS).reward == 1.0
-    r = V.run_code("def add(a, b):\n    return a - b\n", CALLS)
-    assert r.reward == 0.0 and "wrong result" in r.reason
-    r = V.run_code("def add(a, b):\n    raise ValueError('x')\n", CALLS[:1])
-    assert r.reward == 0.0 and "ValueError" in r.reason
-    with pytest.raises(TypeError):
-        V.code_reward(None, STDIO)
-    with pytest.raises(ValueError):
-        V.code_reward("print(1)", [{"stdin": "x"}])
-    assert V.score_batch(["print(int(input().split()[0]) + int(input().split()[0]) if False else 5)", "print(4)"],
-                         [STDIO[:1], STDIO[:1]], kind="code") == [1.0, 0.0]
-
-
-@pytest.mark.parametrize("name,program,reason", [
-    ("infinite loop", "while True:\n    pass", "timeout"),
-    ("sleep", "import time\ntime.sleep(60)", "timeout"),
-    ("fork bomb", "import os\nwhile True:\n    os.fork()", "blocked: os.fork"),
-    ("subprocess", "import subprocess\nsubprocess.run(['sh', '-c', 'echo hi'])", "blocked: subprocess.Popen"),
-    ("memory hog", "x = bytearray(10 ** 10)\nprint(len(x))", "memory limit"),
-    ("memory hog (list)", "x = []\nwhile True:\n    x.append(' ' * 10 ** 6)", "memory limit"),
-    ("large file", "with open('big.bin', 'wb') as f:\n    while True:\n        f.write(b'x' * 10 ** 6)", "file size limit"),
-    ("network socket", "import socket\ns = socket.socket()\ns.connect(('1.1.1.1', 80))\nprint(5)", "blocked: socket"),
-    ("ctypes", "import ctypes\nctypes.CDLL(None).system(b'echo hi')", "blocked: ctypes"),
-])
-def test_sandbox_stops_hostile_programs(name, program, reason):
-    t0 = time.perf_counter()
-    r = V.run_code(program, STDIO[:1], timeout=1.5)
-    assert r.reward == 0.0
-    assert reason in r.reason, (name, r)
-    assert time.perf_counter() - t0 < 1.5 + 3.0  # timeout + process start and teardown
+    with pytest.raises(ValueError, match="grader"):
+        V.score_batch(["1"], ["1"], grader="nope")
