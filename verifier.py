@@ -58,6 +58,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 import zlib
 from collections import deque
 from dataclasses import dataclass
@@ -305,7 +306,16 @@ _UNICODE = {
     "−": "-", "–": "-", "—": "-", "×": "*", "·": "*", "⋅": "*", "÷": "/", "≤": "<=", "≥": ">=",
     "≠": "!=", "∞": "\\infty ", "π": "\\pi ", "√": "\\sqrt", "°": "°", "∪": "\\cup ", "∩": "\\cap ",
     "±": "\\pm ", "∓": "\\mp ", "∈": "\\in ", "∅": "\\emptyset ", "＝": "=", "，": ",", "：": ":",
+    "≃": "≈", "′": "'", "″": "''", "‴": "'''", "ℏ": "\\hbar ", "ℓ": "\\ell ",
 }
+_GREEK = {
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
+    "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
+    "Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi", "Psi", "Omega",
+}
+for _name in _GREEK:  # the Greek letters themselves: ω -> \omega (unicode spells lambda LAMDA)
+    _case = "CAPITAL" if _name[0].isupper() else "SMALL"
+    _UNICODE[unicodedata.lookup(f"GREEK {_case} LETTER {_name.upper().replace('LAMBDA', 'LAMDA')}")] = f"\\{_name} "
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 _SIMPLE_CMDS = [
     (r"\\[dtc]frac", "\\frac"), (r"\\[dt]binom", "\\binom"),
@@ -318,12 +328,22 @@ _SIMPLE_CMDS = [
     (r"\\mathbb\s*\{\s*R\s*\}|\\R(?![A-Za-z])", "(-\\infty,\\infty)"),
     (r"\\(?:dots|ldots|cdots)(?![A-Za-z])", "..."), (r"\\(?:lvert|rvert|vert)(?![A-Za-z])", "|"), (r"\\\|", "|"),
     (r"\\(?:lbrace)(?![A-Za-z])", "\\{"), (r"\\(?:rbrace)(?![A-Za-z])", "\\}"), (r"\\(?:langle)(?![A-Za-z])", "("), (r"\\(?:rangle)(?![A-Za-z])", ")"),
-    (r"\\(?:quad|qquad)(?![A-Za-z])|(?<!\\)\\[,;:! ]|~", " "), (r"\\infin(?![A-Za-z])|\binfinity\b", "\\infty "),
+    # spacing: \quad, \, \; \: \! and the control space "\ " (also at the very end, where stripping
+    # the answer took its space: \boxed{42\ }), \hspace{...}, \phantom{...}, ~
+    (r"\\(?:quad|qquad)(?![A-Za-z])|(?<!\\)\\(?:[,;:! ]|$)|~|\\(?:hspace\*?|h?phantom)\s*\{[^{}]*\}", " "),
+    (r"\\infin(?![A-Za-z])|\binfinity\b", "\\infty "),
     (r"\\(?:dollar|\$)|\bUSD\b|[€£¥]", " "), (r"\\(?:mathrm|textrm|rm)\s*\{\s*d\s*\}", "d"),
-    (r"\\(?:varepsilon)(?![A-Za-z])", "\\epsilon"), (r"\\(?:varphi)(?![A-Za-z])", "\\phi"),
+    (r"\\var(epsilon|phi|theta|rho|sigma|kappa)(?![A-Za-z])", lambda m: "\\" + m.group(1)),
+    (r"\\(?:approx|thickapprox|approxeq|simeq)(?![A-Za-z])", "≈"), (r"\\equiv(?![A-Za-z])", "≡"),
     (r"\\(?:Rightarrow|implies|to|rightarrow|Longrightarrow)(?![A-Za-z])", " => "),
 ]
-_SIMPLE_CMDS = [(re.compile(a), (lambda m, b=b: b)) for a, b in _SIMPLE_CMDS]
+_SIMPLE_CMDS = [(re.compile(a), b if callable(b) else (lambda m, b=b: b)) for a, b in _SIMPLE_CMDS]
+_PRIME = re.compile(r"\^\s*\{\s*((?:\\prime\s*|')+)\}|\^\s*\\prime(?![A-Za-z])|\\prime(?![A-Za-z])")
+"""\omega^{\prime}, \omega^\prime, f^{\prime\prime}: primes, written as ' (\omega' = \omega^{\prime})."""
+_CLOCK_AMPM = re.compile(r"(?<![\d.:])(?P<h>\d{1,2})(?::(?P<m>\d\d))?(?::(?P<s>\d\d))?\s*"
+                         r"(?P<wrap>\\(?:text|mathrm|textrm|rm|mbox)\s*\{\s*)?"
+                         r"(?:(?P<dotted>[AaPp])\.\s*[Mm]\.|(?P<plain>[AaPp])[Mm](?![A-Za-z]))(?(wrap)\s*\})")
+"""5:30 pm, 5:30\text{ p.m.}, 5 p.m. (without minutes only with the dots: 5 pm may be picometres)."""
 _TEXT_WRAP = re.compile(
     r"\\(?:text|textnormal|textrm|textbf|textit|textsf|texttt|mbox|hbox|mathrm|mathbf|mathit|mathsf|mathtt"
     r"|mathnormal|operatorname|boldsymbol|bm|emph|underline|overline|mathbb|mathcal)\s*\{([^{}]*)\}"
@@ -339,17 +359,20 @@ _UNITS = (
 )
 _UNIT_TAIL = re.compile(r"(?<=[\d)}\]%°\s])(?:\s*(?:" + _UNITS + r")(?:\^\{?\d\}?|²|³)?\.?)+\s*$")
 _DEGREE_WORD = re.compile(r"\s*\b(?:degrees?|deg)\b\.?\s*$")
-_PERCENT_WORD = re.compile(r"\s*\b(?:percent|per\s*cent|pct)\b\.?\s*$")
+_PERCENT_WORDS = r"percent(?:age)?s?(?:\s+points?)?|per\s*cent|pct"
+_PERCENT_WORD = re.compile(r"\s*\b(?:" + _PERCENT_WORDS + r")\b\.?\s*$")
 _FUNC_WORDS = {
     "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "asin", "acos", "atan",
     "sinh", "cosh", "tanh", "ln", "log", "exp", "sqrt", "pi", "max", "min", "gcd", "lcm", "abs", "det",
     "floor", "ceil", "mod", "or", "and", "oo", "infty", "inf", "frac", "binom",
 }
-_GREEK = {
-    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
-    "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
-    "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega",
-}
+_NAMED_SYMBOLS = {"hbar", "ell", "aleph", "beth", "imath", "jmath", "mho", "eth", "wp"}
+"""Letter-like commands that name a quantity (\hbar, \ell): symbols, like a Greek letter; "hbar" also
+without its backslash. Operators (\partial, \nabla) are not names and stay unparsed."""
+_ACCENTS = {"vec": "vec", "overrightarrow": "vec", "hat": "hat", "widehat": "hat", "bar": "bar", "dot": "dot",
+            "ddot": "ddot", "tilde": "tilde", "widetilde": "tilde", "check": "check", "breve": "breve",
+            "acute": "acute", "grave": "grave", "mathring": "ring"}
+"""Accents over a name make another name: \vec{v} (= \overrightarrow{v}) is neither v nor \hat{v}."""
 
 
 def _unwrap_text(s: str) -> str:
@@ -361,7 +384,7 @@ def _unwrap_text(s: str) -> str:
         low = core.lower()
         if low in ("and", "or", ","):
             return f" {low} "
-        if low in ("percent", "pct", "per cent"):
+        if re.fullmatch(_PERCENT_WORDS, low):
             return "%"
         if low in ("degree", "degrees", "deg"):
             return "°"
@@ -381,6 +404,15 @@ def _unwrap_text(s: str) -> str:
     return s
 
 
+def _clock_24h(m) -> str:
+    """A time with a.m./p.m. as h:mm:ss on the 24-hour clock (5:30 pm -> 17:30:00, 12 a.m. -> 0:00:00)."""
+    half = m.group("dotted") or m.group("plain")
+    if m.group("m") is None and m.group("dotted") is None or not 1 <= int(m.group("h")) <= 12:
+        return m.group(0)
+    h = int(m.group("h")) % 12 + (12 if half in "Pp" else 0)
+    return f" {h}:{m.group('m') or '00'}:{m.group('s') or '00'} "
+
+
 @lru_cache(maxsize=65536)
 def _normalize(ans: str) -> str:
     s = _sanitize(ans).strip()
@@ -389,8 +421,14 @@ def _normalize(ans: str) -> str:
     s = s.replace("$", " ").replace("\\(", " ").replace("\\)", " ").replace("\\[", " ").replace("\\]", " ")
     for rx, rep in _SIMPLE_CMDS:
         s = rx.sub(rep, s)
+    if "\\prime" in s or "^" in s and "'" in s:
+        s = _PRIME.sub(lambda m: "'" * max(1, (m.group(1) or "").count("\\prime") + (m.group(1) or "").count("'")), s)
+    if "m" in s or "M" in s:  # before _unwrap_text, which would drop \text{ p.m.} as a unit
+        s = _CLOCK_AMPM.sub(_clock_24h, s)
     s = _unwrap_text(s)
     s = re.sub(r"^\s*(?:final\s+)?answer\s*[:=]\s*", "", s, flags=re.I)
+    if "≈" in s:  # "\approx 3.14" alone: the value
+        s = re.sub(r"^\s*≈", "", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r"(?<!\d)\.+$|\.$", "", s).strip()  # trailing sentence period ("3." is 3 as well)
     if _DEGREE_WORD.search(s):
@@ -402,7 +440,8 @@ def _normalize(ans: str) -> str:
         if new == s or not new:
             break
         s = new
-    s = re.sub(r"(\d)\{\s*,\s*\}(\d)", r"\1\2", s)  # 1{,}000, 12{, }345
+    if "{" in s:  # 1{,}000, 12{, }345, 3 {, }250: a {,} before a group of three digits separates thousands
+        s = re.sub(r"(\d)\s*\{\s*,\s*\}\s*(?=\d{3}(?![\d]))", r"\1", s)
     s = re.sub(r"(?<=\d)_\{\s*([0-9A-Za-z]+)\s*\}", r"_\1", s)  # base subscripts: 101_{2} -> 101_2
     m = re.fullmatch(r"([+-]?)(\d+) (\d+)/(\d+)", s)  # mixed number written with a space: 2 1/3
     if m and 0 < int(m.group(3)) < int(m.group(4)):
@@ -418,14 +457,21 @@ def _text_key(s: str) -> str:
     return re.sub(r"[^0-9a-z]", "", s.lower())
 
 
+_LABEL_WORDS = re.compile(r"\s*[A-Za-z](?:[A-Za-z\s']|_\w)*(?:=|≈|≡)")
+
+
 def _is_text(norm: str) -> bool:
-    """A prose answer (a word of 3+ letters that is no function, Greek letter or LaTeX command)."""
+    """A prose answer (a word of 3+ letters that is no function, Greek letter or LaTeX command, and no
+    label: the words before the first =, \\approx or \\equiv name the value, \\text{total} = 12)."""
     plain = re.sub(r"\\(?:begin|end)\s*\{[A-Za-z*]*\}|\\[A-Za-z]+|_\{[^{}]*\}", " ", norm)  # and subscripts
     labelled = "=" in plain  # S_{ABC}:S = 4:9, PQR = 5: capital runs before a value are point names
+    if labelled or "≈" in plain or "≡" in plain:
+        m = _LABEL_WORDS.match(plain)
+        plain = plain[m.end():] if m else plain
     for w in re.findall(r"[A-Za-z]{3,}", plain):
         if labelled and w.isupper():
             continue
-        if w not in _FUNC_WORDS and w not in _GREEK and w.lower() not in _FUNC_WORDS:
+        if w not in _FUNC_WORDS and w not in _GREEK and w not in _NAMED_SYMBOLS and w.lower() not in _FUNC_WORDS:
             return True
     return False
 
@@ -442,7 +488,8 @@ def _choice_letter(norm: str) -> str | None:
 # ----------------------------------------------------------------------------------------------------
 # Tokenizer and parser: a whitelist grammar producing plain tuples (the only thing sympy ever sees)
 #
-# node = ("num", Fraction, is_decimal) | ("sym", name) | ("const", "pi"|"e"|"i"|"oo")
+# node = ("num", Fraction, ulp)  ulp: False for an exact literal, else one unit in its last written digit
+#      | ("sym", name) | ("const", "pi"|"e"|"i"|"oo") | ("time", seconds since midnight)
 #      | ("add", [nodes]) | ("neg", x) | ("mul", [nodes]) | ("div", a, b) | ("pow", a, b)
 #      | ("fn", name, [args]) | ("pct", x) | ("deg", x) | ("pm", a, b)       a +- b (a may be None)
 #      | ("group", open, close, [items])  bracketed comma list: tuple, interval, or 1-item parenthesis
@@ -452,10 +499,11 @@ def _choice_letter(norm: str) -> str | None:
 
 _TOKEN_RE = re.compile(
     r"\s*(?:"
+    r"(?P<time>\d{1,2}:\d\d(?::\d\d)?(?![\d.]))|"
     r"(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+(?![\d.]))?)"
     r"|(?P<cmd>\\[A-Za-z]+|\\[{}])"
     r"|(?P<word>[A-Za-z]+)"
-    r"|(?P<op><=|>=|!=|=>|\\\\|\.\.\.|[-+*/^_!%°'=<>(),;\[\]{}|&:])"
+    r"|(?P<op><=|>=|!=|=>|\\\\|\.\.\.|[-+*/^_!%°'=<>(),;\[\]{}|&:≈≡])"
     r")"
 )
 _FUNCS = {
@@ -477,8 +525,18 @@ def _tokenize(s: str) -> list[tuple[str, str]]:
         pos = m.end()
         kind = m.lastgroup
         val = m.group(kind)
-        if kind == "word":
-            if val in _FUNCS or val in ("sqrt", "pi", "oo", "or", "and", "infty", "inf") or val in _GREEK:
+        if kind == "time":
+            parts = val.split(":")
+            # a clock time when it has seconds or its minutes are written with a leading zero (5:00,
+            # 12:05: ratio terms have no leading zeros); 3:10 stays a ratio (the clock-time rule reads
+            # it as a time only against a time)
+            if (len(parts) == 3 or parts[1][0] == "0") and int(parts[0]) <= 24 and all(int(x) < 60 for x in parts[1:]):
+                toks.append(("time", val))
+            else:
+                for k, x in enumerate(parts):
+                    toks.extend([("op", ":"), ("num", x)] if k else [("num", x)])
+        elif kind == "word":
+            if val in _FUNCS or val in ("sqrt", "pi", "oo", "or", "and", "infty", "inf", "hbar") or val in _GREEK:
                 toks.append(("word", val))
             else:  # a run of letters is a product of one-letter symbols (xy = x*y)
                 toks.extend(("word", c) for c in val)
@@ -489,7 +547,9 @@ def _tokenize(s: str) -> list[tuple[str, str]]:
     return toks
 
 
-_REL_OPS = {"=", "<", ">", "<=", ">=", "!=", "\\in"}
+_REL_OPS = {"=", "<", ">", "<=", ">=", "!=", "\\in", "≈", "≡"}
+_NAME_OPS = ("=", "≈", "≡")
+"""The relations after which a name is a label (or an assignment's variable): =, \\approx, \\equiv."""
 _CMD_FUNCS = {
     "\\sin", "\\cos", "\\tan", "\\cot", "\\sec", "\\csc", "\\arcsin", "\\arccos", "\\arctan", "\\sinh",
     "\\cosh", "\\tanh", "\\ln", "\\log", "\\exp", "\\max", "\\min", "\\gcd", "\\lcm", "\\det",
@@ -684,6 +744,9 @@ class _Parser:
             elif v == "_" and node[0] == "num" and not node[2] and self.peek(1)[0] in ("num", "word"):
                 self.next()  # a numeral in base b: 101_2 (a name, compared as written)
                 node = ("sym", "base:" + str(node[1]) + "_" + self.next()[1])
+            elif v == "'" and node[0] == "sym" and self.peek()[0] == "op":  # a prime: f', \omega'' are names
+                self.next()
+                node = ("sym", node[1] + "'")
             elif v == "_" and node[0] == "sym":  # subscript: x_1, a_{n+1}
                 self.next()
                 start = self.i
@@ -699,7 +762,8 @@ class _Parser:
                 else:
                     self.next()
                 sub = "".join(v for _, v in self.t[start : self.i])
-                node = ("sym", node[1] + "_" + re.sub(r"[^A-Za-z0-9]", "", sub))
+                base = node[1].rstrip("'")  # x'_1 and x_1' are one name
+                node = ("sym", base + "_" + re.sub(r"[^A-Za-z0-9]", "", sub) + node[1][len(base):])
             else:
                 return node
 
@@ -728,9 +792,12 @@ class _Parser:
                     f = Fraction(mant) * Fraction(10) ** int(ex) if abs(int(ex)) <= 400 else None
                     if f is None:
                         raise _ParseError("exponent too large")
-                    return ("num", f, True)
-                dec = "." in val
-                return ("num", Fraction(val.rstrip(".")) if val != "." else Fraction(0), dec and not val.endswith("."))
+                    return ("num", f, Fraction(10) ** (int(ex) - len(mant.partition(".")[2])))
+                ulp = Fraction(1, 10 ** len(val.partition(".")[2])) if "." in val and not val.endswith(".") else False
+                return ("num", Fraction(val.rstrip(".")) if val != "." else Fraction(0), ulp)
+            if kind == "time":
+                h, m, *sec = (int(x) for x in val.split(":"))
+                return ("time", 3600 * h + 60 * m + (sec[0] if sec else 0))
             if kind == "word":
                 if val in ("pi",):
                     return ("const", "pi")
@@ -740,7 +807,7 @@ class _Parser:
                     return ("fn", "sqrt", [self.parse_group_arg()])
                 if val in _FUNCS:
                     return self.parse_func(_FN_ALIASES.get(val, val))
-                if val in _GREEK:
+                if val in _GREEK or val == "hbar":
                     return ("sym", val)
                 if val == "i":
                     return ("const", "i")
@@ -796,8 +863,14 @@ class _Parser:
                     return ("fn", "floor" if val == "\\lfloor" else "ceiling", [inner])
                 if val == "\\begin":
                     return self.parse_matrix()
-                if name in _GREEK:
+                if name in _GREEK or name in _NAMED_SYMBOLS:
                     return ("sym", name)
+                if name in _ACCENTS:  # \vec{v}, \hat\theta, \vec{AB}: a new name
+                    arg = self.parse_group_arg()
+                    names = arg[1] if arg[0] == "mul" else [arg]
+                    if not all(x[0] == "sym" for x in names):
+                        raise _ParseError("accent over a non-name")
+                    return ("sym", f"{_ACCENTS[name]}({''.join(x[1] for x in names)})")
                 if name in ("mathrm", "mathbf", "text", "operatorname"):  # leftovers with nested braces
                     return self.parse_group_arg()
                 raise _ParseError(f"unknown command {val}")
@@ -1555,7 +1628,7 @@ def _is_var_head(node) -> bool:
 
 
 def _strip_assignment(node):
-    if node[0] == "rel" and node[2] == ["="] and _is_var_head(node[1][0]):
+    if node[0] == "rel" and len(node[2]) == 1 and node[2][0] in _NAME_OPS and _is_var_head(node[1][0]):
         return node[1][1]
     return node
 
@@ -1750,33 +1823,88 @@ def _rule_identical(p, g):
     return True if p == g else None
 
 
-def _reduce_chain(node):
-    """A true equality chain ends in its value: 3 \\cdot 4 = 12 -> 12, x = 3+4 = 7 -> x = 7. A chain
-    whose constant sides are not all equal (a false step) is returned unchanged (and matches no value)."""
-    if node[0] != "rel" or set(node[2]) != {"="}:
+def _reduce_chain(node, approx: bool):
+    """A true chain ends in its value. approx=False: chains of "=" (3 \\cdot 4 = 12 -> 12, x = 3+4 = 7 ->
+    x = 7). approx=True: chains with "\\approx" (\\frac13 \\approx 0.333 -> \\frac13, x = 2\\pi \\approx 6.28
+    -> x = 2\\pi): a "\\approx" step holds when its right side is the left side rounded or truncated at its
+    last written digit (_rounds_to), and the value stays the last side before the first "\\approx". A
+    chain with a false step (3 \\cdot 4 = 13, \\frac13 \\approx 0.9) is returned unchanged, and matches
+    no value."""
+    if node[0] != "rel" or not (("≈" in node[2] and set(node[2]) <= {"=", "≈"}) if approx else set(node[2]) == {"="}):
         return node
-    xs = node[1]
-    consts = [x for x in xs if _is_const(x)]
-    if len(consts) < 2 or len(consts) < len(xs) - 1:
+    xs, ops = node[1], node[2]
+    head = 0 if _is_const(xs[0]) else 1  # x = 3 + 4 = 7: the one non-constant side is the head
+    consts = xs[head:]
+    if len(consts) < 2 or not all(_is_const(x) for x in consts):
         return node
-    if len(consts) == len(xs) - 1 and _is_const(xs[0]):
-        return node  # the non-constant side is not the head: 3 = x = 3 is no chain
-    if not all(_scalar_equal(consts[0], c) for c in consts[1:]):
-        return node
-    return consts[-1] if len(consts) == len(xs) else ("rel", [xs[0], consts[-1]], ["="])
+    if not approx:
+        if not all(_scalar_equal(consts[0], c) for c in consts[1:]):
+            return node
+        value = consts[-1]
+    else:
+        value, exact = consts[0], True
+        for k in range(1, len(consts)):
+            a, b, op = consts[k - 1], consts[k], ops[head + k - 1]
+            if not (_scalar_equal(a, b) if op == "=" else _rounds_to(a, b)):
+                return node
+            exact = exact and op == "="
+            value = b if exact else value
+    return value if head == 0 else ("rel", [xs[0], value], [ops[0]])
+
+
+def _rounds_to(x_node, d_node) -> bool:
+    """d_node, written with decimals, is x_node's value rounded (|x - d| <= half a unit in d's last
+    written digit) or truncated toward zero at that digit: \\frac23 \\approx 0.667 or 0.666, not 0.668.
+    A unit: the literal's last digit when d is one literal (-0.33: 0.01), else the coarsest literal's
+    relative unit times |d| (6.02 \\times 10^{23}: 10^{21})."""
+    lits = []
+    _has(d_node, lambda n: n[0] == "num" and n[2] and lits.append(n))
+    try:
+        d = _exact(d_node)
+        if d_node[0] == "num" or d_node[0] == "neg" and d_node[1][0] == "num":
+            unit = d_node[2] if d_node[0] == "num" else d_node[1][2]
+        else:
+            rel = [n[2] / abs(n[1]) for n in lits if n[1] != 0]
+            unit = max(rel) * abs(d) if rel else 0
+        if not unit:
+            return False
+        try:
+            x = _exact(x_node)
+        except _NotExact:
+            mp = _mp()
+            v = _numeric(x_node, {})
+            if mp.im(v) != 0:
+                return False
+            x, d, unit = mp.re(v), mp.mpf(d.numerator) / d.denominator, mp.mpf(unit.numerator) / unit.denominator
+        return 2 * abs(x - d) <= unit or ((x >= 0) == (d >= 0) and abs(d) <= abs(x) < abs(d) + unit)
+    except (_NotExact, _TooBig, _Undefined, ValueError, ZeroDivisionError, OverflowError, TypeError):
+        return False
 
 
 def _rule_chain(p, g):
     """equality chains"""
-    rp, rg = _reduce_chain(p), _reduce_chain(g)
+    rp, rg = _reduce_chain(p, False), _reduce_chain(g, False)
     if rp is not p or rg is not g:
         return _equiv(rp, rg)
     return None
 
 
+def _rule_approx_chain(p, g):
+    """approximation chains: an exact value followed by \\approx and its decimal is the exact value"""
+    rp, rg = _reduce_chain(p, True), _reduce_chain(g, True)
+    if rp is not p or rg is not g:
+        return _equiv(rp, rg)
+    return None
+
+
+def _is_name_rel(node) -> bool:
+    """name = value, name \\approx value, name \\equiv value: one relation whose left side is a name."""
+    return (node[0] == "rel" and len(node[2]) == 1 and node[2][0] in _NAME_OPS
+            and (_is_var_head(node[1][0]) or _is_label(node[1][0])))
+
+
 def _strip_label(node):
-    if (node[0] == "rel" and node[2] == ["="] and _is_label(node[1][0]) and not _is_var_head(node[1][0])
-            and _is_const(node[1][1])):
+    if _is_name_rel(node) and not _is_var_head(node[1][0]) and _is_const(node[1][1]):
         return node[1][1]
     return node
 
@@ -1842,13 +1970,16 @@ def _rule_equations(p, g):
     """equations: two relations"""
     if p[0] != "rel" or g[0] != "rel":
         return None
+    if _is_name_rel(p) and _is_name_rel(g) and p[1][0] == g[1][0]:  # the same name: compare the values
+        return _equiv(p[1][1], g[1][1])
     if p[2] == ["="] and g[2] == ["="]:
-        if _is_var_head(p[1][0]) and _is_var_head(g[1][0]) and p[1][0] == g[1][0]:
-            return _equiv(p[1][1], g[1][1])
         return _equation_equal(p, g)
     if p[2] == g[2] and len(p[1]) == len(g[1]):
         return all(_equiv(x, y) for x, y in zip(p[1], g[1]))
     return False
+
+
+_ZERO = ("num", Fraction(0), False)
 
 
 def _rule_ratios(p, g):
@@ -1859,13 +1990,35 @@ def _rule_ratios(p, g):
         xs, ys = p[1], g[1]
         if len(xs) != len(ys):
             return False
-        # x_k / x_0 == y_k / y_0 for every k, as cross products (no division by a zero first term)
-        return all(_scalar_equal(("mul", [xs[k], ys[0]]), ("mul", [ys[k], xs[0]])) for k in range(1, len(xs))) \
-            and not _scalar_equal(xs[0], ("num", Fraction(0), False))
+        if any(_scalar_equal(x, _ZERO) for x in xs + ys):  # no rescaling with a zero term: 5:0 is not 7:0
+            return all(_scalar_equal(x, y) for x, y in zip(xs, ys))
+        # x_k / x_0 == y_k / y_0 for every k, as cross products
+        return all(_scalar_equal(("mul", [xs[k], ys[0]]), ("mul", [ys[k], xs[0]])) for k in range(1, len(xs)))
     r, other = (p, g) if p[0] == "ratio" else (g, p)
-    if len(r[1]) == 2 and other[0] not in ("rel", "list", "set", "group", "matrix", "union", "inter", "cases"):
+    if len(r[1]) == 2 and other[0] not in ("rel", "list", "set", "group", "matrix", "union", "inter", "cases", "time"):
         return _scalar_equal(("div", r[1][0], r[1][1]), other)
     return False
+
+
+def _clock_seconds(node):
+    """Seconds since midnight of a time, or of a ratio of integers that reads as one (17:30, 3:10:15)."""
+    if node[0] == "time":
+        return node[1]
+    if node[0] == "ratio" and len(node[1]) in (2, 3) and all(
+            x[0] == "num" and not x[2] and x[1].denominator == 1 for x in node[1]):
+        h, m, sec = ([int(x[1]) for x in node[1]] + [0])[:3]
+        if 0 <= h <= 24 and 0 <= m < 60 and 0 <= sec < 60:
+            return 3600 * h + 60 * m + sec
+    return None
+
+
+def _rule_clock(p, g):
+    """clock times: 5:00 (minutes with a leading zero), 17:30:00, 5:30 p.m. are times of day, equal when
+    they are the same time (5:00 != 7:00, 5:30 pm = 17:30); against a time, h:mm reads as a time"""
+    if p[0] != "time" and g[0] != "time":
+        return None
+    a, b = _clock_seconds(p), _clock_seconds(g)
+    return a is not None and a == b
 
 
 def _rule_tuples(p, g):
@@ -1944,11 +2097,13 @@ def _rule_relations(p, g):
 _RULES = (
     ("identical", _rule_identical),
     ("equality chains", _rule_chain),
+    ("approximation chains", _rule_approx_chain),
     ("labels before the value", _rule_label),
     ("equations", _rule_assignment),
     ("+-", _rule_pm),
     ("intervals, unions", _rule_intervals),
     ("equations", _rule_equations),
+    ("clock times", _rule_clock),
     ("ratios", _rule_ratios),
     ("tuples", _rule_tuples),
     ("matrices", _rule_matrices),
