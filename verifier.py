@@ -68,7 +68,7 @@ from functools import lru_cache
 
 GRADERS = ("ours", "math-verify", "dapo")
 """Who judges a response (docs/verifier.md, "Graders"): this file's rules, HuggingFace's math-verify,
-or verl's DAPO scorer (the grader of the recipe the paper follows)."""
+or the scorer of verl's DAPO recipe (verl.utils.reward_score.math_dapo)."""
 
 
 @dataclass
@@ -333,7 +333,7 @@ _SIMPLE_CMDS = [
     (r"\\(?:quad|qquad)(?![A-Za-z])|(?<!\\)\\(?:[,;:! ]|$)|~|\\(?:hspace\*?|h?phantom)\s*\{[^{}]*\}", " "),
     (r"\\infin(?![A-Za-z])|\binfinity\b", "\\infty "),
     (r"\\(?:dollar|\$)|\bUSD\b|[€£¥]", " "), (r"\\(?:mathrm|textrm|rm)\s*\{\s*d\s*\}", "d"),
-    (r"\\var(epsilon|phi|theta|rho|sigma|kappa)(?![A-Za-z])", lambda m: "\\" + m.group(1)),
+    (r"\\(?:var(epsilon|phi|theta|rho|sigma|kappa)|hslash)(?![A-Za-z])", lambda m: "\\" + (m.group(1) or "hbar ")),
     (r"\\(?:approx|thickapprox|approxeq|simeq)(?![A-Za-z])", "≈"), (r"\\equiv(?![A-Za-z])", "≡"),
     (r"\\(?:Rightarrow|implies|to|rightarrow|Longrightarrow)(?![A-Za-z])", " => "),
 ]

@@ -68,6 +68,8 @@ class Args:
     """a git commit of verifier.py to compare ours with in this run (empty: no comparison)"""
     rounds: int = 3
     """with --base: alternating runs of each version"""
+    data: str = str(ROOT.parent / "shared" / "data" / "bench")
+    """folder of the benchmark files whose AIME/AMC golds the mix uses"""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -246,7 +248,7 @@ def load_base(commit):
     folder = Path(tempfile.mkdtemp(prefix="verifier-base-"))
     (folder / "verifier.py").write_text(src)
     spec = importlib.util.spec_from_file_location("verifier_base", folder / "verifier.py")
-    mod = importlib.util.module_from_spec(spec)
+    mod = sys.modules["verifier_base"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
@@ -282,7 +284,7 @@ def main(args):
             graders.append(g)
         except (ValueError, ImportError) as e:
             print(f"grader {g!r} skipped: {e}")
-    rows = realistic_mix(args, ROOT / ".." / "shared" / "data" / "bench")
+    rows = realistic_mix(args, Path(args.data))
     n = len(rows)
     print(f"realistic mix: {n} responses ({args.problems} problems x {args.group}), "
           f"mean length {sum(len(r) for r, _, _ in rows) / n:.0f} chars, {sum(ok for *_, ok in rows)} correct")

@@ -180,7 +180,7 @@ GROUPS = [
     # issue 24: the second long tail (each kind with its near-misses)
     ("physics notation", [  # named symbols (\hbar, \ell), Greek letters in unicode, primes, accents
         ("2\\hbar", "\\hbar \\cdot 2", T), ("\\hbar", "h", F), ("\\frac{\\hbar^2}{2m}", "\\frac{\\hbar^{2}}{2 m}", T),
-        ("\\frac{\\hbar}{2}", "\\frac{h}{2}", F), ("\\hbar\\omega", "ℏω", T), ("\\hbar\\omega", "\\hbar\\Omega", F),
+        ("\\frac{\\hbar}{2}", "\\frac{h}{2}", F), ("\\hbar\\omega", "ℏω", T), ("\\hbar\\omega", "\\hbar\\Omega", F), ("\\hbar", "\\hslash", T),
         ("\\ell(\\ell+1)\\hbar^2", "\\hbar^2\\ell^2 + \\hbar^2\\ell", T), ("\\ell(\\ell+1)\\hbar^2", "l(l+1)\\hbar^2", F),
         ("\\omega'", "\\omega^{\\prime}", T), ("\\omega'", "\\omega", F), ("y''", "y^{\\prime\\prime}", T), ("y''", "y'", F),
         ("x'_1", "x_1^{\\prime}", T), ("2x", "f'(x) = 2x", T), ("x^2", "f'(x) = 2x", F), ("f'(x) = 2x", "f(x) = 2x", F),
