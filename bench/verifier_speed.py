@@ -16,9 +16,10 @@ second per core, every verdict <= timeout + 0.1 s; docs/verifier.md, "Throughput
 2. accuracy of each against the mix's labels, and a table of known hard cases, per grader;
 3. worst-case latency over hostile inputs (9^{9^{9^9}}, (x+1)^{100000}, 100000!, deep nesting,
    2 MB responses, ...) through score_batch, per grader;
-4. with --base COMMIT: the rows of 1 and 3 for ours, for this verifier.py and the one of COMMIT,
-   alternating --rounds times in this one process (the machine's load changes between runs; a ratio
-   within one run does not), each run's figures and the median ratios.
+4. with --base COMMIT: the rows of 1 and 3 for ours, for this verifier.py and the one of COMMIT, in
+   this one process, the two versions alternating every 100-200 responses within each of --rounds
+   runs (the machine's load changes from second to second; both versions see the same load), each
+   run's figures and the ratios.
 
 Commands
     python bench/verifier_speed.py                          # all graders
@@ -256,18 +257,49 @@ def load_base(commit):
 
 
 def compare_with_base(args, rows):
+    """Ours, this verifier.py against the one of --base, in one process: the two versions alternate
+    every 100 responses (in-process, CPU time) or every 200 (score_batch, wall time, each version's
+    own fresh pool), so that both see the same load; then each version's hostile inputs."""
     base = load_base(args.base)
     run_inprocess(base, rows[:200], cold=True)  # imports (sympy, mpmath) before any timing
+    versions = (("this", V), (args.base, base))
     figures = {}  # (row label, version) -> [per-run values]
+
+    def alternate(step, timed):
+        secs = dict.fromkeys([name for name, _ in versions], 0.0)
+        for j in range(0, len(rows), step):
+            for name, mod in versions if (j // step) % 2 == 0 else versions[::-1]:
+                secs[name] += timed(mod, rows[j : j + step])
+        return secs
+
     for k in range(args.rounds):
-        for version, mod in (("this", V), (args.base, base)) if k % 2 == 0 else ((args.base, base), ("this", V)):
-            for label, (rate, _) in ours_rows(mod, rows, args).items():
-                figures.setdefault((label, version), []).append(rate)
-            worst, _, _, _ = hostile_latency(mod, "ours", args)
-            figures.setdefault(("worst hostile verdict latency (s)", version), []).append(worst)
+        for cold in (False, True):
+            for _, mod in versions:
+                mod._normalize.cache_clear()
+                mod._parse.cache_clear()
+            secs = alternate(100, lambda mod, part: run_inprocess(mod, part, cold)[1])
+            label = f"ours, in-process, caches {'cleared every verdict' if cold else 'on'} (1 core, CPU time)"
+            for name, t in secs.items():
+                figures.setdefault((label, name), []).append(len(rows) / t)
+        for w in sorted({1, V._default_workers()}):
+            for _, mod in versions:
+                mod._pool().close()
+                mod.score_batch(["\\boxed{1}"] * (4 * w), ["1"] * (4 * w), workers=w)
+
+            def timed(mod, part, w=w):
+                t0 = time.perf_counter()
+                mod.score_batch([r for r, _, _ in part], [g for _, g, _ in part], workers=w, timeout=args.timeout)
+                return time.perf_counter() - t0
+
+            secs = alternate(200, timed)
+            for name, t in secs.items():
+                figures.setdefault((f"ours, score_batch, {w} worker{'s' if w > 1 else ''} (end to end)", name),
+                                   []).append(len(rows) / t)
+        for name, mod in versions if k % 2 == 0 else versions[::-1]:
+            figures.setdefault(("worst hostile verdict latency (s)", name), []).append(hostile_latency(mod, "ours", args)[0])
             mod._pool().close()
-    print(f"\nthis verifier.py vs {args.base}, {args.rounds} alternating runs each (per-run figures; ratios this/base "
-          "of the medians and of the best runs, the least disturbed by other jobs)")
+    print(f"\nthis verifier.py vs {args.base}, {args.rounds} runs each, alternating within every run (per-run "
+          "figures; ratios this/base of the medians and of the best runs, the least disturbed by other jobs)")
     print(f"| row | this | {args.base} | ratio of medians | ratio of best |")
     print("| --- | --- | --- | ---: | ---: |")
     for label in dict.fromkeys(lbl for lbl, _ in figures):
