@@ -360,7 +360,7 @@ _UNITS = (
 _UNIT_TAIL = re.compile(r"(?<=[\d)}\]%°\s])(?:\s*(?:" + _UNITS + r")(?:\^\{?\d\}?|²|³)?\.?)+\s*$")
 _DEGREE_WORD = re.compile(r"\s*\b(?:degrees?|deg)\b\.?\s*$")
 _PERCENT_WORDS = r"percent(?:age)?s?(?:\s+points?)?|per\s*cent|pct"
-_PERCENT_WORD = re.compile(r"\s*\b(?:" + _PERCENT_WORDS + r")\b\.?\s*$")
+_PERCENT_WORD = re.compile(r"\s*(?:\b|(?<=\d))(?:" + _PERCENT_WORDS + r")\b\.?\s*$")
 _FUNC_WORDS = {
     "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "asin", "acos", "atan",
     "sinh", "cosh", "tanh", "ln", "log", "exp", "sqrt", "pi", "max", "min", "gcd", "lcm", "abs", "det",

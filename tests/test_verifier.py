@@ -208,7 +208,7 @@ GROUPS = [
     ]),
     ("percentages", [  # percent in words
         ("15\\%", "15 percentage", T), ("15\\%", "15 percentage points", T), ("15\\%", "16 percentage", F),
-        ("0.15", "15\\text{ percentage}", T), ("0.15", "1.5 percentage", F), ("15\\%", "15 per cent", T),
+        ("0.15", "15\\text{ percentage}", T), ("0.15", "1.5 percentage", F), ("15\\%", "15 per cent", T), ("15\\%", "15percent", T),
     ]),
     ("clock times", [  # h:mm with a leading-zero minute, h:mm:ss, a.m./p.m.; ratios stay ratios
         ("5:00", "7:00", F), ("5:00", "5:00", T), ("1:2", "2:4", T), ("1:2", "2:1", F), ("17:30", "5:30 \\text{ p.m.}", T),
