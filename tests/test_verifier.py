@@ -578,7 +578,7 @@ def test_math_verify_hostile_inputs_are_bounded():
     for response in ("\\boxed{9^{9^{9^9}}}", "\\boxed{" * 100_000):
         t0 = time.perf_counter()
         assert V.score_batch([response], ["1"], grader="math-verify", workers=1, timeout=0.5) == [0.0]
-        assert time.perf_counter() - t0 <= 0.5 + 0.15
+        assert time.perf_counter() - t0 <= 0.5 + 0.2  # the bound, plus starting a replacement after a kill
     after = V.pool_stats()
     assert after["soft_timeouts"] + after["kills"] >= before["soft_timeouts"] + before["kills"] + 2
     assert V.score_batch(["\\boxed{2}"], ["2"], grader="math-verify", workers=1) == [1.0]  # the pool recovered
