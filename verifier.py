@@ -2235,6 +2235,7 @@ def _load_grader(grader):
         import math_verify  # noqa: F401
 
         logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it logs whole inputs on errors
+        _reward_math_verify("\\boxed{1}", "1")  # it builds its regexes on first use: not in a verdict's time
     elif grader == "dapo":
         spec = importlib.util.spec_from_file_location("verl_math_dapo", _dapo_path())
         _DAPO = importlib.util.module_from_spec(spec)
