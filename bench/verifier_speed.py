@@ -31,11 +31,13 @@ Deliberately left out: GPU (the verifier is CPU work); graders run in-process ou
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib.util
 import json
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -249,6 +251,7 @@ def load_base(commit):
     src = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:verifier.py"], capture_output=True, text=True,
                          check=True).stdout
     folder = Path(tempfile.mkdtemp(prefix="verifier-base-"))
+    atexit.register(shutil.rmtree, folder, True)
     (folder / "verifier.py").write_text(src)
     spec = importlib.util.spec_from_file_location("verifier_base", folder / "verifier.py")
     mod = sys.modules["verifier_base"] = importlib.util.module_from_spec(spec)
