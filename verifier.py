@@ -1,4 +1,4 @@
-"""verifier.py -- rule-based rewards for RLVR: math answers, the built-in task, sandboxed code.
+"""verifier.py -- the math-answer verifier: the 0/1 reward of RLVR on math (it executes no code).
 
 In RLVR the verifier *is* the reward (paper Sec. 2: R(x, y) in {0, 1} from a rule-based checker; the
 advantage A(x, y) of Eq. 8 is built from it). A wrong verdict trains the model toward wrong answers, a
@@ -7,57 +7,58 @@ So this file is:
 
 - correct: its own LaTeX/plain-math parser feeds exact rational arithmetic first, then a numeric
   identity test (mpmath, random points), then sympy to *prove* equality of symbolic answers; every
-  rule and tolerance is listed in the README ("Verifier") and tested in tests/test_verifier.py;
+  rule and tolerance is listed in docs/verifier.md and tested in tests/test_verifier.py;
 - safe by construction: model text is tokenised and parsed by a whitelist grammar into plain tuples;
   sympy only ever sees objects built from those tuples by explicit constructors (no eval, exec,
   sympify, parse_expr or lambdify anywhere in this file);
-- bounded in time: every math verdict runs in a persistent worker process (`python -I`, memory-capped)
+- bounded in time: every verdict runs in a persistent worker process (`python -I`, memory-capped)
   with a soft per-verdict timer inside the worker and a hard kill-and-replace by the parent, so the
   bound holds from any thread and any process (signal.alarm alone does not);
 - fast: exact arithmetic with Python ints/Fractions decides the common answers (integers, fractions,
-  decimals) in tens of microseconds; sympy is only reached for symbolic answers that agree numerically.
+  decimals) in tens of microseconds; sympy is only reached for symbolic answers that agree numerically;
+- comparable: other papers' numbers come from other graders, so score_batch can also grade with
+  HuggingFace's math-verify or verl's DAPO scorer, in the same time-bounded workers.
 
-Public API (tests, lad.py and eval.py use exactly these names)
-    extract_answer(response) -> str | None         final answer of a response (last \\boxed{...}, fallbacks)
-    math_equal(pred, gold, *, timeout=1.0) -> bool  equivalence of two answer strings
-    math_reward(response, gold) -> float            1.0 / 0.0 (extraction + equivalence)
-    score_batch(responses, golds, *, kind="math", workers=None, timeout=1.0) -> list[float]
-    sum_task_answer(response), sum_task_reward(response, gold)   the built-in task (kind "sum")
-    code_reward(program, tests) -> float, run_code(program, tests) -> CodeResult   sandboxed code
+Public API
+    extract_answer(response) -> str | None          final answer of a response (last \\boxed{...}, fallbacks)
+    math_equal(pred, gold, *, timeout=1.0) -> bool   equivalence of two answer strings (ours)
+    math_reward(response, gold, *, timeout=1.0, grader="ours") -> float       1.0 / 0.0
+    score_batch(responses, golds, *, workers=None, timeout=1.0, grader="ours") -> list[float]
+    GRADERS = ("ours", "math-verify", "dapo"); DEFAULT_TIMEOUT; pool_stats() -> dict (kills, latency)
 
 Commands
     python verifier.py --gold '\\frac{1}{2}' --response 'so the answer is \\boxed{0.5}'
-    python verifier.py --kind sum --gold 'target=17,avoid=3,terms=3' --response '9+6+2'
+    python verifier.py --grader dapo --gold 34 --response 'Answer: 34'
     python -m pytest -q tests/test_verifier.py
-    python bench/verifier_speed.py            # throughput and worst-case latency (vs math-verify if installed)
+    python bench/verifier_speed.py            # throughput and worst-case latency (vs math-verify)
     (CPU only; there is nothing to run on a GPU, and with torchrun every rank has its own worker pool.)
 
 Deliberately left out
+    - running code: code rewards are sandbox.py's; the built-in tasks' rewards live with the tasks;
     - model-based (LLM-as-judge) verification and partial credit: rewards are 0/1;
     - solving equations or simplifying with assumptions (e.g. sqrt(x^2) = |x|): equivalence is
       identity of expressions, sets and relations, not "same solution set of an arbitrary equation";
-    - a hardened code sandbox against a determined attacker (seccomp, containers): the sandbox here
-      stops accidents and the usual escapes (loops, forks, memory, files, network); see run_code.
+    - unit conversion (1 m vs 100 cm) and physical-constant values (\\hbar is a name, not 1.05e-34).
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import pickle
 import re
 import select
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+import unicodedata
 import zlib
 from collections import deque
 from dataclasses import dataclass
@@ -65,22 +66,29 @@ from fractions import Fraction
 from functools import lru_cache
 
 
+GRADERS = ("ours", "math-verify", "dapo")
+"""Who judges a response (docs/verifier.md, "Graders"): this file's rules, HuggingFace's math-verify,
+or the scorer of verl's DAPO recipe (verl.utils.reward_score.math_dapo)."""
+
+
 @dataclass
 class Args:
     """Command line of `python verifier.py`: score one response against one gold answer."""
 
+    CHOICES = {"grader": list(GRADERS)}
+
     gold: str = "\\frac{1}{2}"
-    """gold answer (math: an answer string; sum: 'target=T,avoid=d,terms=k'; code: JSON list of tests)"""
+    """gold answer (an answer string, or a worked solution whose last box is the answer)"""
     response: str = "The answer is \\boxed{0.5}."
-    """model response (math: full text, the final answer is extracted; code: the program)"""
-    kind: str = "math"
-    """verifier kind: math | sum | code"""
+    """model response (full text; the final answer is extracted)"""
+    grader: str = "ours"
+    """who judges: ours | math-verify | dapo (docs/verifier.md, "Graders")"""
     timeout: float = 1.0
-    """seconds per verdict (hard bound; README "Verifier")"""
+    """seconds per verdict (hard bound)"""
 
 
 # ----------------------------------------------------------------------------------------------------
-# Limits and tolerances (README "Verifier" lists each with its reason)
+# Limits and tolerances (docs/verifier.md lists each with its reason)
 # ----------------------------------------------------------------------------------------------------
 
 DEFAULT_TIMEOUT = 1.0
@@ -298,7 +306,16 @@ _UNICODE = {
     "−": "-", "–": "-", "—": "-", "×": "*", "·": "*", "⋅": "*", "÷": "/", "≤": "<=", "≥": ">=",
     "≠": "!=", "∞": "\\infty ", "π": "\\pi ", "√": "\\sqrt", "°": "°", "∪": "\\cup ", "∩": "\\cap ",
     "±": "\\pm ", "∓": "\\mp ", "∈": "\\in ", "∅": "\\emptyset ", "＝": "=", "，": ",", "：": ":",
+    "≃": "≈", "′": "'", "″": "''", "‴": "'''", "ℏ": "\\hbar ", "ℓ": "\\ell ",
 }
+_GREEK = {
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
+    "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
+    "Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi", "Psi", "Omega",
+}
+for _name in _GREEK:  # the Greek letters themselves: ω -> \omega (unicode spells lambda LAMDA)
+    _case = "CAPITAL" if _name[0].isupper() else "SMALL"
+    _UNICODE[unicodedata.lookup(f"GREEK {_case} LETTER {_name.upper().replace('LAMBDA', 'LAMDA')}")] = f"\\{_name} "
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 _SIMPLE_CMDS = [
     (r"\\[dtc]frac", "\\frac"), (r"\\[dt]binom", "\\binom"),
@@ -311,12 +328,22 @@ _SIMPLE_CMDS = [
     (r"\\mathbb\s*\{\s*R\s*\}|\\R(?![A-Za-z])", "(-\\infty,\\infty)"),
     (r"\\(?:dots|ldots|cdots)(?![A-Za-z])", "..."), (r"\\(?:lvert|rvert|vert)(?![A-Za-z])", "|"), (r"\\\|", "|"),
     (r"\\(?:lbrace)(?![A-Za-z])", "\\{"), (r"\\(?:rbrace)(?![A-Za-z])", "\\}"), (r"\\(?:langle)(?![A-Za-z])", "("), (r"\\(?:rangle)(?![A-Za-z])", ")"),
-    (r"\\(?:quad|qquad)(?![A-Za-z])|(?<!\\)\\[,;:! ]|~", " "), (r"\\infin(?![A-Za-z])|\binfinity\b", "\\infty "),
+    # spacing: \quad, \, \; \: \! and the control space "\ " (also at the very end, where stripping
+    # the answer took its space: \boxed{42\ }), \hspace{...}, \phantom{...}, ~
+    (r"\\(?:quad|qquad)(?![A-Za-z])|(?<!\\)\\(?:[,;:! ]|$)|~|\\(?:hspace\*?|h?phantom)\s*\{[^{}]*\}", " "),
+    (r"\\infin(?![A-Za-z])|\binfinity\b", "\\infty "),
     (r"\\(?:dollar|\$)|\bUSD\b|[€£¥]", " "), (r"\\(?:mathrm|textrm|rm)\s*\{\s*d\s*\}", "d"),
-    (r"\\(?:varepsilon)(?![A-Za-z])", "\\epsilon"), (r"\\(?:varphi)(?![A-Za-z])", "\\phi"),
+    (r"\\(?:var(epsilon|phi|theta|rho|sigma|kappa)|hslash)(?![A-Za-z])", lambda m: "\\" + (m.group(1) or "hbar ")),
+    (r"\\(?:approx|thickapprox|approxeq|simeq)(?![A-Za-z])", "≈"), (r"\\equiv(?![A-Za-z])", "≡"),
     (r"\\(?:Rightarrow|implies|to|rightarrow|Longrightarrow)(?![A-Za-z])", " => "),
 ]
-_SIMPLE_CMDS = [(re.compile(a), (lambda m, b=b: b)) for a, b in _SIMPLE_CMDS]
+_SIMPLE_CMDS = [(re.compile(a), b if callable(b) else (lambda m, b=b: b)) for a, b in _SIMPLE_CMDS]
+_PRIME = re.compile(r"\^\s*\{\s*((?:\\prime\s*|')+)\}|\^\s*\\prime(?![A-Za-z])|\\prime(?![A-Za-z])")
+"""\omega^{\prime}, \omega^\prime, f^{\prime\prime}: primes, written as ' (\omega' = \omega^{\prime})."""
+_CLOCK_AMPM = re.compile(r"(?<![\d.:])(?P<h>\d{1,2})(?::(?P<m>\d\d))?(?::(?P<s>\d\d))?\s*"
+                         r"(?P<wrap>\\(?:text|mathrm|textrm|rm|mbox)\s*\{\s*)?"
+                         r"(?:(?P<dotted>[AaPp])\.\s*[Mm]\.|(?P<plain>[AaPp])[Mm](?![A-Za-z]))(?(wrap)\s*\})")
+"""5:30 pm, 5:30\text{ p.m.}, 5 p.m. (without minutes only with the dots: 5 pm may be picometres)."""
 _TEXT_WRAP = re.compile(
     r"\\(?:text|textnormal|textrm|textbf|textit|textsf|texttt|mbox|hbox|mathrm|mathbf|mathit|mathsf|mathtt"
     r"|mathnormal|operatorname|boldsymbol|bm|emph|underline|overline|mathbb|mathcal)\s*\{([^{}]*)\}"
@@ -332,17 +359,20 @@ _UNITS = (
 )
 _UNIT_TAIL = re.compile(r"(?<=[\d)}\]%°\s])(?:\s*(?:" + _UNITS + r")(?:\^\{?\d\}?|²|³)?\.?)+\s*$")
 _DEGREE_WORD = re.compile(r"\s*\b(?:degrees?|deg)\b\.?\s*$")
-_PERCENT_WORD = re.compile(r"\s*\b(?:percent|per\s*cent|pct)\b\.?\s*$")
+_PERCENT_WORDS = r"percent(?:age)?s?(?:\s+points?)?|per\s*cent|pct"
+_PERCENT_WORD = re.compile(r"\s*(?:\b|(?<=\d))(?:" + _PERCENT_WORDS + r")\b\.?\s*$")
 _FUNC_WORDS = {
     "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "asin", "acos", "atan",
     "sinh", "cosh", "tanh", "ln", "log", "exp", "sqrt", "pi", "max", "min", "gcd", "lcm", "abs", "det",
     "floor", "ceil", "mod", "or", "and", "oo", "infty", "inf", "frac", "binom",
 }
-_GREEK = {
-    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
-    "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
-    "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega",
-}
+_NAMED_SYMBOLS = {"hbar", "ell", "aleph", "beth", "imath", "jmath", "mho", "eth", "wp"}
+"""Letter-like commands that name a quantity (\hbar, \ell): symbols, like a Greek letter; "hbar" also
+without its backslash. Operators (\partial, \nabla) are not names and stay unparsed."""
+_ACCENTS = {"vec": "vec", "overrightarrow": "vec", "hat": "hat", "widehat": "hat", "bar": "bar", "dot": "dot",
+            "ddot": "ddot", "tilde": "tilde", "widetilde": "tilde", "check": "check", "breve": "breve",
+            "acute": "acute", "grave": "grave", "mathring": "ring"}
+"""Accents over a name make another name: \vec{v} (= \overrightarrow{v}) is neither v nor \hat{v}."""
 
 
 def _unwrap_text(s: str) -> str:
@@ -354,7 +384,7 @@ def _unwrap_text(s: str) -> str:
         low = core.lower()
         if low in ("and", "or", ","):
             return f" {low} "
-        if low in ("percent", "pct", "per cent"):
+        if re.fullmatch(_PERCENT_WORDS, low):
             return "%"
         if low in ("degree", "degrees", "deg"):
             return "°"
@@ -374,6 +404,15 @@ def _unwrap_text(s: str) -> str:
     return s
 
 
+def _clock_24h(m) -> str:
+    """A time with a.m./p.m. as h:mm:ss on the 24-hour clock (5:30 pm -> 17:30:00, 12 a.m. -> 0:00:00)."""
+    half = m.group("dotted") or m.group("plain")
+    if m.group("m") is None and m.group("dotted") is None or not 1 <= int(m.group("h")) <= 12:
+        return m.group(0)
+    h = int(m.group("h")) % 12 + (12 if half in "Pp" else 0)
+    return f" {h}:{m.group('m') or '00'}:{m.group('s') or '00'} "
+
+
 @lru_cache(maxsize=65536)
 def _normalize(ans: str) -> str:
     s = _sanitize(ans).strip()
@@ -382,8 +421,14 @@ def _normalize(ans: str) -> str:
     s = s.replace("$", " ").replace("\\(", " ").replace("\\)", " ").replace("\\[", " ").replace("\\]", " ")
     for rx, rep in _SIMPLE_CMDS:
         s = rx.sub(rep, s)
+    if "\\prime" in s or "^" in s and "'" in s:
+        s = _PRIME.sub(lambda m: "'" * max(1, (m.group(1) or "").count("\\prime") + (m.group(1) or "").count("'")), s)
+    if "m" in s or "M" in s:  # before _unwrap_text, which would drop \text{ p.m.} as a unit
+        s = _CLOCK_AMPM.sub(_clock_24h, s)
     s = _unwrap_text(s)
     s = re.sub(r"^\s*(?:final\s+)?answer\s*[:=]\s*", "", s, flags=re.I)
+    if "≈" in s:  # "\approx 3.14" alone: the value
+        s = re.sub(r"^\s*≈", "", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r"(?<!\d)\.+$|\.$", "", s).strip()  # trailing sentence period ("3." is 3 as well)
     if _DEGREE_WORD.search(s):
@@ -395,7 +440,8 @@ def _normalize(ans: str) -> str:
         if new == s or not new:
             break
         s = new
-    s = re.sub(r"(\d)\{\s*,\s*\}(\d)", r"\1\2", s)  # 1{,}000, 12{, }345
+    if "{" in s:  # 1{,}000, 12{, }345, 3 {, }250: a {,} before a group of three digits separates thousands
+        s = re.sub(r"(\d)\s*\{\s*,\s*\}\s*(?=\d{3}(?![\d]))", r"\1", s)
     s = re.sub(r"(?<=\d)_\{\s*([0-9A-Za-z]+)\s*\}", r"_\1", s)  # base subscripts: 101_{2} -> 101_2
     m = re.fullmatch(r"([+-]?)(\d+) (\d+)/(\d+)", s)  # mixed number written with a space: 2 1/3
     if m and 0 < int(m.group(3)) < int(m.group(4)):
@@ -411,14 +457,21 @@ def _text_key(s: str) -> str:
     return re.sub(r"[^0-9a-z]", "", s.lower())
 
 
+_LABEL_WORDS = re.compile(r"\s*[A-Za-z](?:[A-Za-z\s']|_\w)*(?:=|≈|≡)")
+
+
 def _is_text(norm: str) -> bool:
-    """A prose answer (a word of 3+ letters that is no function, Greek letter or LaTeX command)."""
+    """A prose answer (a word of 3+ letters that is no function, Greek letter or LaTeX command, and no
+    label: the words before the first =, \\approx or \\equiv name the value, \\text{total} = 12)."""
     plain = re.sub(r"\\(?:begin|end)\s*\{[A-Za-z*]*\}|\\[A-Za-z]+|_\{[^{}]*\}", " ", norm)  # and subscripts
     labelled = "=" in plain  # S_{ABC}:S = 4:9, PQR = 5: capital runs before a value are point names
+    if labelled or "≈" in plain or "≡" in plain:
+        m = _LABEL_WORDS.match(plain)
+        plain = plain[m.end():] if m else plain
     for w in re.findall(r"[A-Za-z]{3,}", plain):
         if labelled and w.isupper():
             continue
-        if w not in _FUNC_WORDS and w not in _GREEK and w.lower() not in _FUNC_WORDS:
+        if w not in _FUNC_WORDS and w not in _GREEK and w not in _NAMED_SYMBOLS and w.lower() not in _FUNC_WORDS:
             return True
     return False
 
@@ -435,7 +488,8 @@ def _choice_letter(norm: str) -> str | None:
 # ----------------------------------------------------------------------------------------------------
 # Tokenizer and parser: a whitelist grammar producing plain tuples (the only thing sympy ever sees)
 #
-# node = ("num", Fraction, is_decimal) | ("sym", name) | ("const", "pi"|"e"|"i"|"oo")
+# node = ("num", Fraction, ulp)  ulp: False for an exact literal, else one unit in its last written digit
+#      | ("sym", name) | ("const", "pi"|"e"|"i"|"oo") | ("time", seconds since midnight)
 #      | ("add", [nodes]) | ("neg", x) | ("mul", [nodes]) | ("div", a, b) | ("pow", a, b)
 #      | ("fn", name, [args]) | ("pct", x) | ("deg", x) | ("pm", a, b)       a +- b (a may be None)
 #      | ("group", open, close, [items])  bracketed comma list: tuple, interval, or 1-item parenthesis
@@ -445,10 +499,11 @@ def _choice_letter(norm: str) -> str | None:
 
 _TOKEN_RE = re.compile(
     r"\s*(?:"
+    r"(?P<time>\d{1,2}:\d\d(?::\d\d)?(?![\d.]))|"
     r"(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+(?![\d.]))?)"
     r"|(?P<cmd>\\[A-Za-z]+|\\[{}])"
     r"|(?P<word>[A-Za-z]+)"
-    r"|(?P<op><=|>=|!=|=>|\\\\|\.\.\.|[-+*/^_!%°'=<>(),;\[\]{}|&:])"
+    r"|(?P<op><=|>=|!=|=>|\\\\|\.\.\.|[-+*/^_!%°'=<>(),;\[\]{}|&:≈≡])"
     r")"
 )
 _FUNCS = {
@@ -470,8 +525,18 @@ def _tokenize(s: str) -> list[tuple[str, str]]:
         pos = m.end()
         kind = m.lastgroup
         val = m.group(kind)
-        if kind == "word":
-            if val in _FUNCS or val in ("sqrt", "pi", "oo", "or", "and", "infty", "inf") or val in _GREEK:
+        if kind == "time":
+            parts = val.split(":")
+            # a clock time when it has seconds or its minutes are written with a leading zero (5:00,
+            # 12:05: ratio terms have no leading zeros); 3:10 stays a ratio (the clock-time rule reads
+            # it as a time only against a time)
+            if (len(parts) == 3 or parts[1][0] == "0") and int(parts[0]) <= 24 and all(int(x) < 60 for x in parts[1:]):
+                toks.append(("time", val))
+            else:
+                for k, x in enumerate(parts):
+                    toks.extend([("op", ":"), ("num", x)] if k else [("num", x)])
+        elif kind == "word":
+            if val in _FUNCS or val in ("sqrt", "pi", "oo", "or", "and", "infty", "inf", "hbar") or val in _GREEK:
                 toks.append(("word", val))
             else:  # a run of letters is a product of one-letter symbols (xy = x*y)
                 toks.extend(("word", c) for c in val)
@@ -482,7 +547,9 @@ def _tokenize(s: str) -> list[tuple[str, str]]:
     return toks
 
 
-_REL_OPS = {"=", "<", ">", "<=", ">=", "!=", "\\in"}
+_REL_OPS = {"=", "<", ">", "<=", ">=", "!=", "\\in", "≈", "≡"}
+_NAME_OPS = ("=", "≈", "≡")
+"""The relations after which a name is a label (or an assignment's variable): =, \\approx, \\equiv."""
 _CMD_FUNCS = {
     "\\sin", "\\cos", "\\tan", "\\cot", "\\sec", "\\csc", "\\arcsin", "\\arccos", "\\arctan", "\\sinh",
     "\\cosh", "\\tanh", "\\ln", "\\log", "\\exp", "\\max", "\\min", "\\gcd", "\\lcm", "\\det",
@@ -677,6 +744,9 @@ class _Parser:
             elif v == "_" and node[0] == "num" and not node[2] and self.peek(1)[0] in ("num", "word"):
                 self.next()  # a numeral in base b: 101_2 (a name, compared as written)
                 node = ("sym", "base:" + str(node[1]) + "_" + self.next()[1])
+            elif v == "'" and node[0] == "sym" and self.peek()[0] == "op":  # a prime: f', \omega'' are names
+                self.next()
+                node = ("sym", node[1] + "'")
             elif v == "_" and node[0] == "sym":  # subscript: x_1, a_{n+1}
                 self.next()
                 start = self.i
@@ -692,7 +762,8 @@ class _Parser:
                 else:
                     self.next()
                 sub = "".join(v for _, v in self.t[start : self.i])
-                node = ("sym", node[1] + "_" + re.sub(r"[^A-Za-z0-9]", "", sub))
+                base = node[1].rstrip("'")  # x'_1 and x_1' are one name
+                node = ("sym", base + "_" + re.sub(r"[^A-Za-z0-9]", "", sub) + node[1][len(base):])
             else:
                 return node
 
@@ -721,9 +792,12 @@ class _Parser:
                     f = Fraction(mant) * Fraction(10) ** int(ex) if abs(int(ex)) <= 400 else None
                     if f is None:
                         raise _ParseError("exponent too large")
-                    return ("num", f, True)
-                dec = "." in val
-                return ("num", Fraction(val.rstrip(".")) if val != "." else Fraction(0), dec and not val.endswith("."))
+                    return ("num", f, Fraction(10) ** (int(ex) - len(mant.partition(".")[2])))
+                ulp = Fraction(1, 10 ** len(val.partition(".")[2])) if "." in val and not val.endswith(".") else False
+                return ("num", Fraction(val.rstrip(".")) if val != "." else Fraction(0), ulp)
+            if kind == "time":
+                h, m, *sec = (int(x) for x in val.split(":"))
+                return ("time", 3600 * h + 60 * m + (sec[0] if sec else 0))
             if kind == "word":
                 if val in ("pi",):
                     return ("const", "pi")
@@ -733,7 +807,7 @@ class _Parser:
                     return ("fn", "sqrt", [self.parse_group_arg()])
                 if val in _FUNCS:
                     return self.parse_func(_FN_ALIASES.get(val, val))
-                if val in _GREEK:
+                if val in _GREEK or val == "hbar":
                     return ("sym", val)
                 if val == "i":
                     return ("const", "i")
@@ -789,8 +863,14 @@ class _Parser:
                     return ("fn", "floor" if val == "\\lfloor" else "ceiling", [inner])
                 if val == "\\begin":
                     return self.parse_matrix()
-                if name in _GREEK:
+                if name in _GREEK or name in _NAMED_SYMBOLS:
                     return ("sym", name)
+                if name in _ACCENTS:  # \vec{v}, \hat\theta, \vec{AB}: a new name
+                    arg = self.parse_group_arg()
+                    names = arg[1] if arg[0] == "mul" else [arg]
+                    if not all(x[0] == "sym" for x in names):
+                        raise _ParseError("accent over a non-name")
+                    return ("sym", f"{_ACCENTS[name]}({''.join(x[1] for x in names)})")
                 if name in ("mathrm", "mathbf", "text", "operatorname"):  # leftovers with nested braces
                     return self.parse_group_arg()
                 raise _ParseError(f"unknown command {val}")
@@ -1548,7 +1628,7 @@ def _is_var_head(node) -> bool:
 
 
 def _strip_assignment(node):
-    if node[0] == "rel" and node[2] == ["="] and _is_var_head(node[1][0]):
+    if node[0] == "rel" and len(node[2]) == 1 and node[2][0] in _NAME_OPS and _is_var_head(node[1][0]):
         return node[1][1]
     return node
 
@@ -1743,33 +1823,88 @@ def _rule_identical(p, g):
     return True if p == g else None
 
 
-def _reduce_chain(node):
-    """A true equality chain ends in its value: 3 \\cdot 4 = 12 -> 12, x = 3+4 = 7 -> x = 7. A chain
-    whose constant sides are not all equal (a false step) is returned unchanged (and matches no value)."""
-    if node[0] != "rel" or set(node[2]) != {"="}:
+def _reduce_chain(node, approx: bool):
+    """A true chain ends in its value. approx=False: chains of "=" (3 \\cdot 4 = 12 -> 12, x = 3+4 = 7 ->
+    x = 7). approx=True: chains with "\\approx" (\\frac13 \\approx 0.333 -> \\frac13, x = 2\\pi \\approx 6.28
+    -> x = 2\\pi): a "\\approx" step holds when its right side is the left side rounded or truncated at its
+    last written digit (_rounds_to), and the value stays the last side before the first "\\approx". A
+    chain with a false step (3 \\cdot 4 = 13, \\frac13 \\approx 0.9) is returned unchanged, and matches
+    no value."""
+    if node[0] != "rel" or not (("≈" in node[2] and set(node[2]) <= {"=", "≈"}) if approx else set(node[2]) == {"="}):
         return node
-    xs = node[1]
-    consts = [x for x in xs if _is_const(x)]
-    if len(consts) < 2 or len(consts) < len(xs) - 1:
+    xs, ops = node[1], node[2]
+    head = 0 if _is_const(xs[0]) else 1  # x = 3 + 4 = 7: the one non-constant side is the head
+    consts = xs[head:]
+    if len(consts) < 2 or not all(_is_const(x) for x in consts):
         return node
-    if len(consts) == len(xs) - 1 and _is_const(xs[0]):
-        return node  # the non-constant side is not the head: 3 = x = 3 is no chain
-    if not all(_scalar_equal(consts[0], c) for c in consts[1:]):
-        return node
-    return consts[-1] if len(consts) == len(xs) else ("rel", [xs[0], consts[-1]], ["="])
+    if not approx:
+        if not all(_scalar_equal(consts[0], c) for c in consts[1:]):
+            return node
+        value = consts[-1]
+    else:
+        value, exact = consts[0], True
+        for k in range(1, len(consts)):
+            a, b, op = consts[k - 1], consts[k], ops[head + k - 1]
+            if not (_scalar_equal(a, b) if op == "=" else _rounds_to(a, b)):
+                return node
+            exact = exact and op == "="
+            value = b if exact else value
+    return value if head == 0 else ("rel", [xs[0], value], [ops[0]])
+
+
+def _rounds_to(x_node, d_node) -> bool:
+    """d_node, written with decimals, is x_node's value rounded (|x - d| <= half a unit in d's last
+    written digit) or truncated toward zero at that digit: \\frac23 \\approx 0.667 or 0.666, not 0.668.
+    A unit: the literal's last digit when d is one literal (-0.33: 0.01), else the coarsest literal's
+    relative unit times |d| (6.02 \\times 10^{23}: 10^{21})."""
+    lits = []
+    _has(d_node, lambda n: n[0] == "num" and n[2] and lits.append(n))
+    try:
+        d = _exact(d_node)
+        if d_node[0] == "num" or d_node[0] == "neg" and d_node[1][0] == "num":
+            unit = d_node[2] if d_node[0] == "num" else d_node[1][2]
+        else:
+            rel = [n[2] / abs(n[1]) for n in lits if n[1] != 0]
+            unit = max(rel) * abs(d) if rel else 0
+        if not unit:
+            return False
+        try:
+            x = _exact(x_node)
+        except _NotExact:
+            mp = _mp()
+            v = _numeric(x_node, {})
+            if mp.im(v) != 0:
+                return False
+            x, d, unit = mp.re(v), mp.mpf(d.numerator) / d.denominator, mp.mpf(unit.numerator) / unit.denominator
+        return 2 * abs(x - d) <= unit or ((x >= 0) == (d >= 0) and abs(d) <= abs(x) < abs(d) + unit)
+    except (_NotExact, _TooBig, _Undefined, ValueError, ZeroDivisionError, OverflowError, TypeError):
+        return False
 
 
 def _rule_chain(p, g):
     """equality chains"""
-    rp, rg = _reduce_chain(p), _reduce_chain(g)
+    rp, rg = _reduce_chain(p, False), _reduce_chain(g, False)
     if rp is not p or rg is not g:
         return _equiv(rp, rg)
     return None
 
 
+def _rule_approx_chain(p, g):
+    """approximation chains: an exact value followed by \\approx and its decimal is the exact value"""
+    rp, rg = _reduce_chain(p, True), _reduce_chain(g, True)
+    if rp is not p or rg is not g:
+        return _equiv(rp, rg)
+    return None
+
+
+def _is_name_rel(node) -> bool:
+    """name = value, name \\approx value, name \\equiv value: one relation whose left side is a name."""
+    return (node[0] == "rel" and len(node[2]) == 1 and node[2][0] in _NAME_OPS
+            and (_is_var_head(node[1][0]) or _is_label(node[1][0])))
+
+
 def _strip_label(node):
-    if (node[0] == "rel" and node[2] == ["="] and _is_label(node[1][0]) and not _is_var_head(node[1][0])
-            and _is_const(node[1][1])):
+    if _is_name_rel(node) and not _is_var_head(node[1][0]) and _is_const(node[1][1]):
         return node[1][1]
     return node
 
@@ -1835,13 +1970,16 @@ def _rule_equations(p, g):
     """equations: two relations"""
     if p[0] != "rel" or g[0] != "rel":
         return None
+    if _is_name_rel(p) and _is_name_rel(g) and p[1][0] == g[1][0]:  # the same name: compare the values
+        return _equiv(p[1][1], g[1][1])
     if p[2] == ["="] and g[2] == ["="]:
-        if _is_var_head(p[1][0]) and _is_var_head(g[1][0]) and p[1][0] == g[1][0]:
-            return _equiv(p[1][1], g[1][1])
         return _equation_equal(p, g)
     if p[2] == g[2] and len(p[1]) == len(g[1]):
         return all(_equiv(x, y) for x, y in zip(p[1], g[1]))
     return False
+
+
+_ZERO = ("num", Fraction(0), False)
 
 
 def _rule_ratios(p, g):
@@ -1852,13 +1990,35 @@ def _rule_ratios(p, g):
         xs, ys = p[1], g[1]
         if len(xs) != len(ys):
             return False
-        # x_k / x_0 == y_k / y_0 for every k, as cross products (no division by a zero first term)
-        return all(_scalar_equal(("mul", [xs[k], ys[0]]), ("mul", [ys[k], xs[0]])) for k in range(1, len(xs))) \
-            and not _scalar_equal(xs[0], ("num", Fraction(0), False))
+        if any(_scalar_equal(x, _ZERO) for x in xs + ys):  # no rescaling with a zero term: 5:0 is not 7:0
+            return all(_scalar_equal(x, y) for x, y in zip(xs, ys))
+        # x_k / x_0 == y_k / y_0 for every k, as cross products
+        return all(_scalar_equal(("mul", [xs[k], ys[0]]), ("mul", [ys[k], xs[0]])) for k in range(1, len(xs)))
     r, other = (p, g) if p[0] == "ratio" else (g, p)
-    if len(r[1]) == 2 and other[0] not in ("rel", "list", "set", "group", "matrix", "union", "inter", "cases"):
+    if len(r[1]) == 2 and other[0] not in ("rel", "list", "set", "group", "matrix", "union", "inter", "cases", "time"):
         return _scalar_equal(("div", r[1][0], r[1][1]), other)
     return False
+
+
+def _clock_seconds(node):
+    """Seconds since midnight of a time, or of a ratio of integers that reads as one (17:30, 3:10:15)."""
+    if node[0] == "time":
+        return node[1]
+    if node[0] == "ratio" and len(node[1]) in (2, 3) and all(
+            x[0] == "num" and not x[2] and x[1].denominator == 1 for x in node[1]):
+        h, m, sec = ([int(x[1]) for x in node[1]] + [0])[:3]
+        if 0 <= h <= 24 and 0 <= m < 60 and 0 <= sec < 60:
+            return 3600 * h + 60 * m + sec
+    return None
+
+
+def _rule_clock(p, g):
+    """clock times: 5:00 (minutes with a leading zero), 17:30:00, 5:30 p.m. are times of day, equal when
+    they are the same time (5:00 != 7:00, 5:30 pm = 17:30); against a time, h:mm reads as a time"""
+    if p[0] != "time" and g[0] != "time":
+        return None
+    a, b = _clock_seconds(p), _clock_seconds(g)
+    return a is not None and a == b
 
 
 def _rule_tuples(p, g):
@@ -1937,11 +2097,13 @@ def _rule_relations(p, g):
 _RULES = (
     ("identical", _rule_identical),
     ("equality chains", _rule_chain),
+    ("approximation chains", _rule_approx_chain),
     ("labels before the value", _rule_label),
     ("equations", _rule_assignment),
     ("+-", _rule_pm),
     ("intervals, unions", _rule_intervals),
     ("equations", _rule_equations),
+    ("clock times", _rule_clock),
     ("ratios", _rule_ratios),
     ("tuples", _rule_tuples),
     ("matrices", _rule_matrices),
@@ -1999,291 +2161,18 @@ def _equal_core(pred: str, gold: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The built-in task (kind "sum"; contract shared with tiny.py, lad.py and eval.py)
-# ----------------------------------------------------------------------------------------------------
-
-_SUM_GOLD = re.compile(r"target=(\d+),avoid=(\d),terms=(\d+)")
-
-
-def sum_task_answer(response: str) -> str | None:
-    """The candidate of a built-in-task response: its first line, whitespace stripped; None if empty."""
-    _check_str("response", response)
-    first = response.split("\n", 1)[0].strip()
-    return first or None
-
-
-@lru_cache(maxsize=4096)
-def _sum_gold(gold: str):
-    m = _SUM_GOLD.fullmatch(gold)
-    if m is None:
-        raise ValueError(f"malformed built-in-task gold {gold!r} (expected 'target=<T>,avoid=<d>,terms=<k>')")
-    t, d, k = int(m.group(1)), m.group(2), int(m.group(3))
-    if k < 1:
-        raise ValueError(f"malformed built-in-task gold {gold!r} (terms must be >= 1)")
-    return t, d, k
-
-
-def sum_task_reward(response: str, gold: str) -> float:
-    """1.0 iff the candidate is k single digits joined by '+', none the forbidden digit, summing to T."""
-    _check_str("gold", gold)
-    target, avoid, k = _sum_gold(gold)
-    cand = sum_task_answer(response)
-    if cand is None or len(cand) != 2 * k - 1:
-        return 0.0
-    digits = cand[0::2]
-    if not all(c in "0123456789" for c in digits) or any(c != "+" for c in cand[1::2]):
-        return 0.0
-    if avoid in digits:
-        return 0.0
-    return 1.0 if sum(int(c) for c in digits) == target else 0.0
-
-
-# ----------------------------------------------------------------------------------------------------
-# Code execution in a sandbox
+# Graders: ours (everything above), or another project's, for numbers comparable with other papers
 #
-# Each run: a fresh `python -I` in a new temporary directory, a minimal environment, its own session
-# (process group), and a trusted prologue (_HARNESS) that, before any model code runs, sets resource
-# limits (address space, CPU seconds, file size, processes, open files), leaves the network (a new
-# network namespace where the kernel allows it), drops root to nobody, and installs an audit hook
-# that stops the process on sockets, fork/exec/subprocess and ctypes. The parent kills the whole
-# process group at the wall-clock timeout. Outputs go to files (capped by the file-size limit).
+# "math-verify" is HuggingFace's math-verify package, called as its README shows (verify(parse(gold),
+# parse(response))), with its own signal.alarm timeouts off: they would cancel the worker's timer, and
+# the worker bounds every verdict anyway. "dapo" is verl's verl/utils/reward_score/math_dapo.py, the
+# scorer verl's DAPO recipe reaches (data_source "math_dapo" or "aime*"): compute_score(response, gold)
+# reads the last "Answer:" line of the response's last 300 characters (else its last \boxed{}),
+# normalises both strings (Minerva's normalize_final_answer) and compares them exactly; it returns
+# +-1 as "score" and a bool "acc", which is this reward. That file imports only re and typing, but
+# `import verl...` runs verl/__init__.py, which imports torch, transformers, tensordict and ray (7 s,
+# 3000 modules); so the worker loads the installed file itself, unchanged, by its path.
 # ----------------------------------------------------------------------------------------------------
-
-_HARNESS = r'''
-import json, os, resource, sys
-mode, timeout, mem = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-def lim(r, v):
-    try:
-        resource.setrlimit(r, (v, v))
-    except (ValueError, OSError):
-        pass
-lim(resource.RLIMIT_AS, mem)
-lim(resource.RLIMIT_CPU, int(timeout) + 1)
-lim(resource.RLIMIT_FSIZE, 16 << 20)
-lim(resource.RLIMIT_NOFILE, 64)
-lim(resource.RLIMIT_CORE, 0)
-try:  # leave the network: a new, empty network namespace (needs CAP_SYS_ADMIN; best effort)
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).unshare(0x40000000)
-except Exception:
-    pass
-def _world_readable(path):
-    while True:
-        if os.stat(path).st_mode & 0o005 != 0o005:
-            return False
-        parent = os.path.dirname(path)
-        if parent == path:
-            return True
-        path = parent
-# drop root (so that RLIMIT_NPROC applies and other users' files are out of reach) when the standard
-# library stays readable for nobody; otherwise the audit hook below is the fork guard
-if os.geteuid() == 0 and _world_readable(os.path.dirname(os.__file__)):
-    try:
-        os.setgroups([]); os.setgid(65534); os.setuid(65534)
-    except OSError:
-        pass
-lim(resource.RLIMIT_NPROC, 64 if os.geteuid() != 0 else 4096)
-_BLOCK = ("socket.", "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-          "subprocess.Popen", "ctypes.", "os.kill", "os.killpg", "pty.spawn", "shutil.rmtree", "os.setuid")
-def _hook(event, args):
-    if event.startswith(_BLOCK):
-        os.write(2, ("\nSANDBOX-BLOCKED " + event + "\n").encode())
-        os._exit(86)
-sys.addaudithook(_hook)
-import runpy
-if mode == "stdio":
-    runpy.run_path("solution.py", run_name="__main__")
-else:
-    with open("calls.json") as f:
-        calls = json.load(f)
-    out = open("results.jsonl", "w")
-    g = runpy.run_path("solution.py", run_name="solution")
-    for c in calls:
-        fn = g.get(c["fn"])
-        if fn is None:
-            res = {"error": "no function " + repr(c["fn"])}
-        else:
-            try:
-                val = fn(*c.get("args", []), **c.get("kwargs", {}))
-                try:
-                    res = {"result": json.loads(json.dumps(val))}
-                except (TypeError, ValueError):
-                    res = {"repr": repr(val)}
-            except Exception as e:
-                res = {"error": type(e).__name__ + ": " + str(e)[:200]}
-        out.write(json.dumps(res) + "\n")
-        out.flush()
-'''
-
-
-@dataclass
-class CodeResult:
-    """Verdict of run_code: reward 1.0 iff every test passed; reason says why not (or 'ok')."""
-
-    reward: float
-    passed: int
-    total: int
-    reason: str
-
-
-def _lines(s: str) -> list[str]:
-    out = [ln.rstrip() for ln in s.replace("\r\n", "\n").split("\n")]
-    while out and out[-1] == "":
-        out.pop()
-    return out
-
-
-def _same_value(a, b) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b or a == b and type(a) is type(b)
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
-    return a == b
-
-
-def _failure_reason(rc: int, stderr: str, timed_out: bool, timeout: float) -> str:
-    m = re.search(r"SANDBOX-BLOCKED (\S+)", stderr)
-    if m:
-        return f"blocked: {m.group(1)}"
-    if timed_out:
-        return f"timeout: wall clock {timeout:g}s, process group killed"
-    if "MemoryError" in stderr or "Cannot allocate memory" in stderr:
-        return "memory limit"
-    if "File too large" in stderr or rc == -signal.SIGXFSZ:
-        return "file size limit"
-    if rc in (-signal.SIGXCPU, -signal.SIGKILL):
-        return f"cpu time limit ({signal.Signals(-rc).name})"
-    if "Network is unreachable" in stderr or "Errno 101" in stderr:
-        return "blocked: network unreachable"
-    if rc < 0:
-        return f"killed by {signal.Signals(-rc).name}"
-    last = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    return f"runtime error (exit {rc}): {last[-1][:200] if last else ''}"
-
-
-def _run_sandboxed(tmp: str, mode: str, stdin: str, timeout: float, memory_bytes: int):
-    """(returncode, stdout, stderr, timed_out) of the harness in `tmp`."""
-    with open(os.path.join(tmp, "stdin.txt"), "w") as f:
-        f.write(stdin)
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp, "PYTHONHASHSEED": "0"}
-    with open(os.path.join(tmp, "stdin.txt"), "rb") as fin, open(os.path.join(tmp, "stdout.txt"), "wb") as fout, \
-            open(os.path.join(tmp, "stderr.txt"), "wb") as ferr:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-X", "utf8", "harness.py", mode, str(timeout), str(memory_bytes)],
-            cwd=tmp, env=env, stdin=fin, stdout=fout, stderr=ferr, start_new_session=True, close_fds=True)
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        try:  # the whole group, also when the program exited but left children behind
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
-    def read(name):
-        with open(os.path.join(tmp, name), "rb") as f:
-            return f.read(1 << 20).decode("utf-8", "replace")
-    return proc.returncode, read("stdout.txt"), read("stderr.txt"), timed_out
-
-
-def run_code(program: str, tests, *, timeout: float = 5.0, memory_mb: int = 512) -> CodeResult:
-    """Run `program` against `tests` in the sandbox; reward 1.0 iff all pass.
-
-    tests: a list of dicts, each either {"input": str, "output": str} (stdin -> stdout, compared line
-    by line with trailing whitespace and trailing empty lines ignored) or {"fn": name, "args": [...],
-    "kwargs": {...}, "expected": value} (a function call; results compared after a JSON round trip,
-    floats with relative tolerance 1e-9). `timeout` is the wall-clock limit per process in seconds.
-    """
-    _check_str("program", program)
-    if not isinstance(tests, (list, tuple)) or not all(isinstance(t, dict) for t in tests):
-        raise TypeError("tests must be a list of dicts")
-    for k, t in enumerate(tests):
-        if not (("input" in t and "output" in t) or ("fn" in t and "expected" in t)):
-            raise ValueError(f"test {k} needs 'input'+'output' or 'fn'+'expected', got keys {sorted(t)}")
-    total = len(tests)
-    if total == 0:
-        raise ValueError("run_code needs at least one test")
-    tmp = tempfile.mkdtemp(prefix="lad-sandbox-")
-    try:
-        with open(os.path.join(tmp, "solution.py"), "w", encoding="utf-8", errors="replace") as f:
-            f.write(_sanitize(program))
-        with open(os.path.join(tmp, "harness.py"), "w") as f:
-            f.write(_HARNESS)
-        calls = [t for t in tests if "fn" in t]
-        with open(os.path.join(tmp, "calls.json"), "w") as f:
-            json.dump([{"fn": t["fn"], "args": list(t.get("args", [])), "kwargs": dict(t.get("kwargs", {}))}
-                       for t in calls], f)
-        os.chmod(tmp, 0o777)  # the harness may run as nobody
-        passed = 0
-        mem = memory_mb << 20
-        for k, t in enumerate(t for t in tests if "input" in t):
-            rc, out, err, timed_out = _run_sandboxed(tmp, "stdio", str(t["input"]), timeout, mem)
-            if timed_out or rc != 0 or "SANDBOX-BLOCKED" in err:
-                return CodeResult(0.0, passed, total, _failure_reason(rc, err, timed_out, timeout))
-            if _lines(out) != _lines(str(t["output"])):
-                return CodeResult(0.0, passed, total, f"wrong output on stdin test {k}")
-            passed += 1
-        if calls:
-            rc, out, err, timed_out = _run_sandboxed(tmp, "call", "", timeout, mem)
-            if timed_out or rc != 0 or "SANDBOX-BLOCKED" in err:
-                return CodeResult(0.0, passed, total, _failure_reason(rc, err, timed_out, timeout))
-            try:
-                with open(os.path.join(tmp, "results.jsonl"), "rb") as f:
-                    rows = [json.loads(ln) for ln in f.read(1 << 20).decode("utf-8", "replace").splitlines()]
-            except (OSError, ValueError):
-                return CodeResult(0.0, passed, total, "function-call results unreadable")
-            for k, (t, row) in enumerate(zip(calls, rows + [None] * (len(calls) - len(rows)))):
-                if row is None or "result" not in row or not _same_value(row["result"], json.loads(json.dumps(t["expected"]))):
-                    why = row.get("error", "wrong result") if isinstance(row, dict) else "no result"
-                    return CodeResult(0.0, passed, total, f"function test {k} ({t['fn']}): {why}")
-                passed += 1
-        return CodeResult(1.0, passed, total, "ok")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def code_reward(program: str, tests) -> float:
-    """1.0 iff `program` passes every test in the sandbox (see run_code), else 0.0."""
-    return run_code(program, tests).reward
-
-
-# ----------------------------------------------------------------------------------------------------
-# Worker processes: every math verdict is time-bounded
-#
-# A worker is `python -I -c "...verifier._serve()"`: it imports sympy once, caps its address space,
-# and answers length-prefixed pickled batches from its parent over pipes, one result per verdict as
-# soon as it is done. Inside, an interval timer (the worker's main thread, so signals work) stops a
-# verdict at SOFT_FRACTION * timeout: the symbolic stage then falls back to the numeric verdict, any
-# other stage returns 0. Outside, the parent tracks when each verdict started and kills the whole
-# worker (SIGKILL) at timeout + KILL_GRACE -- the hard bound, which holds even inside a C extension
-# -- records 0, and starts a replacement. Only the parent's own trusted messages are unpickled.
-# ----------------------------------------------------------------------------------------------------
-
-_IN_WORKER = False
-_HDR = struct.Struct(">I")
-
-
-def _verdict(kind: str, a: str, b):
-    if kind == "math":
-        ans = extract_answer(a)
-        return 1.0 if ans is not None and _equal_core(ans, _gold_answer(b)) else 0.0
-    if kind == "equal":
-        return 1.0 if _equal_core(a, b) else 0.0
-    # Test hooks (tests/test_verifier.py; not reachable through the public API): a hang in Python
-    # code (stopped by the worker's soft timer) and one inside C code (only the parent's kill stops it).
-    if kind == "_hang_python":
-        while True:
-            pass
-    if kind == "_hang_c":
-        import itertools
-
-        return float(sum(itertools.repeat(1, 10**13)))
-    raise ValueError(f"unknown verdict kind {kind!r}")
 
 
 def _gold_answer(gold: str) -> str:
@@ -2294,10 +2183,91 @@ def _gold_answer(gold: str) -> str:
     return gold
 
 
-def _serve():
+def _reward_ours(response: str, gold: str) -> float:
+    ans = extract_answer(response)
+    return 1.0 if ans is not None and _equal_core(ans, _gold_answer(gold)) else 0.0
+
+
+def _reward_math_verify(response: str, gold: str) -> float:
+    from math_verify import parse, verify  # imported by _load_grader at worker start-up
+
+    g = parse(gold if "\\boxed" in gold else f"${gold}$", parsing_timeout=None)
+    return 1.0 if verify(g, parse(response, parsing_timeout=None), timeout_seconds=None) else 0.0
+
+
+_DAPO = None  # verl's math_dapo module, once _load_grader("dapo") ran
+
+
+def _reward_dapo(response: str, gold: str) -> float:
+    return 1.0 if _DAPO.compute_score(response, gold)["acc"] else 0.0
+
+
+_GRADERS = dict(zip(GRADERS, (_reward_ours, _reward_math_verify, _reward_dapo)))
+
+
+def _dapo_path() -> str | None:
+    spec = importlib.util.find_spec("verl")  # locates the package without running its __init__
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "utils", "reward_score", "math_dapo.py")
+    return path if os.path.isfile(path) else None
+
+
+def _check_grader(grader):
+    """A bad grader name or a grader whose package is missing fails here, in the caller, at once."""
+    if grader not in _GRADERS:
+        raise ValueError(f"unknown grader {grader!r} (expected one of {', '.join(GRADERS)})")
+    if grader == "math-verify" and importlib.util.find_spec("math_verify") is None:
+        raise ImportError("grader 'math-verify' needs the math-verify package (requirements.txt pins it)")
+    if grader == "dapo" and _dapo_path() is None:
+        raise ImportError("grader 'dapo' needs verl's verl/utils/reward_score/math_dapo.py "
+                          "(pip install --no-deps verl==0.9.1)")
+
+
+def _load_grader(grader):
+    """Imports of a grader, done by a worker before it reports ready (not inside a verdict's time)."""
+    global _DAPO
+    if grader == "ours":
+        _sympy(), _mp()
+    elif grader == "math-verify":
+        import logging
+
+        import math_verify  # noqa: F401
+
+        logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it logs whole inputs on errors
+        _reward_math_verify("\\boxed{1}", "1")  # it builds its regexes on first use: not in a verdict's time
+    elif grader == "dapo":
+        spec = importlib.util.spec_from_file_location("verl_math_dapo", _dapo_path())
+        _DAPO = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_DAPO)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Worker processes: every verdict is time-bounded
+#
+# A worker is `python -I -c "...verifier._serve(grader)"`: it caps its address space, imports its
+# grader once, and answers length-prefixed pickled batches from its parent over pipes, one result per
+# verdict as soon as it is done. Inside, an interval timer (the worker's main thread, so signals work)
+# stops a verdict at SOFT_FRACTION * timeout: our symbolic stage then falls back to the numeric
+# verdict, anything else scores 0. Outside, the parent tracks when each verdict started and kills the
+# whole worker (SIGKILL) at timeout + KILL_GRACE -- the hard bound, which holds even inside a C
+# extension -- records 0, and starts a replacement. Only the parent's own trusted messages are
+# unpickled. Each grader has its own workers (a pool per grader), so a worker imports one grader.
+# ----------------------------------------------------------------------------------------------------
+
+_HDR = struct.Struct(">I")
+
+
+def _verdict(kind: str, a: str, b: str, grader: str = "ours") -> float:
+    """One verdict: kind "equal" is math_equal(a, b) (ours), kind "reward" scores response a against
+    gold b with `grader`."""
+    if kind == "equal":
+        return 1.0 if _equal_core(a, b) else 0.0
+    return _GRADERS[grader](a, b)
+
+
+def _serve(grader: str = "ours"):
     """Worker main loop (started by _Worker; reads batches on stdin, writes results on stdout)."""
-    global _IN_WORKER
-    _IN_WORKER = True
     import resource
 
     try:
@@ -2305,13 +2275,17 @@ def _serve():
     except (ValueError, OSError):
         pass
     sys.setrecursionlimit(4000)
-    _sympy(), _mp()  # import now, not inside the first verdict's time budget
+    # the results travel on a copy of stdout; fd 1 itself goes to /dev/null, so that a grader library
+    # that prints (from Python or C) cannot corrupt them
+    wfd = os.fdopen(os.dup(1), "wb")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    _load_grader(grader)
 
     def on_alarm(signum, frame):
         raise _SoftTimeout()
 
     signal.signal(signal.SIGALRM, on_alarm)
-    rfd, wfd = sys.stdin.buffer, sys.stdout.buffer
+    rfd = sys.stdin.buffer
 
     def send(obj):
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -2330,7 +2304,7 @@ def _serve():
             note = ""
             try:
                 signal.setitimer(signal.ITIMER_REAL, max(1e-3, SOFT_FRACTION * timeout))
-                score = _verdict(kind, a, b)
+                score = _verdict(kind, a, b, grader)
             except _SoftTimeout:
                 score, note = 0.0, "soft timeout"
             except (Exception, RecursionError) as e:  # noqa: B014 -- a verdict never takes the worker down
@@ -2340,11 +2314,15 @@ def _serve():
             send((idx, score, time.perf_counter() - t0, note))
 
 
+def _worker_argv(grader: str) -> list[str]:
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = f"import sys; sys.path.insert(0, {here!r}); import verifier; verifier._serve({grader!r})"
+    return [sys.executable, "-I", "-c", code]
+
+
 class _Worker:
-    def __init__(self):
-        here = os.path.dirname(os.path.abspath(__file__))
-        code = f"import sys; sys.path.insert(0, {here!r}); import verifier; verifier._serve()"
-        self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE,
+    def __init__(self, grader: str):
+        self.proc = subprocess.Popen(_worker_argv(grader), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      start_new_session=True, bufsize=0)
         self.buf = b""
@@ -2394,11 +2372,13 @@ class _Worker:
 
 
 class _Pool:
-    """Persistent worker processes shared by math_equal, math_reward and score_batch in this process."""
+    """Persistent worker processes of one grader, shared by math_equal, math_reward and score_batch in
+    this process."""
 
     STARTUP_TIMEOUT = 120.0
 
-    def __init__(self):
+    def __init__(self, grader: str = "ours"):
+        self.grader = grader
         self.workers: list[_Worker] = []
         self.lock = threading.Lock()
         self.stats = {"kills": 0, "max_latency_s": 0.0, "soft_timeouts": 0, "errors": 0, "error_reasons": {}}
@@ -2406,7 +2386,7 @@ class _Pool:
     def _grow(self, n):
         self.workers = [w for w in self.workers if w.proc.poll() is None]
         while len(self.workers) < n:
-            self.workers.append(_Worker())
+            self.workers.append(_Worker(self.grader))
 
     def run(self, items, timeout, n_workers):
         """Scores of items [(idx, kind, a, b)], each bounded by timeout (+ KILL_GRACE)."""
@@ -2448,8 +2428,8 @@ class _Pool:
                         else:  # died before "ready": a broken install, not a hostile input
                             code = w.proc.wait()
                             raise RuntimeError(
-                                f"verifier worker exited during start-up (exit code {code}); see "
-                                f"`{sys.executable} -c 'import verifier; verifier._serve()'` for the error")
+                                f"verifier worker exited during start-up (exit code {code}); see `{sys.executable} "
+                                f"-c 'import verifier; verifier._serve({self.grader!r})'` for the error")
                         self._replace(w, pool, starting)
                         continue
                     for msg in msgs:
@@ -2497,7 +2477,7 @@ class _Pool:
 
     def _replace(self, w, pool, starting):
         w.kill()
-        new = _Worker()
+        new = _Worker(self.grader)
         pool[pool.index(w)] = new
         self.workers[self.workers.index(w)] = new
         starting.append(new)
@@ -2508,22 +2488,24 @@ class _Pool:
         self.workers = []
 
 
-_POOL: _Pool | None = None
-_POOL_PID = None
+_POOLS: dict[str, _Pool] = {}
+_POOLS_PID = None
 
 
-def _pool() -> _Pool:
-    global _POOL, _POOL_PID
-    if _POOL is None or _POOL_PID != os.getpid():  # a forked child gets its own workers
-        _POOL = _Pool()
-        _POOL_PID = os.getpid()
-    return _POOL
+def _pool(grader: str = "ours") -> _Pool:
+    global _POOLS, _POOLS_PID
+    if _POOLS_PID != os.getpid():  # a forked child gets its own workers
+        _POOLS, _POOLS_PID = {}, os.getpid()
+    if grader not in _POOLS:
+        _POOLS[grader] = _Pool(grader)
+    return _POOLS[grader]
 
 
 @atexit.register
 def _shutdown():
-    if _POOL is not None and _POOL_PID == os.getpid():
-        _POOL.close()
+    if _POOLS_PID == os.getpid():
+        for pool in _POOLS.values():
+            pool.close()
 
 
 MAX_DEFAULT_WORKERS = 16
@@ -2548,7 +2530,7 @@ def _check_timeout(timeout):
 
 
 def math_equal(pred: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT) -> bool:
-    """Whether answer strings `pred` and `gold` are equivalent (README "Verifier": rules, tolerances).
+    """Whether answer strings `pred` and `gold` are equivalent (docs/verifier.md: rules, tolerances).
 
     Never raises on str input; returns within `timeout` + KILL_GRACE seconds (False on timeout),
     from any thread or process: the work runs in a worker process that is killed when it overruns.
@@ -2556,68 +2538,60 @@ def math_equal(pred: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT) -> boo
     _check_str("pred", pred)
     _check_str("gold", gold)
     _check_timeout(timeout)
-    if _IN_WORKER:  # already inside a time-bounded worker
-        return _equal_core(pred, gold)
     return _pool().run([(0, "equal", pred, gold)], timeout, 1)[0] > 0
 
 
-def math_reward(response: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT) -> float:
-    """1.0 if the final answer of `response` (extract_answer) is equivalent to `gold`, else 0.0."""
+def math_reward(response: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT, grader: str = "ours") -> float:
+    """1.0 if `grader` judges `response` correct against `gold`, else 0.0. grader "ours": the final
+    answer of `response` (extract_answer) is equivalent to `gold` (math_equal); "math-verify", "dapo":
+    those projects' own scoring of the whole response (docs/verifier.md, "Graders")."""
     _check_str("response", response)
     _check_str("gold", gold)
     _check_timeout(timeout)
-    if _IN_WORKER:
-        return _verdict("math", response, gold)
-    return _pool().run([(0, "math", response, gold)], timeout, 1)[0]
+    _check_grader(grader)
+    return _pool(grader).run([(0, "reward", response, gold)], timeout, 1)[0]
 
 
-def score_batch(responses, golds, *, kind: str = "math", workers: int | None = None,
-                timeout: float = DEFAULT_TIMEOUT) -> list[float]:
-    """Rewards of many (response, gold) pairs; the training loop calls this every step.
+def score_batch(responses, golds, *, workers: int | None = None, timeout: float = DEFAULT_TIMEOUT,
+                grader: str = "ours") -> list[float]:
+    """math_reward of many (response, gold) pairs; the training loop calls this every step.
 
-    kind="math": math_reward on the persistent worker pool (`workers` processes, default: usable cores
-    / torchrun's LOCAL_WORLD_SIZE, at most MAX_DEFAULT_WORKERS), each verdict bounded by `timeout` (+ KILL_GRACE). kind="sum": sum_task_reward inline (a
-    regex and a sum, microseconds, so no processes). kind="code": golds are test lists, run_code per
-    program in parallel sandboxes (threads waiting on subprocesses).
+    Runs on the grader's persistent worker pool (`workers` processes, default: usable cores / torchrun's
+    LOCAL_WORLD_SIZE, at most MAX_DEFAULT_WORKERS), each verdict bounded by `timeout` (+ KILL_GRACE):
+    a verdict that overruns, raises or kills its worker scores 0.
     """
     if isinstance(responses, str) or isinstance(golds, str):
         raise TypeError("score_batch takes sequences of strings, not a single string")
     responses, golds = list(responses), list(golds)
     if len(responses) != len(golds):
         raise ValueError(f"score_batch: {len(responses)} responses but {len(golds)} golds")
-    for k, r in enumerate(responses):
-        if not isinstance(r, str):
-            raise TypeError(f"responses[{k}] must be str, got {type(r).__name__}")
-    if kind == "sum":
-        return [sum_task_reward(r, g) for r, g in zip(responses, golds)]
+    for name, seq in (("responses", responses), ("golds", golds)):
+        for k, x in enumerate(seq):
+            if not isinstance(x, str):
+                raise TypeError(f"{name}[{k}] must be str, got {type(x).__name__}")
     n = workers if workers is not None else _default_workers()
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
-    if kind == "code":
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=n) as ex:
-            return list(ex.map(code_reward, responses, golds))
-    if kind != "math":
-        raise ValueError(f"unknown kind {kind!r} (expected 'math', 'sum' or 'code')")
-    for k, g in enumerate(golds):
-        if not isinstance(g, str):
-            raise TypeError(f"golds[{k}] must be str, got {type(g).__name__}")
     _check_timeout(timeout)
+    _check_grader(grader)
     if not responses:
         return []
-    if _IN_WORKER:
-        return [_verdict("math", r, g) for r, g in zip(responses, golds)]
-    items = [(k, "math", r, g) for k, (r, g) in enumerate(zip(responses, golds))]
-    return _pool().run(items, timeout, n)
+    items = [(k, "reward", r, g) for k, (r, g) in enumerate(zip(responses, golds))]
+    return _pool(grader).run(items, timeout, n)
 
 
 def pool_stats() -> dict:
-    """Counters of this process's worker pool: kills, soft timeouts, errors (verdicts that raised inside
-    the worker and scored 0) with their reasons ("error: KeyError": n), max verdict latency (s)."""
-    stats = dict(_pool().stats)
-    stats["error_reasons"] = dict(stats["error_reasons"])
-    return stats
+    """Counters of this process's worker pools (all graders together): kills, soft timeouts, errors
+    (verdicts that raised inside a worker and scored 0) with their reasons ("error: KeyError": n), and
+    the largest verdict latency (s)."""
+    out = {"kills": 0, "max_latency_s": 0.0, "soft_timeouts": 0, "errors": 0, "error_reasons": {}}
+    for pool in (_POOLS.values() if _POOLS_PID == os.getpid() else ()):
+        for key in ("kills", "soft_timeouts", "errors"):
+            out[key] += pool.stats[key]
+        out["max_latency_s"] = max(out["max_latency_s"], pool.stats["max_latency_s"])
+        for reason, count in pool.stats["error_reasons"].items():
+            out["error_reasons"][reason] = out["error_reasons"].get(reason, 0) + count
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -2631,16 +2605,9 @@ if __name__ == "__main__":
     args = parse_args(Args)
     print(json.dumps(dataclasses.asdict(args)))
     try:
-        if args.kind == "sum":
-            print(f"candidate: {sum_task_answer(args.response)!r}")
-            print(f"reward: {sum_task_reward(args.response, args.gold)}")
-        elif args.kind == "code":
-            print(run_code(args.response, json.loads(args.gold)))
-        elif args.kind == "math":
+        if args.grader == "ours":
             print(f"extracted: {extract_answer(args.response)!r}")
-            print(f"reward: {math_reward(args.response, args.gold, timeout=args.timeout)}")
-        else:
-            raise ValueError(f"unknown --kind {args.kind!r} (math | sum | code)")
-    except (ValueError, TypeError) as e:
+        print(f"reward: {math_reward(args.response, args.gold, timeout=args.timeout, grader=args.grader)}")
+    except (ValueError, TypeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,44 +1,50 @@
-"""bench/verifier_speed.py -- verifier throughput and worst-case latency, side by side with math-verify.
+"""bench/verifier_speed.py -- verifier throughput and worst-case latency, per grader, and against an
+older verifier.py in the same run.
 
-Measures, in one run on the same inputs (issue 4; SPEC "Numbers to meet": >= 1000 typical math
-verdicts per second per core, every verdict <= timeout + 0.1 s):
+Measures, in one run on the same inputs (SPEC "Numbers to meet": >= 1000 typical math verdicts per
+second per core, every verdict <= timeout + 0.1 s; docs/verifier.md, "Throughput and latency"):
 
-1. verdicts/s on one core for a realistic mix of RL rollouts: groups of 8 sampled responses per
-   problem (~1.5 KB of reasoning, then \\boxed{...}), answers mostly integers (AIME/AMC golds from
-   ../shared/data/bench) and simple fractions/decimals, some symbolic (radicals, pi, expressions,
-   intervals, tuples, percentages, scientific notation); about half of the responses are correct
-   in a different form from the gold, half are wrong;
+1. verdicts/s on a realistic mix of RL rollouts: groups of 8 sampled responses per problem (~1.5 KB
+   of reasoning, then \\boxed{...}), answers mostly integers (AIME/AMC golds from ../shared/data/bench)
+   and simple fractions/decimals, some symbolic (radicals, pi, expressions, intervals, tuples,
+   percentages, scientific notation); about half of the responses are correct in a different form
+   from the gold, half are wrong:
    - ours in-process (the verdict function a worker runs), with its parse caches on (the RL case:
      golds and many answers repeat within a group) and cleared before every verdict (cold);
    - ours end to end through score_batch with 1 worker (pickling + pipes included) and with all cores;
-   - math-verify (`verify(parse("$" + gold + "$"), parse(response))`, its documented usage),
-     in-process on one core, when it is installed;
-2. accuracy of each against the mix's labels, and a table of known hard cases;
+   - the other graders (math-verify, verl's DAPO scorer) through score_batch with 1 worker, when installed;
+2. accuracy of each against the mix's labels, and a table of known hard cases, per grader;
 3. worst-case latency over hostile inputs (9^{9^{9^9}}, (x+1)^{100000}, 100000!, deep nesting,
-   2 MB responses, ...) through score_batch, and math-verify's on the same inputs (each in a child
-   process with a 60 s cap, so that a hang cannot stall the benchmark).
+   2 MB responses, ...) through score_batch, per grader;
+4. with --base COMMIT: the rows of 1 and 3 for ours, for this verifier.py and the one of COMMIT, in
+   this one process, the two versions alternating every 100-200 responses within each of --rounds
+   runs (the machine's load changes from second to second; both versions see the same load), each
+   run's figures and the ratios.
 
 Commands
-    python bench/verifier_speed.py                  # project venv: ours only (says math-verify is absent)
-    (or `pip install math-verify` into the project venv: how bench/RESULTS.md's 2026-12-02 rows were run)
-    .venv-bench/bin/python bench/verifier_speed.py  # bench venv (requirements.txt + math-verify)
-    (make the bench venv: python3 -m venv .venv-bench && .venv-bench/bin/pip install -r requirements.txt math-verify)
+    python bench/verifier_speed.py                          # all graders
+    python bench/verifier_speed.py --base aeb3d88 --rounds 3 --graders ours   # A/B against a commit
 
-Deliberately left out: GPU (the verifier is CPU work), other checkers than math-verify.
+Deliberately left out: GPU (the verifier is CPU work); graders run in-process outside our workers
+(each grader's own timeouts differ; here every grader has the same bound).
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import importlib.util
 import json
-import logging
-import multiprocessing as mp
-import os
 import platform
 import random
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,11 +64,15 @@ class Args:
     seed: int = 0
     """seed of the mix"""
     timeout: float = 1.0
-    """per-verdict time bound of our verifier (seconds)"""
-    hostile_cap: float = 60.0
-    """hard cap per math-verify hostile verdict, in a child process (seconds)"""
-    skip_math_verify: bool = False
-    """do not run math-verify even when installed"""
+    """per-verdict time bound (seconds)"""
+    graders: list[str] = field(default_factory=lambda: list(V.GRADERS))
+    """graders to measure (those not installed are skipped, and said so)"""
+    base: str = ""
+    """a git commit of verifier.py to compare ours with in this run (empty: no comparison)"""
+    rounds: int = 3
+    """with --base: alternating runs of each version"""
+    data: str = str(ROOT.parent / "shared" / "data" / "bench")
+    """folder of the benchmark files whose AIME/AMC golds the mix uses"""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -89,8 +99,6 @@ def _frac_case(rng):
     p, q = rng.randint(1, 40), rng.randint(2, 40)
     while p % q == 0:
         q += 1
-    from fractions import Fraction
-
     f = Fraction(p, q)
     gold = f"\\frac{{{f.numerator}}}{{{f.denominator}}}"
     ok = rng.random() < 0.5
@@ -149,7 +157,7 @@ def realistic_mix(args, bench_dir):
     return rows
 
 
-HARD_CASES = [  # (gold, response, correct?) -- the issue's list of known failures of popular checkers
+HARD_CASES = [  # (gold, response, correct?) -- known failures of popular checkers
     ("4.5e33", "The answer is $\\boxed{4.5 \\times 10^{33}}$.", True),
     ("\\frac{1}{2^{99}}", "The answer is $\\boxed{\\frac{1}{2^{98}}}$.", False),
     ("3\\sqrt{13}", "The answer is $\\boxed{\\sqrt{117}}$.", True),
@@ -162,6 +170,8 @@ HARD_CASES = [  # (gold, response, correct?) -- the issue's list of known failur
     ("\\text{(B)}", "$\\boxed{B}$", True),
     ("1e-30", "$\\boxed{2 \\times 10^{-30}}$", False),
     ("50\\%", "$\\boxed{0.5}$", True),
+    ("34", "... so the total is 34.\nAnswer: 34", True),
+    ("7:00", "$\\boxed{5:00}$", False),
 ]
 
 HOSTILE = [
@@ -173,169 +183,204 @@ HOSTILE = [
 
 
 # ----------------------------------------------------------------------------------------------------
-# Runners
+# Runners (a module argument: this verifier.py, or the one of --base)
 # ----------------------------------------------------------------------------------------------------
 
 
-def clear_caches():
-    V._normalize.cache_clear()
-    V._parse.cache_clear()
+def score_batch(mod, responses, golds, grader, **kw):
+    """score_batch of either version (the --base commit may predate the grader option)."""
+    return mod.score_batch(responses, golds, **kw) if grader == "ours" else mod.score_batch(responses, golds, grader=grader, **kw)
 
 
-def run_ours_inprocess(rows, cold):
+def run_inprocess(mod, rows, cold):
+    """Verdicts and the CPU seconds of this process they took (on a shared machine the other jobs'
+    load moves wall time 2x between passes, this process's CPU time far less)."""
+    kind = "reward" if hasattr(mod, "GRADERS") else "math"  # the verdict kind's name before the grader option
     out = []
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for response, gold, _ in rows:
         if cold:
-            clear_caches()
-        out.append(V._verdict("math", response, gold))
-    return out, time.perf_counter() - t0
-
-
-def mv_verdict(gold, response):
-    from math_verify import parse, verify
-
-    try:
-        return 1.0 if verify(parse(f"${gold}$"), parse(response)) else 0.0
-    except Exception:  # noqa: BLE001 -- count a crash as a 0 verdict, as a training loop would
-        return 0.0
-
-
-def run_math_verify(rows):
-    out = []
-    t0 = time.perf_counter()
-    for response, gold, _ in rows:
-        out.append(mv_verdict(gold, response))
-    return out, time.perf_counter() - t0
-
-
-def _mv_child(q, gold, response):
-    devnull = os.open(os.devnull, os.O_WRONLY)  # math-verify prints the whole input on a timeout
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    t0 = time.perf_counter()
-    v = mv_verdict(gold, response)
-    q.put((v, time.perf_counter() - t0))
-
-
-def mv_hostile(pred, gold, cap):
-    """math-verify on one hostile input in a child process; (verdict, seconds) or (None, cap) when killed."""
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=_mv_child, args=(q, gold, f"$\\boxed{{{pred}}}$" if len(pred) < 10_000 else pred))
-    t0 = time.perf_counter()
-    p.start()
-    p.join(cap)
-    if p.is_alive():
-        p.kill()
-        p.join()
-        return None, time.perf_counter() - t0
-    try:
-        return q.get(timeout=5)
-    except Exception:  # noqa: BLE001 -- the child died (e.g. out of memory)
-        return None, time.perf_counter() - t0
+            mod._normalize.cache_clear()
+            mod._parse.cache_clear()
+        out.append(mod._verdict(kind, response, gold))
+    return out, time.process_time() - t0
 
 
 def accuracy(verdicts, rows):
     return sum((v >= 1.0) == ok for v, (_, _, ok) in zip(verdicts, rows)) / len(rows)
 
 
-def main(args):
-    print(json.dumps({"args": dataclasses.asdict(args), "python": platform.python_version(),
-                      "machine": platform.machine(), "cpus": V._default_workers()}))
-    try:
-        import math_verify  # noqa: F401
-
-        have_mv = not args.skip_math_verify
-        mv_note = "installed" if have_mv else "installed, skipped (--skip-math-verify)"
-    except ImportError:
-        have_mv = False
-        mv_note = "NOT INSTALLED: math-verify columns are skipped (use the bench venv, see the docstring)"
-    print(f"math-verify: {mv_note}")
-    logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it logs whole inputs on timeouts
-
-    rows = realistic_mix(args, ROOT / ".." / "shared" / "data" / "bench")
+def ours_rows(mod, rows, args):
+    """{row label: (verdicts/s, accuracy)} of ours: in-process warm and cold, score_batch 1 and all workers."""
     n = len(rows)
-    print(f"realistic mix: {n} responses ({args.problems} problems x {args.group}), "
-          f"mean length {sum(len(r) for r, _, _ in rows) / n:.0f} chars, {sum(ok for *_, ok in rows)} correct")
-
-    V.score_batch(["\\boxed{1}"] * 4, ["1"] * 4, workers=V._default_workers())  # start the worker pool
-    results = {}
-    run_ours_inprocess(rows[:200], cold=True)  # imports (sympy, mpmath) happen here, not in the timing
-    clear_caches()
-    ours_warm, t_warm = run_ours_inprocess(rows, cold=False)
-    ours_cold, t_cold = run_ours_inprocess(rows, cold=True)
-    results["ours, in-process, caches on (1 core)"] = (n / t_warm, accuracy(ours_warm, rows))
-    results["ours, in-process, caches cleared every verdict (1 core)"] = (n / t_cold, accuracy(ours_cold, rows))
+    out = {}
+    mod._normalize.cache_clear()
+    mod._parse.cache_clear()
+    got, dt = run_inprocess(mod, rows, cold=False)
+    out["ours, in-process, caches on (1 core, CPU time)"] = (n / dt, accuracy(got, rows))
+    got, dt = run_inprocess(mod, rows, cold=True)
+    out["ours, in-process, caches cleared every verdict (1 core, CPU time)"] = (n / dt, accuracy(got, rows))
     for w in sorted({1, V._default_workers()}):
         # fresh workers (empty caches), started and importing before the clock starts; their caches
         # then fill during the timed pass, as in training
-        V._pool().close()
-        V.score_batch(["\\boxed{1}"] * (4 * w), ["1"] * (4 * w), workers=w)
+        mod._pool().close()
+        mod.score_batch(["\\boxed{1}"] * (4 * w), ["1"] * (4 * w), workers=w)
         t0 = time.perf_counter()
-        got = V.score_batch([r for r, _, _ in rows], [g for _, g, _ in rows], workers=w, timeout=args.timeout)
-        dt = time.perf_counter() - t0
-        label = f"ours, score_batch, {w} worker{'s' if w > 1 else ''} (end to end)"
-        results[label] = (n / dt, accuracy(got, rows))
-    # small batches, as a training step with few samples per rank sends them
-    t0 = time.perf_counter()
-    reps = 50
-    for k in range(reps):
-        part = rows[k * 16 : (k + 1) * 16]
-        V.score_batch([r for r, _, _ in part], [g for _, g, _ in part], timeout=args.timeout)
-    small_ms = (time.perf_counter() - t0) / reps * 1000
-    if have_mv:
-        mv, t_mv = run_math_verify(rows)
-        results["math-verify, in-process (1 core)"] = (n / t_mv, accuracy(mv, rows))
-        disagree = [(g, r[-50:], ok, a, b) for (r, g, ok), a, b in zip(rows, ours_warm, mv) if a != b]
-    print()
-    print("| checker | verdicts/s | accuracy on the mix's labels |")
-    print("| --- | ---: | ---: |")
-    for k, (rate, acc) in results.items():
-        print(f"| {k} | {rate:,.0f} | {acc:.4f} |")
-    print(f"\nscore_batch of 16 responses (a small training step), mean over {reps} calls: {small_ms:.1f} ms")
-    if have_mv:
-        print(f"\nverdicts where ours and math-verify disagree: {len(disagree)} of {n}")
-        seen = set()
-        for g, r, ok, a, b in disagree:
-            key = (g, r)
-            if key in seen:
-                continue
-            seen.add(key)
-            print(f"    gold {g!r:32} response ...{r!r}: label {ok}, ours {a}, math-verify {b}")
-            if len(seen) >= 12:
-                break
+        got = mod.score_batch([r for r, _, _ in rows], [g for _, g, _ in rows], workers=w, timeout=args.timeout)
+        out[f"ours, score_batch, {w} worker{'s' if w > 1 else ''} (end to end)"] = (n / (time.perf_counter() - t0),
+                                                                                   accuracy(got, rows))
+    return out
 
-    print("\nknown hard cases (issue 4):")
-    print("| gold | response (end) | correct | ours | math-verify |")
-    print("| --- | --- | --- | --- | --- |")
-    for gold, response, ok in HARD_CASES:
-        ours = V.math_reward(response, gold, timeout=args.timeout)
-        mvv = mv_verdict(gold, response) if have_mv else "n/a"
-        print(f"| `{gold}` | `{response[-45:]}` | {ok} | {ours} | {mvv} |")
 
-    print(f"\nhostile inputs (timeout {args.timeout} s):")
+def hostile_latency(mod, grader, args):
+    """(worst verdict latency, its input, all inputs' total, workers killed) through score_batch."""
+    score_batch(mod, ["\\boxed{1}"], ["1"], grader, workers=1)  # warm
+    kills0 = mod.pool_stats()["kills"]
     lat = []
-    kills0 = V.pool_stats()["kills"]
     for pred, gold in HOSTILE:
         resp = f"\\boxed{{{pred}}}" if len(pred) < 10_000 else pred
         t0 = time.perf_counter()
-        v = V.score_batch([resp], [gold], workers=1, timeout=args.timeout)[0]
-        lat.append((time.perf_counter() - t0, pred[:24], v))
+        score_batch(mod, [resp], [gold], grader, workers=1, timeout=args.timeout)
+        lat.append((time.perf_counter() - t0, pred[:24]))
     worst = max(lat)
-    print(f"ours: worst verdict latency {worst[0]:.3f} s ({worst[1]!r}), all {len(lat)} verdicts in "
-          f"{sum(x[0] for x in lat):.2f} s, workers killed: {V.pool_stats()['kills'] - kills0}, "
-          f"pool max latency {V.pool_stats()['max_latency_s']:.3f} s")
-    if have_mv:
-        mv_lat = []
+    return worst[0], worst[1], sum(x[0] for x in lat), mod.pool_stats()["kills"] - kills0
+
+
+def load_base(commit):
+    """verifier.py of `commit` as the module verifier_base (its workers run from a temporary folder)."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:verifier.py"], capture_output=True, text=True,
+                         check=True).stdout
+    folder = Path(tempfile.mkdtemp(prefix="verifier-base-"))
+    atexit.register(shutil.rmtree, folder, True)
+    (folder / "verifier.py").write_text(src)
+    spec = importlib.util.spec_from_file_location("verifier_base", folder / "verifier.py")
+    mod = sys.modules["verifier_base"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def compare_with_base(args, rows):
+    """Ours, this verifier.py against the one of --base, in one process: the two versions alternate
+    every 100 responses (in-process, CPU time) or every 200 (score_batch, wall time, each version's
+    own fresh pool), and on every hostile input, so that both see the same load."""
+    base = load_base(args.base)
+    run_inprocess(base, rows[:200], cold=True)  # imports (sympy, mpmath) before any timing
+    versions = (("this", V), (args.base, base))
+    figures = {}  # (row label, version) -> [per-run values]
+
+    def alternate(step, timed):
+        secs = dict.fromkeys([name for name, _ in versions], 0.0)
+        for j in range(0, len(rows), step):
+            for name, mod in versions if (j // step) % 2 == 0 else versions[::-1]:
+                secs[name] += timed(mod, rows[j : j + step])
+        return secs
+
+    for k in range(args.rounds):
+        for cold in (False, True):
+            for _, mod in versions:
+                mod._normalize.cache_clear()
+                mod._parse.cache_clear()
+            secs = alternate(100, lambda mod, part: run_inprocess(mod, part, cold)[1])
+            label = f"ours, in-process, caches {'cleared every verdict' if cold else 'on'} (1 core, CPU time)"
+            for name, t in secs.items():
+                figures.setdefault((label, name), []).append(len(rows) / t)
+        for w in sorted({1, V._default_workers()}):
+            for _, mod in versions:
+                mod._pool().close()
+                mod.score_batch(["\\boxed{1}"] * (4 * w), ["1"] * (4 * w), workers=w)
+
+            def timed(mod, part, w=w):
+                t0 = time.perf_counter()
+                mod.score_batch([r for r, _, _ in part], [g for _, g, _ in part], workers=w, timeout=args.timeout)
+                return time.perf_counter() - t0
+
+            secs = alternate(200, timed)
+            for name, t in secs.items():
+                figures.setdefault((f"ours, score_batch, {w} worker{'s' if w > 1 else ''} (end to end)", name),
+                                   []).append(len(rows) / t)
+        # hostile inputs: each input 5 times per version, alternating; the worst of the per-input medians
+        lat = {name: [] for name, _ in versions}
+        for _, mod in versions:
+            mod._pool().close()
+            mod.score_batch(["\\boxed{1}"], ["1"], workers=1)
         for pred, gold in HOSTILE:
-            v, dt = mv_hostile(pred, gold, args.hostile_cap)
-            mv_lat.append((dt, pred[:24], v))
-        worst = max(mv_lat)
-        print(f"math-verify: worst verdict latency {worst[0]:.3f} s ({worst[1]!r}"
-              f"{', killed at the cap' if worst[2] is None else ''}), all in {sum(x[0] for x in mv_lat):.2f} s")
-        for (d1, p, v1), (d2, _, v2) in zip(lat, mv_lat):
-            print(f"    {p!r:28} ours {d1:7.3f} s -> {v1}   math-verify {d2:7.3f} s -> {v2}")
+            resp = f"\\boxed{{{pred}}}" if len(pred) < 10_000 else pred
+            per = {name: [] for name, _ in versions}
+            for rep in range(5):
+                for name, mod in versions if rep % 2 == 0 else versions[::-1]:
+                    t0 = time.perf_counter()
+                    mod.score_batch([resp], [gold], workers=1, timeout=args.timeout)
+                    per[name].append(time.perf_counter() - t0)
+            for name, times in per.items():
+                lat[name].append(statistics.median(times))
+        for name, times in lat.items():
+            figures.setdefault(("worst hostile verdict latency, median of 5 (s)", name), []).append(max(times))
+        for _, mod in versions:
+            mod._pool().close()
+    print(f"\nthis verifier.py vs {args.base}, {args.rounds} runs each, alternating within every run (per-run "
+          "figures; ratios this/base of the medians and of the best runs, the least disturbed by other jobs)")
+    print(f"| row | this | {args.base} | ratio of medians | ratio of best |")
+    print("| --- | --- | --- | ---: | ---: |")
+    for label in dict.fromkeys(lbl for lbl, _ in figures):
+        a, b = figures[(label, "this")], figures[(label, args.base)]
+        latency = "latency" in label
+        fmt = (lambda x: f"{x:.3f}") if latency else (lambda x: f"{x:,.0f}")
+        best = min if latency else max
+        print(f"| {label} | {', '.join(map(fmt, a))} | {', '.join(map(fmt, b))} | "
+              f"{statistics.median(a) / statistics.median(b):.3f} | {best(a) / best(b):.3f} |")
+
+
+def main(args):
+    print(json.dumps({"args": dataclasses.asdict(args), "python": platform.python_version(),
+                      "machine": platform.machine(), "cpus": V._default_workers()}))
+    graders = []
+    for g in args.graders:
+        try:
+            V._check_grader(g)
+            graders.append(g)
+        except (ValueError, ImportError) as e:
+            print(f"grader {g!r} skipped: {e}")
+    rows = realistic_mix(args, Path(args.data))
+    n = len(rows)
+    print(f"realistic mix: {n} responses ({args.problems} problems x {args.group}), "
+          f"mean length {sum(len(r) for r, _, _ in rows) / n:.0f} chars, {sum(ok for *_, ok in rows)} correct")
+    run_inprocess(V, rows[:200], cold=True)  # imports (sympy, mpmath) happen here, not in the timing
+
+    if args.base:
+        compare_with_base(args, rows)
+        return
+    results = ours_rows(V, rows, args) if "ours" in graders else {}
+    for g in graders:
+        if g != "ours":
+            score_batch(V, ["\\boxed{1}"] * 4, ["1"] * 4, g, workers=1)  # start its worker
+            t0 = time.perf_counter()
+            got = score_batch(V, [r for r, _, _ in rows], [g_ for _, g_, _ in rows], g, workers=1, timeout=args.timeout)
+            results[f"{g}, score_batch, 1 worker (end to end)"] = (n / (time.perf_counter() - t0), accuracy(got, rows))
+    print("\n| grader | verdicts/s | accuracy on the mix's labels |")
+    print("| --- | ---: | ---: |")
+    for k, (rate, acc) in results.items():
+        print(f"| {k} | {rate:,.0f} | {acc:.4f} |")
+    if "ours" in graders:
+        t0 = time.perf_counter()
+        reps = 50
+        for k in range(reps):
+            part = rows[k * 16 : (k + 1) * 16]
+            V.score_batch([r for r, _, _ in part], [g for _, g, _ in part], timeout=args.timeout)
+        print(f"\nscore_batch of 16 responses (a small training step), mean over {reps} calls: "
+              f"{(time.perf_counter() - t0) / reps * 1000:.1f} ms")
+
+    print("\nknown hard cases:")
+    print("| gold | response (end) | correct | " + " | ".join(graders) + " |")
+    print("| --- | --- | --- |" + " --- |" * len(graders))
+    verdicts = {g: score_batch(V, [r for _, r, _ in HARD_CASES], [g_ for g_, _, _ in HARD_CASES], g, timeout=args.timeout)
+                for g in graders}
+    for k, (gold, response, ok) in enumerate(HARD_CASES):
+        print(f"| `{gold}` | `{response[-45:]!r}` | {ok} | " + " | ".join(str(verdicts[g][k]) for g in graders) + " |")
+
+    print(f"\nhostile inputs ({len(HOSTILE)}, timeout {args.timeout} s, through score_batch):")
+    for g in graders:
+        worst, what, total, kills = hostile_latency(V, g, args)
+        print(f"{g}: worst verdict latency {worst:.3f} s ({what!r}), all in {total:.2f} s, workers killed: {kills}")
 
 
 if __name__ == "__main__":
