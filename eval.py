@@ -80,7 +80,7 @@ class Args:
     """Avg@k, Pass@k and diversity, side by side (see the module docstring)."""
 
     CHOICES = {"kind": ["auto", "math", "sum", "code"], "on_bad_row": ["error", "skip"], "engine": ["auto", "hf", "vllm"],
-               "chat": ["auto", "true", "false"], "device": ["auto", "cpu", "cuda"]}
+               "chat": ["auto", "true", "false"], "device": ["auto", "cpu", "cuda"], "grader": list(tasks.GRADERS)}
     benchmark: str = ""
     """comma-separated: builtin-sum, builtin-code (tasks.py's held-out prompts), aime24, aime25, amc23, math500, minerva, olympiadbench, humanevalplus, livecodebench, or .jsonl/.parquet paths (default builtin-sum when generating)"""
     data_dir: str = ""
@@ -137,6 +137,9 @@ class Args:
     """output folder for samples.jsonl, summary.json, summary.md (default runs/eval/<name>)"""
     name: str = ""
     """label of this run in tables and plots (default: the model folder's or generations file's name)"""
+    grader: str = "ours"
+    """math reward's grader: ours (verifier.py), math-verify (HF's package), dapo (verl's math_dapo); as lad.py's
+    flag (docs/verifier.md compares them)"""
     weak_sandbox: bool = False
     """code rewards without bubblewrap (only the resource limits and audit hook; warns): for hosts that cannot
     create user namespaces (docs/sandbox.md says what that does not protect); as lad.py's flag"""
@@ -284,16 +287,16 @@ def generate_rows(engine, tok, problems, *, n, temperature, top_p, max_new_token
     return rows
 
 
-def score_rows(rows: list[dict], *, weak_sandbox: bool = False, progress: bool = False) -> None:
-    """Judge every row by its kind (tasks.judge, training's reward): adds "reward", "reason", "detail",
-    "base_reward" (EvalPlus problems: the base tests alone) and "answer" (tasks.answer_key)."""
+def score_rows(rows: list[dict], *, weak_sandbox: bool = False, grader: str = "ours", progress: bool = False) -> None:
+    """Judge every row by its kind (tasks.judge, training's reward; math with `grader`): adds "reward", "reason",
+    "detail", "base_reward" (EvalPlus problems: the base tests alone) and "answer" (tasks.answer_key)."""
     chunk = 256
     for kind in sorted({r["kind"] for r in rows}):
         idx = [i for i, r in enumerate(rows) if r["kind"] == kind]
         for lo in tqdm(range(0, len(idx), chunk), desc=f"score ({kind})", unit="chunk", disable=not progress):
             part = [rows[i] for i in idx[lo:lo + chunk]]
             verdicts = tasks.judge([r["response"] for r in part], [r["gold"] for r in part], kind,
-                                   weak_sandbox=weak_sandbox)
+                                   weak_sandbox=weak_sandbox, grader=grader)
             for r, v in zip(part, verdicts):
                 r.update(reward=float(v.reward), reason=v.reason, detail=v.detail, base_reward=v.base_reward,
                          answer=tasks.answer_key(r["response"], kind))
@@ -470,7 +473,7 @@ def protocol(kinds: dict, problems: dict, cfg: dict) -> dict:
                       "then the mean over a benchmark's problems; macro = mean over benchmarks (each weighs the same)",
            "paper": "Table 1 / 7: Avg@32 / Pass@32 on the math benchmarks; Table 2: Avg@16 and Pass@16 on "
                     "LiveCodeBench and HumanEval+ (its CodeForces rating is left out: no contest data here)"}
-    out["rewards"] = {k: tasks.describe(k) for k in sorted(set(kinds.values()))}
+    out["rewards"] = {k: tasks.describe(k, cfg["grader"]) for k in sorted(set(kinds.values()))}
     code = [b for b, k in kinds.items() if k == "code"]
     if code:
         formats = {b: sorted({p["gold"]["format"] for p in problems.get(b, []) if isinstance(p.get("gold"), dict)})
@@ -897,7 +900,7 @@ def score_and_summarise(rows: list[dict], problems: dict, kinds: dict, ks: list[
     """Reward every sample, add EvalPlus's base-only view, summarise -> (summary, base_of)."""
     for r in rows:
         r["kind"] = kinds[r["benchmark"]]
-    score_rows(rows, weak_sandbox=args.weak_sandbox, progress=True)
+    score_rows(rows, weak_sandbox=args.weak_sandbox, grader=args.grader, progress=True)
     extra = base_rows(rows)        # EvalPlus: the same samples on the base tests only (<name>:base)
     base_of = {r["benchmark"]: r["benchmark"][:-len(BASE)] for r in extra}
     benches = []

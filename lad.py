@@ -297,7 +297,7 @@ class Args(BaselineArgs):
 
     CHOICES = {"loss": ["lad", *BASELINES], "flowrl_ref": ["init", "old"], "divergence": sorted(DIVERGENCES),
                "ratio": ["token", "seq"], "engine": ["auto", "hf", "vllm"], "wandb": ["disabled", "offline", "online"],
-               "chat": ["auto", "true", "false"]}
+               "chat": ["auto", "true", "false"], "grader": list(tasks.GRADERS)}
 
     loss: str = "lad"
     """objective: lad (paper Eq. 8); the paper's baselines: grpo (DAPO clipped surrogate, clip-higher), flowrl
@@ -323,6 +323,9 @@ class Args(BaselineArgs):
     """template for file rows with a 'problem' field; {problem} is replaced (built-in prompts are used as is)"""
     chat: str = "auto"
     """wrap prompts in the tokenizer's chat template: auto (when it has one), true, false (eval.py: the same flag)"""
+    grader: str = "ours"
+    """math reward's grader: ours (verifier.py), math-verify (HF's package), dapo (verl's math_dapo, 'Answer:'
+    lines); docs/verifier.md compares them and says which the paper's protocol implies (eval.py: the same flag)"""
     group_size: int = 8
     """responses per prompt (G; paper App. C.2: 8)"""
     prompts_per_step: int = 16
@@ -946,7 +949,7 @@ def sample_groups(args, ctx, engine, tok, train, cursor, step):
         with phase("reward", maxes, ctx):
             texts = tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
             verdicts = tasks.judge(texts, [rows[s.prompt_index]["gold"] for s in samples], kind,
-                                   weak_sandbox=args.weak_sandbox)
+                                   weak_sandbox=args.weak_sandbox, grader=args.grader)
         for v in verdicts:
             sums[f"reason_{v.reason}"] += 1
         sums["drawn"] += len(rows)
@@ -1151,7 +1154,7 @@ def evaluate(args, ctx, engine, tok, held, step):
     rows = generate_rows(engine, tok, mine, n=args.eval_k, temperature=args.temperature, top_p=args.top_p,
                          max_new_tokens=args.max_new_tokens, seed=seed_for("eval", args.seed, step + 1, ctx.rank),
                          batch_size=max(1, len(mine)))
-    score_rows(rows, weak_sandbox=args.weak_sandbox)
+    score_rows(rows, weak_sandbox=args.weak_sandbox, grader=args.grader)
     ks = metrics.default_ks(args.eval_k)
     per = [metrics.problem_values(rows[i:i + args.eval_k], ks) for i in range(0, len(rows), args.eval_k)]
     vals = [v for part in all_gather_obj(per) for v in part]

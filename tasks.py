@@ -31,6 +31,8 @@ import sandbox
 import verifier
 
 KINDS = ("math", "sum", "code")
+GRADERS = verifier.GRADERS
+"""The math graders (verifier.py: ours, math-verify, verl's math_dapo); docs/verifier.md compares them."""
 REASONS = {"math": ("ok", "wrong_answer"), "sum": ("ok", "wrong_answer"), "code": sandbox.REASONS}
 """The reasons a reward of each kind comes with (code: sandbox.py's; documented in docs/sandbox.md)."""
 
@@ -45,17 +47,17 @@ class Verdict:
     base_reward: float | None = None
 
 
-def judge(texts: list[str], golds: list, kind: str, *, weak_sandbox: bool = False) -> list[Verdict]:
-    """The verdict of each response against its gold, for one task kind: math through verifier.py
-    (time-bounded worker processes), sum inline, code through sandbox.py (parallel bubblewrap sandboxes).
-    One bad sample is that sample's reward 0 with its reason, never an exception for the batch."""
+def judge(texts: list[str], golds: list, kind: str, *, weak_sandbox: bool = False, grader: str = "ours") -> list[Verdict]:
+    """The verdict of each response against its gold, for one task kind: math through verifier.py with
+    `grader` (time-bounded worker processes), sum inline, code through sandbox.py (parallel bubblewrap
+    sandboxes). One bad sample is that sample's reward 0 with its reason, never an exception for the batch."""
     if kind == "code":
         return [Verdict(v.reward, v.reason, v.detail, v.base_reward)
                 for v in sandbox.score_code_batch_verdicts(texts, golds, weak_sandbox=weak_sandbox)]
     if kind == "sum":
         rewards = [sum_reward(t, g) for t, g in zip(texts, golds)]
     elif kind == "math":
-        rewards = verifier.score_batch(texts, golds)
+        rewards = verifier.score_batch(texts, golds, grader=grader)
     else:
         raise ValueError(f"unknown task kind {kind!r}; choose from {KINDS}")
     return [Verdict(r, "ok" if r > 0 else "wrong_answer") for r in rewards]
@@ -76,7 +78,7 @@ def require(kinds, *, weak_sandbox: bool = False) -> None:
         raise ValueError(f"code rewards need the bubblewrap sandbox: {e}") from None
 
 
-def describe(kind: str) -> dict:
+def describe(kind: str, grader: str = "ours") -> dict:
     """How a kind's reward is computed, in words and limits (eval.py records it in summary.json)."""
     if kind == "code":
         return {"reward": "1 iff the response's last fenced python block passes every test (DeepCoder's sparse "
@@ -87,7 +89,8 @@ def describe(kind: str) -> dict:
     if kind == "sum":
         return {"reward": "1 iff the response's first line is k single digits joined by '+' summing to the target "
                           "and avoiding the forbidden digit (tasks.sum_reward)"}
-    return {"reward": "1 iff verifier.py judges the response's final answer equivalent to the gold (docs/verifier.md)"}
+    return {"reward": "1 iff the grader judges the response's final answer equivalent to the gold (docs/verifier.md)",
+            "grader": grader}
 
 
 def answer_key(text: str, kind: str):

@@ -98,3 +98,11 @@ def test_describe_names_every_kind():
     for k in tasks.KINDS:
         assert tasks.describe(k)["reward"].startswith("1 iff")
     assert tasks.describe("code")["limits"]["per_test_s"] > 0
+
+
+def test_judge_passes_the_grader_to_the_math_verifier():
+    # verl's math_dapo reads the last "Answer:" line and compares strings; ours reads \boxed{} and compares values
+    texts, golds = ["Answer: 5", "so \\boxed{0.5}"], ["5", "\\frac{1}{2}"]
+    assert [v.reward for v in tasks.judge(texts, golds, "math", grader="dapo")] == [1.0, 0.0]
+    assert [v.reward for v in tasks.judge(texts, golds, "math")] == [1.0, 1.0]
+    assert tasks.describe("math", "dapo")["grader"] == "dapo"
