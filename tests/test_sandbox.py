@@ -109,13 +109,21 @@ def test_bad_rows_name_their_line(tmp_path):
 
 
 def test_evalplus_atol_comparison():
-    eq = sandbox._evalplus_equal
-    assert eq(1.0, 1.0, 0, None, "f") and not eq(1.0, 1.0 + 1e-3, 0, None, "f")
-    assert eq(1.0 + 1e-7, 1.0, 0, None, "f")            # atol 0 on floats -> 1e-6, as EvalPlus
-    assert eq([1.0, 2.0 + 1e-5], [1.0, 2.0], 1e-4, None, "f") and not eq([1.0, 2.1], [1.0, 2.0], 1e-4, None, "f")
-    assert not eq((1.0,), [1.0 + 1e-9], 1e-4, None, "f")  # type must match when not exact
-    assert not eq(float("nan"), 0.0, 1e-4, None, "f") and not eq(2, 3, 0, None, "f")
+    def eq(out, exp, atol, inp=None, entry="f", dataset="humaneval"):
+        return sandbox._evalplus_equal(out, exp, atol, atol, inp, entry, dataset)
+    assert eq(1.0, 1.0, 0) and not eq(1.0, 1.0 + 1e-3, 1e-6)
+    assert eq(1.0 + 1e-7, 1.0, 1e-6)                     # atol 0 on floats -> 1e-6, as EvalPlus
+    assert eq([1.0, 2.0 + 1e-5], [1.0, 2.0], 1e-4) and not eq([1.0, 2.1], [1.0, 2.0], 1e-4)
+    assert not eq((1.0,), [1.0 + 1e-9], 1e-4)            # type must match when not exact
+    assert not eq(float("nan"), 0.0, 1e-4) and not eq(2, 3, 0)
     assert eq(1.0, 99.0, 1e-4, [[-1, 1]], "find_zero") and not eq(2.0, 1.0, 1e-4, [[-1, 1]], "find_zero")
+    # MBPP+'s special oracles come from the evalplus package
+    assert eq([3, 1], [1, 3], 0, None, "similar_elements", "mbpp") and not eq([3, 1], [1, 3], 0, None, "similar_elements")
+    assert eq("x", True, 0, None, "check_str", "mbpp") and not eq(None, True, 0, None, "check_str", "mbpp")
+    # never raises: big ints against floats, NaN, unhashable, nesting
+    assert not eq(2 ** 1024, 1.5, 1e-6) and not eq([2 ** 1024], [1.5], 1e-6)
+    assert eq([[1]], [1.0], 1e-6)                         # numpy broadcasts, as in EvalPlus itself
+    assert not eq([[1]], [1], 0, None, "similar_elements", "mbpp")
 
 
 def test_humanevalplus_canonical_pass_broken_fail():
@@ -146,9 +154,17 @@ BIG = sandbox.parse_code_row({"problem": "f", "inputs": [[100000], [7]], "output
                               "fn_name": "f"}, "fixture:big")
 
 
+def raw_records(problem, prog, weak=False):
+    """{test index: (record, attachments)} of one program, straight from the report channel."""
+    sandbox.check_sandbox()
+    mode = "weak" if weak else sandbox.sandbox_mode()
+    return sandbox._run_job(sandbox._job(problem, prog, 2.0, 6.0, 1024), mode, lambda k, rec, blobs: (rec, blobs),
+                            len(problem["tests"])).done
+
+
 def test_long_str_results_are_compared_by_digest_and_cannot_be_forged():
-    rec = sandbox._run_job(sandbox._job(BIG, "def f(n): return 'ab' * n", 2.0, 6.0, 1024), False).records
-    assert "__sh" in rec[0]["out"] and rec[1]["out"] == "ab" * 7          # only the long one goes as a digest
+    rec = {k: r for k, (r, _) in raw_records(BIG, "def f(n): return 'ab' * n").items()}
+    assert "__sh" in rec[0]["out"][0] and rec[1]["out"] == ["ab" * 7]      # only the long one goes as a digest
     assert sandbox.run_problem(block("def f(n): return 'ab' * n"), BIG, **LIM).reward == 1.0
     one_off = "def f(n):\n    s = 'ab' * n\n    return s[:-1] + ('c' if n > 1000 else s[-1])"
     assert sandbox.run_problem(block(one_off), BIG, **LIM).reason == "wrong_answer"
@@ -168,11 +184,12 @@ def test_long_number_lists_travel_as_raw_attachments_exactly():
     p = sandbox.parse_code_row({"problem": "f", "inputs": [[0], [1], [2]], "fn_name": "f",
                                 "outputs": [ints, [x / 3 for x in ints], ints[:-1] + [2 ** 70]]}, "fixture:nums")
     prog = "def f(k):\n    r = list(range(-50, 150))\n    return r if k == 0 else [x / 3 for x in r] if k == 1 else r[:-1] + [2 ** 70]"
-    recs = sandbox._run_job(sandbox._job(p, prog, 2.0, 6.0, 1024), False).records
-    assert "__qb" in recs[0]["out"] and "__fb" in recs[1]["out"] and isinstance(recs[2]["out"], list)  # 2**70: text
-    big = sandbox._dec(recs[2]["out"])[-1]
+    recs = raw_records(p, prog)
+    outs = {k: (r["out"][0], blobs) for k, (r, blobs) in recs.items()}
+    assert "__qb" in outs[0][0] and "__fb" in outs[1][0] and isinstance(outs[2][0], list)  # 2**70: text
+    big = sandbox._dec(outs[2][0])[-1]
     assert big == 2 ** 70 and type(big) is int
-    assert [sandbox._dec(recs[k]["out"], recs[k]["__blobs"]) for k in (0, 1)] == [ints, [x / 3 for x in ints]]
+    assert [sandbox._dec(*outs[k]) for k in (0, 1)] == [ints, [x / 3 for x in ints]]
     assert sandbox.run_problem(block(prog), p, **LIM).reward == 1.0
     wrong = prog.replace("range(-50, 150))\n", "range(-49, 151))\n")
     assert sandbox.run_problem(block(wrong), p, **LIM).reason == "wrong_answer"
@@ -186,7 +203,7 @@ def test_mixed_number_lists_of_a_program_compare_exactly():
     row = {"task_id": "fixture/mixed", "prompt": "def f(n):\n", "entry_point": "f", "atol": 0,
            "canonical_solution": "    return [1] + [0.5] * n + [2 ** 53]\n", "base_input": [[99]], "plus_input": []}
     p = sandbox.parse_code_row(row, "fixture:mixed")
-    exp = sandbox._expected(p, 2.0, 6.0, 1024, False)[0]
+    exp = sandbox._expected(p, 2.0, 6.0, 1024, False)[0][0]
     assert type(exp[0]) is int and type(exp[1]) is float                  # the canonical run keeps its types
     ok = sandbox.run_problem(block("def f(n): return [1.0] + [0.5] * n + [2.0 ** 53]"), p, **LIM)
     assert ok.reward == 1.0                                                # 1.0 == 1, as in EvalPlus
@@ -310,7 +327,7 @@ def test_weak_sandbox_warns_every_run():
 
 
 def test_missing_bwrap_refuses_with_the_fix(monkeypatch):
-    monkeypatch.setattr(sandbox, "_CHECKED", None)
+    monkeypatch.setattr(sandbox, "_MODE", None)
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install -y bubblewrap"):
         sandbox.score_code_batch([block(HONEST_ADD)], [ADD])
