@@ -82,7 +82,6 @@ import functools
 import hashlib
 import json
 import marshal
-import math
 import os
 import re
 import select
@@ -600,7 +599,7 @@ def _run_job(job: dict, mode: str, judge, n: int) -> _Run:
     result kept in _Run.done; nothing else of the record is kept."""
     interp = _interpreter()
     code = _harness_code()
-    tmp, rfd = None, None
+    tmp, rfd, info_w, info_r = None, None, None, None
     cmd = [interp, "-I", "-S", "-c", _BOOT.format(len(code))]
     if mode == "weak":
         warnings.warn("sandbox.py: weak_sandbox=True -- programs run WITHOUT bubblewrap (no namespaces, no "
@@ -619,17 +618,20 @@ def _run_job(job: dict, mode: str, judge, n: int) -> _Run:
         rfd, wfd = os.pipe()                  # bwrap reads the BPF program from here
         os.write(wfd, _seccomp_bpf(False))
         os.close(wfd)
+        info_r, info_w = os.pipe()            # bwrap names the sandbox's pid 1 here (see _kill)
+        os.set_blocking(info_r, False)
         head, tail = _bwrap_args(interp, mode)
-        cmd = head + ["--seccomp", str(rfd)] + tail + cmd
-        kw = dict(env={}, pass_fds=(rfd,))
+        cmd = head + ["--seccomp", str(rfd), "--info-fd", str(info_w)] + tail + cmd
+        kw = dict(env={}, pass_fds=(rfd, info_w))
     run = _Run()
     try:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     start_new_session=True, close_fds=True, **kw)
         finally:
-            if rfd is not None:
-                os.close(rfd)
+            for fd in (rfd, info_w):
+                if fd is not None:
+                    os.close(fd)
         try:
             if mode == "root" or (mode == "weak" and os.geteuid() == 0 and _world_searchable(interp)):
                 job["uid"] = UID_BASE + proc.pid   # unique among live processes, so among live sandboxes
@@ -637,11 +639,13 @@ def _run_job(job: dict, mode: str, judge, n: int) -> _Run:
                     os.chown(tmp, job["uid"], job["uid"])
             _pump(proc, code + marshal.dumps(job), job, run, judge, n)
         finally:
-            _kill(proc)
+            _kill(proc, info_r)
         run.rc = proc.returncode
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+        if info_r is not None:
+            os.close(info_r)
     return run
 
 
@@ -769,8 +773,39 @@ def _keep(rec: dict, blobs: list, run: _Run, judge, n: int) -> int:
     return 1 if k >= 0 else 0
 
 
-def _kill(proc) -> None:
-    """SIGKILL the sandbox's process group; bwrap's --die-with-parent and pid namespace take the rest."""
+def _sandbox_init(proc, info_fd):
+    """A pidfd of the sandbox's pid 1 (bwrap's reaper, whose exit empties the pid namespace), taken while
+    it is still bwrap's child (so the pid cannot have been reused); None if it is gone already."""
+    try:
+        m = re.search(rb'"child-pid": *(\d+)', os.read(info_fd, 4096))
+    except (BlockingIOError, OSError):
+        return None
+    if m is None:
+        return None
+    pid = int(m.group(1))
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if int(f.read().rsplit(b")", 1)[1].split()[1]) == proc.pid:
+                return fd
+    except (OSError, ValueError, IndexError):
+        pass
+    os.close(fd)
+    return None
+
+
+def _kill(proc, info_fd) -> None:
+    """SIGKILL the sandbox: its pid 1 (the whole pid namespace goes with it) and bwrap's process group,
+    then wait until the namespace is empty, so that no sandbox outlives the call."""
+    init = _sandbox_init(proc, info_fd) if info_fd is not None else None
+    if init is not None:
+        try:
+            signal.pidfd_send_signal(init, signal.SIGKILL)
+        except OSError:
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -781,6 +816,9 @@ def _kill(proc) -> None:
         except OSError:
             pass
     proc.wait()
+    if init is not None:
+        select.select([init], [], [], 5.0)       # readable once pid 1 has exited, after all its namespace
+        os.close(init)
 
 
 # ----------------------------------------------------------------------------------------------------
