@@ -622,7 +622,9 @@ def _run_job(job: dict, mode: str, judge, n: int) -> _Run:
         os.set_blocking(info_r, False)
         head, tail = _bwrap_args(interp, mode)
         cmd = head + ["--seccomp", str(rfd), "--info-fd", str(info_w)] + tail + cmd
-        kw = dict(env={}, pass_fds=(rfd, info_w))
+        # bwrap's own environment (the program's is cleared) names the trainer: its sandboxes can be found
+        # by `grep -l SANDBOX_PARENT=<pid> /proc/*/environ`, whatever uid they run as
+        kw = dict(env={"SANDBOX_PARENT": str(os.getpid())}, pass_fds=(rfd, info_w))
     run = _Run()
     try:
         try:
@@ -1563,9 +1565,11 @@ def run_problem(response: str, problem: dict, *, per_test: float = PER_TEST_S, t
                 memory_mb: int = MEMORY_MB, weak_sandbox: bool = False) -> Verdict:
     """Verdict of one response on one problem (reward 1 iff every test passes). Never raises for
     anything a program or a record does (SandboxUnavailable only: the machine cannot sandbox at all)."""
-    n = len(problem["tests"])
-    evalplus = problem["format"] == "evalplus"
+    evalplus = problem.get("format") == "evalplus"
     base = 0.0 if evalplus else None
+    n = len(problem.get("tests") or ())
+    if not n:                                      # parse_code_row never makes one; no test is no pass
+        return Verdict(0.0, "bad_problem", f"{problem.get('where')}: no tests", base_reward=base)
     program = extract_program(response)
     if program is None:
         return Verdict(0.0, "no_code_block", total=n, base_reward=base)
@@ -1628,7 +1632,7 @@ def score_code_batch_verdicts(responses, problems, workers: int | None = None, *
     lim = {k: v for k, v in limits.items() if k in ("per_test", "total", "memory_mb", "weak_sandbox")}
     # EvalPlus expected outputs first, once per task (not once per response); a failure is the problem's
     # verdict (bad_problem), given to each of its samples by run_problem
-    seen = {id(p): p for p in problems if p["format"] == "evalplus"}
+    seen = {id(p): p for p in problems if isinstance(p, dict) and p.get("format") == "evalplus"}
 
     def expect(p):
         try:

@@ -13,13 +13,14 @@ known). Checked, and the script exits 1 when any check fails:
     - every ordinary program gets exactly its expected (reward, reason);
     - the batch finishes within its bound: sum over programs of their limit (hostile: total + 1.5 s,
       ordinary: 1 s) / workers, plus one program's limit;
-    - no process is left: no descendant of this process, and no process that appeared during the batch
-      in a pid namespace other than ours that is not another process's (found by namespace, whatever uid
-      it shows on the host: a root trainer's sandboxes run as uids of their own);
+    - no process is left: no descendant of this process, and none of its sandboxes' processes, found by
+      the SANDBOX_PARENT=<pid> mark in bwrap's environment and the pid namespace of those, whatever uid
+      they show on the host (a root trainer's sandboxes run as uids of their own);
     - this process is unaffected: same pid, open fds, threads, environment, signal handlers, a sentinel
       file next to it unchanged, nothing written outside the sandboxes, no key added to its keyring;
     - the parent's memory: each hostile report channel of parent_memory_catalogue() run alone under
-      tracemalloc; the peak must stay within sandbox.py's documented bound (PARENT_MB_PER_SANDBOX).
+      tracemalloc; the peak must stay within sandbox.py's documented bound (PARENT_MB_PER_SANDBOX), and
+      each must end within its program's time limit.
 
 Commands
     python bench/code_hostile.py                          # 64 hostile + 128 ordinary
@@ -177,16 +178,19 @@ def parent_memory_catalogue() -> list[tuple[str, str, dict]]:
 
 
 def parent_memory(per_test: float, total: float) -> dict:
-    """Peak traced memory (MiB) of the parent while it runs each parent_memory_catalogue() program alone."""
+    """Each parent_memory_catalogue() program alone: the parent's peak traced memory (MiB) in one run,
+    its wall time in another (tracemalloc slows every allocation several times)."""
     import tracemalloc
 
     out = {}
     for name, prog, problem in parent_memory_catalogue():
-        tracemalloc.start()
         t = time.perf_counter()
         v = sandbox.run_problem(block(prog), problem, per_test=per_test, total=total)
+        seconds = time.perf_counter() - t
+        tracemalloc.start()
+        sandbox.run_problem(block(prog), problem, per_test=per_test, total=total)
         out[name] = {"peak_mib": round(tracemalloc.get_traced_memory()[1] / 2 ** 20, 1), "reward": v.reward,
-                     "reason": v.reason, "seconds": round(time.perf_counter() - t, 2)}
+                     "reason": v.reason, "seconds": round(seconds, 2)}
         tracemalloc.stop()
     return out
 
@@ -225,21 +229,22 @@ def process_table() -> dict:
     return out
 
 
-def leftover_sandboxes(table0: dict, table1: dict) -> list[int]:
-    """Processes that appeared during the batch in another pid namespace than ours (every sandboxed
-    process, whatever uid it shows) whose ancestry reaches this process or init, not another process
-    that existed before (another user's own sandboxes on a shared machine)."""
-    me, ours = os.getpid(), os.readlink("/proc/self/ns/pid")
-    left = []
-    for pid, (ppid, _, _, ns) in table1.items():
-        if pid in table0 or ns == ours:
-            continue
-        p = ppid
-        while p in table1 and p not in table0 and p > 1:
-            p = table1[p][0]
-        if p in (me, 0, 1) or p not in table0:
-            left.append(pid)
-    return left
+def leftover_sandboxes(table: dict) -> list[int]:
+    """This process's sandbox processes still alive, whatever uid they show on the host: bwrap's processes
+    carry SANDBOX_PARENT=<this pid> in their environment (sandbox.py), and every process in the pid
+    namespace of one of them is that sandbox's (table: process_table())."""
+    mark = f"SANDBOX_PARENT={os.getpid()}".encode()
+    ours, spaces = set(), set()
+    for pid, (_, _, _, ns) in table.items():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    ours.add(pid)
+                    spaces.add(ns)
+        except OSError:
+            pass
+    spaces.discard(os.readlink("/proc/self/ns/pid"))
+    return sorted(ours | {pid for pid, (*_, ns) in table.items() if ns in spaces})
 
 
 def descendants(pid: int, table: dict) -> list[int]:
@@ -294,7 +299,7 @@ def run(n_hostile, n_ordinary, workers, per_test, total, seed) -> dict:
         failures.append(f"batch took {seconds:.1f} s, over its bound {bound:.1f} s")
     # children that existed before the batch (verifier.py's persistent math pool, say) are not the sandbox's
     left = sorted(set(descendants(os.getpid(), table1)) - set(descendants(os.getpid(), table0)))
-    orphans = sorted(set(leftover_sandboxes(table0, table1)) - set(left))
+    orphans = sorted(set(leftover_sandboxes(table1)) - set(left))
     if left:
         failures.append(f"processes left under this one: {[table1[p] for p in left]}")
     if orphans:
@@ -322,7 +327,8 @@ def main(argv=None) -> int:
         res["parent_peak_mib"] = max(m["peak_mib"] for m in mem.values())
         if res["parent_peak_mib"] > PARENT_MB_PER_SANDBOX:
             res["failures"].append(f"parent peak {res['parent_peak_mib']} MiB over {PARENT_MB_PER_SANDBOX} MiB")
-        res["failures"] += [f"parent memory {k!r}: reward {m['reward']}" for k, m in mem.items() if m["reward"]]
+        res["failures"] += [f"parent memory {k!r}: reward {m['reward']}, {m['seconds']} s" for k, m in mem.items()
+                            if m["reward"] or m["seconds"] > a.total + 2.0]
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:
