@@ -454,7 +454,7 @@ def _seccomp_bpf(deny_exec: bool) -> bytes:
             for name in sorted(set(_DENY)) + (["execve"] if deny_exec else []):
                 try:
                     f.add_rule(eperm, name)
-                except (ValueError, RuntimeError):     # a syscall this kernel/libseccomp does not know
+                except (ValueError, RuntimeError, OSError):   # a syscall this libseccomp does not know
                     pass
             f.add_rule(eperm, "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, _CLONE_THREAD, 0))
             f.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")   # flags unreadable: glibc falls back to clone
