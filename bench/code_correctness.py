@@ -8,12 +8,19 @@ fails. Every exception is listed with its sandbox reason.
         broken = prompt + "    return None".
     DeepCoder LeetCode (../shared/data/train/deepcoder_leetcode.jsonl): response = the row's solutions;
         broken = the same with every public method of Solution replaced by one returning None.
+    LiveCodeBench (../shared/data/bench/livecodebench_v5_test.jsonl, ../shared/data/train/
+        deepcoder_livecodebench.jsonl): the files hold no reference solutions, so the reference is a
+        lookup table of the row's own tests (stdin: print the expected output of the input read;
+        functional: return the expected value of the arguments), which checks the judging of every
+        test (line splitting, Decimal fallback, JSON values, tuples); broken = the same table with every
+        expected output's last non-blank character dropped (stdin) or None returned (functional).
+Problems whose reference solution fails in the sandbox itself (reason bad_problem) are counted apart.
 
 Commands
-    python bench/code_correctness.py                         # both files (~10 min on 2 loaded cores)
+    python bench/code_correctness.py                         # all four files (~10 min on 2 loaded cores)
     python bench/code_correctness.py --which humanevalplus --limit 20
 
-Deliberately left out: LiveCodeBench (its files hold no reference solutions).
+Deliberately left out: LiveCodeBench's private tests (not in the shared files).
 """
 
 from __future__ import annotations
@@ -40,9 +47,9 @@ BREAK_METHODS = ("\nfor _m in [m for m in dir(Solution) if not m.startswith('_')
 class Args:
     """Reference solutions pass, broken ones fail, through eval.py (see the module docstring)."""
 
-    CHOICES = {"which": ["all", "humanevalplus", "leetcode"]}
+    CHOICES = {"which": ["all", "humanevalplus", "leetcode", "livecodebench", "deepcoder_livecodebench"]}
     which: str = "all"
-    """which file(s): all, humanevalplus or leetcode"""
+    """which file(s): all, humanevalplus, leetcode, livecodebench or deepcoder_livecodebench"""
     limit: int = 0
     """only the first LIMIT problems of each file (0: all)"""
     out_dir: str = "runs/bench/code_correctness"
@@ -68,6 +75,26 @@ def leetcode_gens(path: Path, limit: int) -> list[dict]:
     return out
 
 
+def lookup_table(row: dict, broken: bool) -> str:
+    """A program that answers exactly the row's own LiveCodeBench tests (see the module docstring)."""
+    tests = row["tests"]
+    if tests[0]["testtype"] == "stdin":
+        table = {t["input"]: (t["output"].rstrip()[:-1] if broken else t["output"]) for t in tests}
+        return f"import sys\nT = {table!r}\nprint(T.get(sys.stdin.read(), ''), end='')\n"
+    import sandbox
+
+    _, fn = sandbox._starter_names(row["starter_code"])
+    table = {json.dumps([json.loads(ln) for ln in t["input"].split("\n") if ln.strip()]): t["output"] for t in tests}
+    body = "return None" if broken else "return json.loads(T[json.dumps(list(args))])"
+    return f"import json\nT = {table!r}\nclass Solution:\n    def {fn}(self, *args):\n        {body}\n"
+
+
+def livecodebench_gens(path: Path, limit: int) -> list[dict]:
+    lines = [x for x in path.read_text().splitlines() if x.strip()][:limit or None]
+    return [{"id": str(i + 1), "responses": [block(lookup_table(json.loads(ln), False)),
+                                             block(lookup_table(json.loads(ln), True))]} for i, ln in enumerate(lines)]
+
+
 def run_one(name: str, bench: Path, gens: list[dict], out_dir: Path, limit: int) -> dict:
     """eval.py --generations on (reference, broken) pairs -> counts and every exception with its reason."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +110,9 @@ def run_one(name: str, bench: Path, gens: list[dict], out_dir: Path, limit: int)
     ref = [s for s in samples if s["sample"] == 0]
     broken = [s for s in samples if s["sample"] == 1]
     evalplus = any(s.get("base_reward") is not None for s in samples)
+    bad = [{"id": s["id"], "detail": s["detail"]} for s in ref if s["reason"] == "bad_problem"]
+    ref = [s for s in ref if s["reason"] != "bad_problem"]
+    broken = [s for s in broken if s["reason"] != "bad_problem"]
     ref_fail = [{"id": s["id"], "reason": s["reason"], "detail": s["detail"], "reward": s["reward"],
                  "base_reward": s.get("base_reward")}
                 for s in ref if s["reward"] != 1.0 or (evalplus and s["base_reward"] != 1.0)]
@@ -91,7 +121,8 @@ def run_one(name: str, bench: Path, gens: list[dict], out_dir: Path, limit: int)
     reasons = {}
     for s in broken:
         reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
-    return {"benchmark": name, "file": str(bench), "problems": len(ref), "seconds": round(seconds, 1),
+    return {"benchmark": name, "file": str(bench), "problems": len(ref) + len(bad), "bad_problems": bad,
+            "seconds": round(seconds, 1),
             "reference_pass": len(ref) - len(ref_fail), "reference_fail": ref_fail,
             "broken_fail": len(broken) - len(broken_pass), "broken_pass": broken_pass,
             "broken_reasons": dict(sorted(reasons.items()))}
@@ -110,10 +141,16 @@ def main(argv=None) -> int:
         r = run_one("deepcoder_leetcode", p, leetcode_gens(p, a.limit), out / "leetcode", a.limit)
         import sandbox
         probs = sandbox.load_code_rows(str(p))[:a.limit or None]
-        r["inside_sandbox_asserts"] = {"problems_with_any": sum(1 for q in probs if any(t.get("inside") for t in q["tests"])),
-                                       "tests": sum(1 for q in probs for t in q["tests"] if t.get("inside")),
-                                       "of_tests": sum(len(q["tests"]) for q in probs)}
+        # asserts of another form than `candidate(...) == literal` / is_same_*: judged by the parent too
+        r["asserts_judged_as_expressions"] = {"problems_with_any": sum(1 for q in probs if any("judge" in t for t in q["tests"])),
+                                              "tests": sum(1 for q in probs for t in q["tests"] if "judge" in t),
+                                              "of_tests": sum(len(q["tests"]) for q in probs)}
         res["results"].append(r)
+    for which, rel in (("livecodebench", "bench/livecodebench_v5_test.jsonl"),
+                       ("deepcoder_livecodebench", "train/deepcoder_livecodebench.jsonl")):
+        if a.which in ("all", which):
+            p = SHARED / rel
+            res["results"].append(run_one(which, p, livecodebench_gens(p, a.limit), out / which, a.limit))
     res["load_average_end"] = os.getloadavg()
     text = json.dumps(res, indent=1)
     (out / "result.json").write_text(text + "\n")

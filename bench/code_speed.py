@@ -7,10 +7,12 @@ in the machine's load hits both. Reported per side and round: total seconds, pro
 passes, the worst single program. Then where our time goes (--profile true): the start of one
 sandboxed interpreter (bwrap + python -I -S + harness) on a one-test problem, the same without bwrap,
 and the cost per test (a trivial function on 1000 inputs).
-Isolation: sandbox.py = bubblewrap namespaces (user/pid/net/ipc/uts/mount, uid 65534, read-only root,
-tmpfs /tmp), a fresh interpreter per program, rlimits, audit hook, parent-side comparison; EvalPlus = a
-forked copy of the checking process with rlimits and monkey-patched os/shutil functions ("reliability
-guard"), comparison inside the child (a program can forge a pass there).
+Isolation: sandbox.py = bubblewrap namespaces (pid/net/ipc/uts/mount; a host uid of the sandbox's own
+when this process is root, else a user namespace), a seccomp filter (no fork/exec of processes,
+namespaces, keyrings, memfd, ...), read-only root, tmpfs /tmp, a fresh interpreter per program, rlimits,
+audit hook, parent-side comparison with EvalPlus's own oracles; EvalPlus = a forked copy of the checking
+process with rlimits and monkey-patched os/shutil functions ("reliability guard"), comparison inside the
+child (a program can forge a pass there).
 
 Commands
     pip install --no-deps evalplus==0.3.1            # EvalPlus 0.3.1 (its checker needs no further packages)
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
     resp = ["```python\n" + r["prompt"] + r["canonical_solution"] + "\n```" for r in rows]
     load0 = os.getloadavg()
     t_exp, exps = timed_map(lambda i: sandbox._expected(probs[i], sandbox.PER_TEST_S, sandbox.TOTAL_S,
-                                                        sandbox.MEMORY_MB, False), len(rows), workers)
+                                                        sandbox.MEMORY_MB, False)[0], len(rows), workers)
     try:
         import evalplus
         from evalplus.eval import PASS, untrusted_check
@@ -124,6 +126,7 @@ def main(argv=None) -> int:
         return stat == PASS, time.perf_counter() - t0
 
     out = {"problems": len(rows), "workers": workers, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+           "sandbox_mode": sandbox.sandbox_mode(),
            "python": platform.python_version(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
            "load_average_start": [round(x, 2) for x in load0], "expected_outputs_s": round(t_exp, 2),
            "evalplus": evalplus.__version__ if untrusted_check else why, "rounds": []}
