@@ -50,7 +50,7 @@ bandit_fig2.png (Figure 2), ablation.json with --ablation.
 
 Deliberately left out: contexts / prompts (one state, as in the paper), entropy bonuses, learning-rate
 schedules, gradient-norm clipping, a GPU path. Findings (GRPO does not collapse under the paper's
-stated settings; what does collapse it) are in README.md, section "Bandit".
+stated settings; what does collapse it) are in docs/bandit.md.
 """
 
 from __future__ import annotations
@@ -725,7 +725,8 @@ def main(argv=None):
     try:
         methods = check_args(args)
     except ValueError as e:
-        sys.exit(f"bandit.py: error: {e}")
+        print(f"bandit.py: error: {e}", file=sys.stderr)        # one line, exit 2: common.py's rule
+        sys.exit(2)
     run_dir = os.path.join(args.out, time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(run_dir, exist_ok=True)
     print(f"run folder: {run_dir}")

@@ -187,11 +187,11 @@ def clip_cov_loss(logp, old_logp, advantages, mask, *, generator, clip_cov_ratio
     active. Of those, max(1, int(clip_cov_ratio * n_valid)) (or all, if fewer) drawn uniformly without
     replacement with `generator` (a torch.Generator, so a resumed run can restore the draw; None uses
     torch's global RNG as verl does) contribute 0 to the loss but stay in the token-mean denominator.
-    Defaults clip_cov_ratio 2e-4, bounds (1, 5): verl's code/config defaults and the authors'
-    recipe/entropy/{7b,32b}_clip_cov.sh. clip_low = clip_high = 1.0: those scripts' clip_ratio_low/high
-    for this method, i.e. PPO's lower clip never binds (r >= 0) and the upper one at r = 2, so the
-    covariance clip is the method's main trust region. (The LAD paper, App. C.2, says DAPO's
-    clip-higher 0.2/0.28 was applied to all baselines; pass those to reproduce that protocol.)
+    Knobs (BaselineArgs): clip_cov_ratio 2e-4 and bounds (1, 5), verl's code/config defaults and the
+    authors' recipe/entropy/{7b,32b}_clip_cov.sh; the clip is every clipped method's, DAPO's 0.2/0.28, as
+    the LAD paper applies it to all baselines (App. C.2). Those scripts use clip_ratio_low/high 1.0/1.0 for
+    this method (PPO's lower clip never binds, the upper one at r = 2, so the covariance clip is its main
+    trust region): pass clip_low = clip_high = 1.0 to reproduce them.
     No dual-clip: verl's clip_cov loss has none. weights scale every token's loss (verl multiplies
     rollout_is_weights into pg_losses). Other args as grpo_loss; NaN/inf at padding is harmless.
     Stats: loss/ratio_mean, loss/log_ratio_abs_mean, loss/clip_frac (PPO clip active),

@@ -30,7 +30,8 @@ from pathlib import Path
 
 
 class UsageError(Exception):
-    """Bad input (arguments, data, paths): one line on stderr, exit code 2 (on every rank)."""
+    """Bad input (arguments, data, paths): a message on stderr (one line; a bad data file: one line per bad
+    row) and exit code 2, on every rank."""
 
 
 def field_docs(cls) -> dict:

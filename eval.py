@@ -54,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import re
 import sys
 import time
@@ -104,7 +105,7 @@ class Args:
     on_bad_row: str = "error"
     """a benchmark row that cannot be loaded: error (exit 2, every bad row listed) or skip (listed and recorded)"""
     model: str = ""
-    """HF model folder to sample from (default for one built-in task alone: the tiny model warm-started on it)"""
+    """HF model folder, or a hub id already in the local Hugging Face cache (no download), as lad.py; default for one built-in task alone: the tiny model warm-started on it"""
     engine: str = "auto"
     """rollout engine: hf (transformers generate), vllm, or auto (vLLM with a GPU, else hf)"""
     device: str = "auto"
@@ -124,15 +125,15 @@ class Args:
     max_new_tokens: int = 0
     """response token limit (0: 8192 for math and code, paper App. C.2; a built-in task's own, as lad.py: 12 for builtin-sum, 32 for builtin-code)"""
     prompt_template: str = "auto"
-    """boxed (lad.py's default prompt), dapo (DAPO-Math's), raw, or a string containing {problem} (auto: boxed for math, code for code, raw for a built-in task)"""
+    """boxed (lad.py's default prompt), dapo (DAPO-Math's), raw, or a string containing {problem}; auto: a lad.py checkpoint's own (its prompt.json), else boxed for math, code for code, raw for a built-in task"""
     chat: str = "auto"
-    """wrap the prompt in the tokenizer's chat template: true, false, auto (true when the tokenizer has one); as lad.py"""
+    """wrap the prompt in the tokenizer's chat template: true, false, auto (a lad.py checkpoint's own setting, else true when the tokenizer has one); as lad.py"""
     batch_size: int = 16
     """problems per engine.generate call (times n sequences)"""
     seed: int = 0
     """sampling seed (and bootstrap seed); batch b of shard i samples with seed + b + 100003 i: reproducible, and no two batches share a stream"""
     generations: str = ""
-    """score existing generations instead of sampling: comma-separated JSONL files (see README "eval")"""
+    """score existing generations instead of sampling: comma-separated JSONL files (docs/eval.md gives the format)"""
     out_dir: str = ""
     """output folder for samples.jsonl, summary.json, summary.md (default runs/eval/<name>)"""
     name: str = ""
@@ -308,7 +309,11 @@ def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(cfg["model"])
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg["model"])
+    except OSError as err:
+        raise UsageError(f"--model {cfg['model']!r}: not a model folder, nor a hub id in the local cache "
+                         f"({str(err).splitlines()[0]})") from None
     use_chat = data.use_chat_template(tok, cfg["chat"])
     cfg["chat_template_used"] = use_chat
     cfg["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
@@ -832,11 +837,23 @@ def load_benchmarks(specs: list[str], args: Args, cfg: dict):
     return problems, kinds, sources, excluded
 
 
+def trained_prompt(model: str) -> dict:
+    """The prompt settings a lad.py checkpoint was trained with (its prompt.json), or {} for other models."""
+    path = Path(model) / "prompt.json" if model else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
 def kind_defaults(kinds: dict, args: Args, cfg: dict, ks, scoring_only: bool) -> None:
-    """The settings that depend on the benchmarks' kinds (templates, --max-new-tokens 0, --n 0), into cfg."""
+    """The settings that depend on the benchmarks' kinds (templates, --max-new-tokens 0, --n 0), into cfg; a
+    checkpoint's own prompt.json decides the math template and the chat setting where the flags say auto."""
+    trained = trained_prompt(args.model)
+    math_template = trained.get("template", "boxed")
     cfg["templates"] = {b: (args.prompt_template if args.prompt_template != "auto" else
-                            "raw" if b in tasks.BUILTIN else {"sum": "raw", "code": "code"}.get(k, "boxed"))
+                            "raw" if b in tasks.BUILTIN else {"sum": "raw", "code": "code"}.get(k, math_template))
                         for b, k in kinds.items()}
+    if args.chat == "auto" and "chat" in trained:
+        cfg["chat"] = "true" if trained["chat"] else "false"
+    cfg["prompt_from"] = f"{args.model}/prompt.json" if trained else "flags"
     if args.max_new_tokens == 0:   # the longest any benchmark needs: a built-in task's own limit, else 8192
         cfg["max_new_tokens"] = max((tasks.BUILTIN[b].new_tokens if b in tasks.BUILTIN else 8192 for b in kinds),
                                     default=8192)
@@ -881,7 +898,7 @@ def generated_samples(args: Args, specs: list[str], problems: dict, kinds: dict,
         task = tasks.BUILTIN[next(iter(problems))]
         cfg["model"] = tiny.default_model_dir(task, 0, lambda m: print(m, file=sys.stderr))
     elif not Path(args.model).is_dir():
-        raise UsageError(f"--model: no such folder {args.model} (local HF folders only; no downloads)")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")       # a hub id: the local cache only, no download
     return generate(problems, cfg), args.name or Path(cfg["model"]).name
 
 
@@ -901,6 +918,7 @@ def score_and_summarise(rows: list[dict], problems: dict, kinds: dict, ks: list[
     for r in rows:
         r["kind"] = kinds[r["benchmark"]]
     score_rows(rows, weak_sandbox=args.weak_sandbox, grader=args.grader, progress=True)
+    rows, bad = drop_bad_problems(rows)
     extra = base_rows(rows)        # EvalPlus: the same samples on the base tests only (<name>:base)
     base_of = {r["benchmark"]: r["benchmark"][:-len(BASE)] for r in extra}
     benches = []
@@ -910,7 +928,24 @@ def score_and_summarise(rows: list[dict], problems: dict, kinds: dict, ks: list[
     for b, entry in summary["benchmarks"].items():
         if b not in base_of:
             entry["reasons"] = reason_counts(rows, b)
+            entry["bad_problems"] = bad.get(b, [])
+    summary["bad_problems"] = sum(len(v) for v in bad.values())
     return summary, base_of
+
+
+def drop_bad_problems(rows: list[dict]) -> tuple[list[dict], dict]:
+    """A problem whose own reference fails (the sandbox's reason bad_problem: EvalPlus's canonical solution
+    on some input) says nothing about the model: its samples leave the figures, and it is reported with the
+    sandbox's detail, which starts with its file:line. -> (rows kept, {bench: [{"id", "detail"}]})."""
+    bad = {}
+    for r in rows:
+        if r.get("reason") == "bad_problem" and r["id"] not in {x["id"] for x in bad.get(r["benchmark"], [])}:
+            bad.setdefault(r["benchmark"], []).append({"id": r["id"], "detail": r.get("detail", "")})
+    for b, probs in bad.items():
+        print(f"warning: {b}: {len(probs)} problem(s) excluded, their reference fails: "
+              + "; ".join(p["detail"] for p in probs[:3]), file=sys.stderr)
+    ids = {(b, p["id"]) for b, probs in bad.items() for p in probs}
+    return [r for r in rows if (r["benchmark"], r["id"]) not in ids], bad
 
 
 def write_outputs(out_dir: Path, summary: dict, rows: list[dict], kinds: dict, base_of: dict) -> None:

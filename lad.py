@@ -269,16 +269,12 @@ import dataclasses  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import random  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from contextlib import contextmanager, nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,  # noqa: E402
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import data  # noqa: E402
@@ -286,9 +282,10 @@ import metrics  # noqa: E402
 import rollout  # noqa: E402
 import tasks  # noqa: E402
 import tiny  # noqa: E402
-from baselines import BASELINES, BaselineArgs, LogZHead, baseline_loss, check_knobs, prompt_mean_hidden  # noqa: E402
+from baselines import BASELINES, BaselineArgs, baseline_loss, check_knobs  # noqa: E402
 from common import UsageError, parse_args, seed_for  # noqa: E402
 from eval import generate_rows, score_rows  # noqa: E402
+from policy import build_trainer, find_checkpoint, make_batch, prompt_mask_of, save_checkpoint  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -297,7 +294,8 @@ class Args(BaselineArgs):
 
     CHOICES = {"loss": ["lad", *BASELINES], "flowrl_ref": ["init", "old"], "divergence": sorted(DIVERGENCES),
                "ratio": ["token", "seq"], "engine": ["auto", "hf", "vllm"], "wandb": ["disabled", "offline", "online"],
-               "chat": ["auto", "true", "false"], "grader": list(tasks.GRADERS)}
+               "chat": ["auto", "true", "false"], "grader": list(tasks.GRADERS), "save_dtype": ["auto", "bf16", "fp32"],
+               "underfilled": ["error", "train"]}
 
     loss: str = "lad"
     """objective: lad (paper Eq. 8); the paper's baselines: grpo (DAPO clipped surrogate, clip-higher), flowrl
@@ -319,8 +317,10 @@ class Args(BaselineArgs):
     DeepCoder, LeetCode, TACO/APPS, EvalPlus, verl-style rows: docs/sandbox.md)"""
     eval_data: str = ""
     """held-out file (same formats) for periodic evaluation; empty = a built-in task's heldout split, none for files"""
-    prompt_template: str = data.TEMPLATES["boxed"]
-    """template for file rows with a 'problem' field; {problem} is replaced (built-in prompts are used as is)"""
+    prompt_template: str = "boxed"
+    """prompt of file rows with a 'problem' field: a name (boxed, dapo, raw: data.TEMPLATES) or a string with
+    {problem}; code rows use the code template, built-in prompts and verl/DAPO chat rows are used as they are.
+    Saved with every checkpoint (prompt.json), so that eval.py scores it in the format it was trained in"""
     chat: str = "auto"
     """wrap prompts in the tokenizer's chat template: auto (when it has one), true, false (eval.py: the same flag)"""
     grader: str = "ours"
@@ -334,15 +334,25 @@ class Args(BaselineArgs):
     """optimiser steps per rollout batch (mini-batches; paper App. C.2: 8)"""
     micro_batch: int = 64
     """responses per forward/backward on one rank (gradient accumulation inside a mini-batch)"""
+    micro_batch_tokens: int = 0
+    """instead of --micro-batch: a token budget per forward on one rank, padded prompt + response tokens
+    (rows x longest row), as verl's use_dynamic_bsz / ppo_max_token_len_per_gpu; 0 = off. Long and short
+    responses then get micro-batches of the same memory, and the gradient is the same (global denominators)"""
     max_new_tokens: int = 0
     """response length cap in tokens; 0 = the built-in task's (tasks.py: 12 for builtin-sum, 32 for builtin-code),
     1024 for files (paper: 8192)"""
+    max_position_embeddings: int = 0
+    """raise the model's context to N tokens (its config, and the vLLM engine's: verl's
+    override_config.max_position_embeddings), for prompt + --max-new-tokens beyond it; 0 = the model's own"""
     temperature: float = 1.0
     """sampling temperature (paper: 1.0); the trainer's log-probs use the same (as verl)"""
     top_p: float = 1.0
     """nucleus sampling (1.0 = off)"""
     lr: float = 3e-4
-    """AdamW learning rate, constant (paper: 1e-6 for 7B; the tiny model needs far more)"""
+    """AdamW learning rate, constant after the warmup (paper: 1e-6 for 7B; the tiny model needs far more)"""
+    warmup_steps: int = 0
+    """linear warmup of the lr over the first N optimiser steps (step k: lr (k+1)/N), then constant; 0 = none,
+    as the paper and the entropy-mechanism scripts (warmup_style constant); verl's DAPO recipe: 10 rollout steps"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     clip_grad: float = 1.0
@@ -363,9 +373,22 @@ class Args(BaselineArgs):
     wandb_project: str = "lad"
     """wandb project name"""
     dynamic_sampling: bool = True
-    """drop groups whose rewards are all equal and draw more prompts (DAPO; paper App. C.2)"""
-    max_sample_rounds: int = 3
-    """dynamic sampling cap: at most this many generate rounds per step (then train on what was kept)"""
+    """drop groups whose responses are all correct or all wrong and draw more prompts until the step holds
+    --prompts-per-step groups (DAPO's filter_groups on acc; paper App. C.2)"""
+    max_sample_rounds: int = 10
+    """dynamic sampling: at most this many generate rounds per step, each drawing the rank's full share of
+    prompts (DAPO's max_num_gen_batches = 10, gen_batch_size = train_batch_size in the entropy-mechanism scripts)"""
+    underfilled: str = "error"
+    """when --max-sample-rounds cannot fill the batch: error (stop, naming the zero-variance fraction, as DAPO)
+    or train (train on the groups kept, with a warning and rollout/underfilled)"""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong punishment: the last L tokens before --max-new-tokens cost up to --overlong-penalty,
+    linearly (Yu et al. 2025, Eq. 13); 0 = off, as the entropy-mechanism scripts (enable_overlong_buffer False)"""
+    overlong_penalty: float = 1.0
+    """the reward subtracted at --max-new-tokens under --overlong-buffer (DAPO's overlong_penalty_factor, 1.0)"""
+    mask_truncated: bool = False
+    """responses cut at --max-new-tokens contribute no loss (TRL's mask_truncated_completions; their group's
+    advantages still count them); off, as the entropy-mechanism scripts"""
     eval_every: int = 50
     """evaluate on held-out prompts every N steps (and at step 0 and the end); 0 = never"""
     eval_k: int = 16
@@ -374,6 +397,16 @@ class Args(BaselineArgs):
     """held-out prompts used per evaluation (first N); 0 = all"""
     save_every: int = 50
     """checkpoint every N steps (and at the end); 0 = only at the end"""
+    save_dtype: str = "auto"
+    """dtype of the saved weights: bf16, fp32, or auto = the compute dtype (bf16 with --bf16, or --fsdp on a GPU;
+    else fp32). A 7B model is 15 GB in bf16, 30 GB in fp32; a run resumed from bf16 weights is not bit-equal"""
+    save_optimizer: bool = True
+    """save AdamW's state with each checkpoint (fp32, 2x the fp32 weights: 61 GB for 7B); without it a resume
+    needs --fresh-optimizer true"""
+    keep_last: int = 0
+    """keep only the N newest checkpoints (older ones are removed once a new one is complete); 0 = keep all"""
+    fresh_optimizer: bool = False
+    """with --resume: start AdamW afresh (allowed, and needed, for a checkpoint saved with --save-optimizer false)"""
     logprob_chunk: int = 1024
     """response tokens per log-softmax chunk (bounds the float32 logits held at once)"""
     gen_batch: int = 512
@@ -387,6 +420,9 @@ class Args(BaselineArgs):
     fsdp: bool = False
     """FSDP2 (fully_shard per decoder layer + root): shards over torchrun ranks; bf16 compute with fp32 master
     weights on GPU, also in one process (python lad.py); either engine"""
+    bf16: bool = False
+    """bf16 autocast compute with float32 master weights and optimiser (torch.autocast around every forward;
+    the log-softmax and the loss stay float32); on GPU or CPU, with or without --fsdp"""
     activation_checkpointing: bool = False
     """recompute each decoder layer's activations in backward (less memory, about a third more compute)"""
     weak_sandbox: bool = False
@@ -424,7 +460,7 @@ def main(args):
         #    pads its batch with weight-0 rows to the largest rank's size, so all run the same forwards.
         rewards = torch.tensor([x for g in groups for x in g.rewards], dtype=torch.float32)
         adv = group_advantages(rewards, args.group_size)[0] if groups else rewards
-        batch = pad_to_largest_rank(Batch.of(groups, adv, tr.tok.pad_token_id), filler, ctx)
+        batch = pad_to_largest_rank(Batch.of(groups, adv, tr.tok.pad_token_id, args.mask_truncated), filler, ctx)
         # 3. log pi_old of every sample, recomputed by the trainer without gradient (as verl); pi_ref's where
         #    the loss needs it (FlowRL, GRPO with --kl-coef)
         with phase("logprob", maxes, ctx):
@@ -435,16 +471,16 @@ def main(args):
         #    micro-batches gives the gradient of one token-mean over the whole mini-batch.
         with phase("update", maxes, ctx):
             tr.policy.train()
-            n_real = sum(batch.real)                          # padding rows stay last, out of the shuffle
-            order = torch.randperm(n_real, generator=torch.Generator().manual_seed(
-                seed_for("shuffle", args.seed, step, ctx.rank))).tolist() + list(range(n_real, len(batch)))
+            n = batch.n_samples                               # padding rows stay last, out of the shuffle
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(
+                seed_for("shuffle", args.seed, step, ctx.rank))).tolist() + list(range(n, len(batch)))
             minis = [order[u::args.updates_per_rollout] for u in range(args.updates_per_rollout)]
             denoms = global_denominators(batch, minis, "response" if args.loss == "flowrl" else "token", ctx)
             upd, grad_norms = {"stats_n": 0.0, "objective_sum": 0.0}, []
             for mb, denom in zip(minis, denoms):
                 if denom == 0:
                     continue                                  # no rank has a token here: all skip together
-                micro = [mb[i:i + args.micro_batch] for i in range(0, len(mb), args.micro_batch)]
+                micro = micro_batches(args, ctx, batch, mb)
                 for j, idx in enumerate(micro):
                     x = batch.inputs(idx, ctx.device, prompt_mask=args.loss == "flowrl")
                     # DDP averages gradients over ranks at the last micro-batch's backward only
@@ -463,19 +499,20 @@ def main(args):
                                                         ref_logp=None if ref is None else ref[idx, :T],
                                                         generator=tr.generator)
                         loss.backward()
-                    accumulate(upd, stats, loss, weight=1.0 if x.real else 0.0)
+                    accumulate(upd, stats, loss, weight=1.0 if x.trained else 0.0)
                 grad_norm = torch.nn.utils.clip_grad_norm_(tr.policy.parameters(), args.clip_grad)
                 grad_norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor")
                                         else grad_norm))                        # FSDP2: a DTensor
                 tr.opt.step()
                 tr.opt.zero_grad(set_to_none=True)
+                tr.sched.step()                               # --warmup-steps: the lr of the next step
         # 5. Weight sync: the new weights into the engine, in place (the HF engine samples from lm itself)
         with phase("sync", maxes, ctx):
             push_weights(engine, tr.lm)
         maxes.update(m_old, step_s=time.perf_counter() - t_step)
         # 6. Metrics: sums and maxima over ranks by name (rank 0 logs); held-out evaluation; checkpoint
         s, mx = reduce_metrics({**sums, **s_old, **upd}, maxes, ctx)
-        m = step_metrics(s, mx, grad_norms, tr.opt.param_groups[0]["lr"], args)
+        m = step_metrics(s, mx, grad_norms, tr.opt.param_groups[0]["lr"], args, ctx)
         if held is not None and args.eval_every > 0 and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
             te = time.perf_counter()
             m.update(evaluate(args, ctx, engine, tr.tok, held, step + 1), **{"perf/eval_s": time.perf_counter() - te})
@@ -508,6 +545,8 @@ def check_args(a, world):
     if a.prompts_per_step < 1 or a.prompts_per_step % world:
         raise UsageError(f"--prompts-per-step {a.prompts_per_step} must be a positive multiple of the "
                          f"world size {world} (every rank takes the same number of prompts)")
+    if a.micro_batch_tokens < 0:
+        raise UsageError(f"--micro-batch-tokens must be >= 0 (0 = count by --micro-batch), got {a.micro_batch_tokens}")
     for name in ("updates_per_rollout", "micro_batch", "max_new_tokens", "eval_k", "max_sample_rounds",
                  "logprob_chunk", "gen_batch"):
         if getattr(a, name) < 1:
@@ -533,13 +572,24 @@ def check_args(a, world):
         raise UsageError(f"--gpu-memory-utilization must be in (0, 1), got {a.gpu_memory_utilization}")
     if a.tis_cap < 0:
         raise UsageError(f"--tis-cap must be >= 0 (0 = off), got {a.tis_cap}")
-    if a.train_data not in tasks.BUILTIN and "{problem}" not in a.prompt_template:
-        raise UsageError("--prompt-template must contain {problem}")
+    if a.prompt_template not in data.TEMPLATES and "{problem}" not in a.prompt_template:
+        raise UsageError(f"--prompt-template must be one of {', '.join(data.TEMPLATES)} or contain {{problem}}")
+    for name in ("warmup_steps", "overlong_buffer", "max_position_embeddings"):
+        if getattr(a, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
+    if a.overlong_buffer >= a.max_new_tokens:
+        raise UsageError(f"--overlong-buffer {a.overlong_buffer} must be below --max-new-tokens {a.max_new_tokens}")
+    if a.overlong_penalty < 0:
+        raise UsageError(f"--overlong-penalty must be >= 0, got {a.overlong_penalty}")
     if a.eval_data in tasks.BUILTIN:
         raise UsageError("--eval-data takes a file; the built-in tasks' heldout split is used when it is empty")
     if a.loss == "flowrl" and a.tis_cap > 0:
         raise UsageError("--tis-cap weighs tokens; FlowRL's loss is per response (its own weight w is the summed "
                          "log ratio to pi_old): use --tis-cap 0 with --loss flowrl")
+    if a.keep_last < 0:
+        raise UsageError(f"--keep-last must be >= 0 (0 = keep every checkpoint), got {a.keep_last}")
+    if a.fresh_optimizer and not a.resume:
+        raise UsageError("--fresh-optimizer true only applies with --resume")
     if a.loss == "flowrl" and a.fsdp:
         raise UsageError("--loss flowrl with --fsdp true is not supported (the log Z head is outside the sharded "
                          "model's checkpoint); use DDP (--fsdp false) under torchrun")
@@ -649,11 +699,11 @@ def reduce_metrics(sums: dict, maxes: dict, ctx):
 def global_denominators(batch, minis, unit, ctx):
     """Per mini-batch, the token-mean denominator of its optimiser step, made global with ONE all_reduce:
     the valid tokens (unit "token"; FlowRL's "response": responses with >= 1 token) of the mini-batch's
-    real rows on ALL ranks, divided by the world size. Why divide: DDP averages gradients over ranks, so
+    trained rows on ALL ranks, divided by the world size. Why divide: DDP averages gradients over ranks, so
     a rank's loss sum_t l_t / (G / W) becomes, after the average, sum over all ranks' tokens / G -- the
     token-mean of the whole mini-batch, as if one process ran it, however tokens are spread over ranks."""
     size = [min(len(r), 1) if unit == "response" else len(r) for r in batch.responses]
-    local = [float(sum(size[i] for i in mb if batch.real[i])) for mb in minis]
+    local = [float(sum(size[i] for i in mb if batch.trained[i])) for mb in minis]
     t = all_reduce(torch.tensor(local, dtype=torch.float64, device=ctx.device))
     return [x / ctx.world if x else 0.0 for x in t.tolist()]
 
@@ -687,13 +737,15 @@ def encode_data(args, tr, train, held):
     ctx_len = getattr(tr.lm.config, "max_position_embeddings", None) or 10 ** 9
     limit = ctx_len - args.max_new_tokens
     if limit < 1:
-        raise UsageError(f"--max-new-tokens {args.max_new_tokens} leaves no room in the context ({ctx_len})")
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens} leaves no room in the model's context ({ctx_len} "
+                         f"tokens): --max-position-embeddings N raises it (docs/gpu.md says when that is safe)")
     train, skipped = data.encode_rows(train, tr.tok, args.chat, limit, args.train_data)
     if held is not None:
         held = data.encode_rows(held, tr.tok, args.chat, limit, args.eval_data or "heldout")[0]
         held = held[:args.eval_prompts] if args.eval_prompts else held
     return train, held, {"train_prompts": len(train), "train_prompts_skipped_too_long": skipped,
-                         "heldout_prompts": len(held) if held else 0, "prompt_limit": limit}
+                         "heldout_prompts": len(held) if held else 0, "prompt_limit": limit,
+                         "chat_template_used": data.use_chat_template(tr.tok, args.chat)}
 
 
 def row_for(rank_index, rank, world, n, seed):
@@ -703,207 +755,6 @@ def row_for(rank_index, rank, world, n, seed):
     epoch, pos = divmod(g, n)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed_for("data", seed, epoch)))
     return int(perm[pos])
-
-
-# ----------------------------------------------------------------------------------------------------
-# The model: log-probs of response tokens (chunked log-softmax), the trainer's parts, checkpoints
-# ----------------------------------------------------------------------------------------------------
-
-class Policy(torch.nn.Module):
-    """An HF causal LM whose forward returns log pi(y_t | x, y_<t) and the entropy of each response
-    token, computing the LM head and log-softmax chunk by chunk over response positions only, so the
-    float32 logits held at once are (logprob_chunk, vocab), never (batch, length, vocab). With grad
-    enabled each chunk is checkpointed (its logits are recomputed in backward instead of kept).
-    log_z_head: FlowRL's LogZHead, a submodule here so that DDP averages its gradients with the model's
-    and the one optimiser trains both (as the authors attach it to the actor)."""
-
-    def __init__(self, lm, chunk, temperature, log_z_head=None):
-        super().__init__()
-        self.lm, self.chunk, self.temperature = lm, chunk, temperature
-        self.log_z_head = log_z_head
-
-    def _head(self, h, tgt):
-        # at most two (c, V) float32 tensors alive at once (logits then log-softmax, then log-softmax and
-        # p): at chunk 1024 and a 152k vocabulary each is 0.6 GB, so every extra temporary counts
-        logits = self.lm.get_output_embeddings()(h).float()                        # (c, V) float32
-        logits = logits.div_(self.temperature) if self.temperature != 1 else logits  # in place: Linear's
-        logp_all = torch.log_softmax(logits, -1)                                   # backward needs no output
-        del logits
-        logp = logp_all.gather(-1, tgt[:, None])[:, 0]
-        with torch.no_grad():                                                      # entropy estimate, detached
-            ent = -logp_all.exp().mul_(logp_all).sum(-1)
-        return logp, ent
-
-    def forward(self, ids, attn, pos, tgt, valid, prompt_mask=None):
-        """ids/attn (B, L) right-padded prompt+response; pos (B, T) index of the hidden state that
-        predicts response token t (prompt_len + t - 1); tgt (B, T) the tokens; valid (B, T) bool.
-        Returns logp (B, T), entropy (B, T) and, with prompt_mask (B, L), log Z (B,) of log_z_head (else None)."""
-        hidden = self.lm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state   # (B, L, H)
-        log_z = None if prompt_mask is None else self.log_z_head(prompt_mean_hidden(hidden, prompt_mask)).float()
-        h = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))[valid]       # (N, H)
-        t = tgt[valid]                                                                      # (N,)
-        lps, ents = [], []
-        for lo in range(0, h.shape[0], self.chunk):
-            hc, tc = h[lo:lo + self.chunk], t[lo:lo + self.chunk]
-            if torch.is_grad_enabled():
-                lp, en = torch.utils.checkpoint.checkpoint(self._head, hc, tc, use_reentrant=False)
-            else:
-                lp, en = self._head(hc, tc)
-            lps.append(lp)
-            ents.append(en)
-        logp = torch.zeros(valid.shape, dtype=torch.float32, device=ids.device)
-        ent = torch.zeros(valid.shape, dtype=torch.float32, device=ids.device)
-        logp = logp.masked_scatter(valid, torch.cat(lps)) if lps else logp
-        ent = ent.masked_scatter(valid, torch.cat(ents)) if ents else ent
-        return logp, ent, log_z
-
-
-@dataclasses.dataclass
-class Trainer:
-    """What is trained: the HF model `lm` (saved, synced into the engine) and its tokenizer; `policy`, the
-    Policy over lm that every forward of the loop goes through (DDP-wrapped under torchrun, sharded in place
-    under FSDP2); FlowRL's log Z head (or None); the optimiser; pi_ref, the frozen initial policy (or None);
-    Clip-Cov's per-rank generator; the run's initial model (pi_ref's source, kept across resumes)."""
-    lm: torch.nn.Module
-    tok: object
-    policy: torch.nn.Module
-    head: torch.nn.Module | None
-    opt: torch.optim.Optimizer
-    reference: torch.nn.Module | None
-    generator: torch.Generator
-    init_model: str
-
-
-def build_trainer(args, ctx, model_path, ckpt):
-    """Load the model (resume > --model > the tiny warm start), wrap it (Policy, FSDP2 or DDP), make AdamW,
-    restore a checkpoint's state or seed a fresh start, load pi_ref. Returns (Trainer, start step, cursor)."""
-    if args.model and not Path(args.model).exists() and ckpt is None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")                  # no network at run time
-    lm, tok = load_hf(model_path, ctx.device, "model")
-    head = None
-    if args.loss == "flowrl":
-        with torch.random.fork_rng(devices=[]):        # the head's init is a function of --seed alone
-            torch.manual_seed(seed_for("init", args.seed))
-            head = LogZHead(lm.config.hidden_size).to(ctx.device)
-    policy = Policy(lm, args.logprob_chunk, args.temperature, log_z_head=head)
-    if args.activation_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if args.fsdp:                      # before the optimiser sees the parameters: fully_shard swaps them for DTensors
-        shard_policy(policy, lm, ctx.device.type == "cuda")
-    # one optimiser for the model and the head (the authors train ProjZ with the actor's), model first
-    opt = torch.optim.AdamW(list(lm.parameters()) + (list(head.parameters()) if head is not None else []),
-                            lr=args.lr, weight_decay=args.weight_decay)
-    ctx.ddp = ctx.world > 1 and not args.fsdp
-    if ctx.ddp:                        # buffers (rotary tables) are equal on every rank: no per-forward broadcast
-        policy = torch.nn.parallel.DistributedDataParallel(
-            policy, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None, broadcast_buffers=False)
-    generator = torch.Generator().manual_seed(seed_for("clipcov", args.seed, rank=ctx.rank))
-    tr = Trainer(lm, tok, policy, head, opt, None, generator, model_path)
-    start, cursor = load_state(args, ctx, tr, ckpt)
-    if needs_reference(args):
-        ref_lm = load_hf(tr.init_model, ctx.device, "reference (initial) model")[0].requires_grad_(False).eval()
-        tr.reference = Policy(ref_lm, args.logprob_chunk, args.temperature)
-        if args.fsdp:
-            shard_policy(tr.reference, ref_lm, ctx.device.type == "cuda")
-    return tr, start, cursor
-
-
-def needs_reference(args) -> bool:
-    """Whether --loss needs the frozen initial policy's log-probs (FlowRL's pi_ref, GRPO's KL anchor)."""
-    return (args.loss == "flowrl" and args.flowrl_ref == "init") or (args.loss == "grpo" and args.kl_coef > 0)
-
-
-def load_hf(path, device, what):
-    """An HF causal LM in float32 on device and its tokenizer (pad = EOS where it has none)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-    except OSError as e:
-        raise UsageError(f"cannot load the {what} {path!r}: {str(e).splitlines()[0]}") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return lm, tok
-
-
-def shard_policy(policy, lm, cuda):
-    """FSDP2: each decoder layer is one unit (its all-gather overlaps the previous layer's compute), the
-    Policy the root (embeddings, final norm, the possibly tied LM head). On GPU, bf16 compute with fp32
-    master weights, optimiser state and gradient reduction. Like DDP, FSDP2 averages gradients over ranks,
-    so global_denominators applies unchanged. Parameter names stay the HF ones."""
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else MixedPrecisionPolicy()
-    for layer in lm.base_model.layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(policy, mp_policy=mp)
-    return policy
-
-
-def load_state(args, ctx, tr, ckpt):
-    """Resume (optimiser, step, data cursor, RNG states, the log Z head, Clip-Cov's generator, the initial
-    model's path) or a fresh start (per-rank seeds). Returns (start step, cursor)."""
-    if ckpt is None:
-        random.seed(seed_for("init", args.seed, rank=ctx.rank))
-        torch.manual_seed(seed_for("init", args.seed, rank=ctx.rank))
-        return 0, 0
-    st = torch.load(ckpt / "trainer.pt", weights_only=False)
-    if st["args"].get("loss", "lad") != args.loss:
-        raise UsageError(f"--resume: checkpoint was trained with --loss {st['args'].get('loss')}, not {args.loss}")
-    if st["world"] != ctx.world:
-        raise UsageError(f"--resume: checkpoint was written by {st['world']} ranks, this run has {ctx.world}")
-    if args.fsdp and not st["args"].get("fsdp", False):
-        # its optimiser state is keyed by parameter position; set_optimizer_state_dict needs names
-        raise UsageError("--resume: checkpoint was written without --fsdp; resume it with --fsdp false")
-    if args.fsdp:                      # a full (gathered) optimiser state, re-sharded on load
-        set_optimizer_state_dict(tr.lm, tr.opt, st["optimizer"], options=StateDictOptions(full_state_dict=True))
-    else:
-        tr.opt.load_state_dict(st["optimizer"])
-    if tr.head is not None:
-        tr.head.load_state_dict(st["log_z_head"])
-    rs = torch.load(ckpt / f"rank{ctx.rank}.pt", weights_only=False)
-    tr.generator.set_state(rs["clipcov_generator"])
-    torch.set_rng_state(rs["torch"])
-    random.setstate(rs["python"])
-    if ctx.device.type == "cuda" and rs["cuda"] is not None:
-        torch.cuda.set_rng_state_all(rs["cuda"])
-    tr.init_model = st.get("init_model", tr.init_model)
-    return st["step"], rs["cursor"]
-
-
-def save_checkpoint(args, ctx, tr, out, step, cursor):
-    """out/ckpt-NNNNNN: the HF folder (rank 0), trainer.pt (optimiser, step, args, the initial model's path,
-    the log Z head) and rank{r}.pt (data cursor, RNG states, Clip-Cov's generator); then out/latest."""
-    ck = Path(out) / f"ckpt-{step:06d}"
-    ck.mkdir(parents=True, exist_ok=True)
-    model_sd = opt_sd = None
-    if args.fsdp:                      # gather full state dicts (collectives: every rank takes part)
-        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_sd, opt_sd = get_model_state_dict(tr.lm, options=full), get_optimizer_state_dict(tr.lm, tr.opt, options=full)
-    if ctx.rank == 0:
-        tr.lm.save_pretrained(ck, state_dict=model_sd)
-        tr.tok.save_pretrained(ck)
-        torch.save({"step": step, "optimizer": opt_sd if opt_sd is not None else tr.opt.state_dict(), "world": ctx.world,
-                    "args": dataclasses.asdict(args), "init_model": tr.init_model,
-                    **({"log_z_head": tr.head.state_dict()} if tr.head is not None else {})}, ck / "trainer.pt")
-    torch.save({"cursor": cursor, "torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "clipcov_generator": tr.generator.get_state()}, ck / f"rank{ctx.rank}.pt")
-    if dist_on():
-        dist.barrier()
-    if ctx.rank == 0:
-        (Path(out) / "latest").write_text(ck.name + "\n")
-    return ck
-
-
-def find_checkpoint(path):
-    p = Path(path)
-    if (p / "trainer.pt").is_file():
-        return p
-    if (p / "latest").is_file():
-        ck = p / (p / "latest").read_text().strip()
-        if (ck / "trainer.pt").is_file():
-            return ck
-    raise UsageError(f"--resume {path}: no checkpoint there (expected trainer.pt, or a run folder with 'latest')")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -921,27 +772,26 @@ class Group:
 
 
 def sample_groups(args, ctx, engine, tok, train, cursor, step):
-    """Phase 1: G responses for each of this rank's prompts, judged (tasks.judge), with DAPO's dynamic
-    sampling: groups whose rewards are all equal carry no advantage and are dropped, and more prompts are
-    drawn, for at most --max-sample-rounds rounds (agreed across ranks: one all_reduce per round).
-    Returns (kept groups, the new cursor, sums, maxes) for the step's metrics."""
+    """Phase 1: this rank's share of the step's prompts, G responses each, judged (tasks.judge), with DAPO's
+    overlong penalty added to the reward (--overlong-buffer) and DAPO's dynamic sampling: a group whose
+    responses are all correct or all wrong has no advantage and is dropped, and each round draws the rank's
+    full share of prompts again (DAPO's gen_batch_size = train_batch_size) until it holds its share, for at
+    most --max-sample-rounds rounds (ranks agree on each round with one all_reduce). Still short then:
+    --underfilled error stops every rank, naming the zero-variance fraction; train goes on with what was kept.
+    Returns (groups, the new cursor, sums, maxes) for the step's metrics."""
     per_rank, G = args.prompts_per_step // ctx.world, args.group_size
     kind = train[0]["kind"]
     kept = []
-    sums = dict.fromkeys(("reward", "correct", "responses", "drawn", "dropped", "resp_len", "truncated",
-                          "distinct", *(f"reason_{r}" for r in tasks.REASONS[kind])), 0.0)
-    maxes = {"resp_len_max": 0}
-    for rnd in range(args.max_sample_rounds):
-        need = per_rank - len(kept) if (rnd == 0 or args.dynamic_sampling) else 0
-        if rnd > 0 and all_reduce(torch.tensor([need], dtype=torch.float64, device=ctx.device),
-                                  dist.ReduceOp.MAX if dist_on() else None).item() == 0:
-            break
-        if need <= 0:
-            continue
-        rows = []
-        for _ in range(need):
-            rows.append(train[row_for(cursor, ctx.rank, ctx.world, len(train), args.seed)])
-            cursor += 1
+    sums = dict.fromkeys(("reward", "correct", "responses", "drawn", "dropped", "zero_var", "resp_len", "truncated", "distinct",
+                          "overlong_penalty", "masked", "underfilled", *(f"reason_{r}" for r in tasks.REASONS[kind])), 0.0)
+    maxes = {"resp_len_max": 0, "sample_rounds": 0}
+    for rnd in range(args.max_sample_rounds if args.dynamic_sampling else 1):
+        if rnd > 0 and all_reduce(torch.tensor([float(per_rank - len(kept))], dtype=torch.float64, device=ctx.device),
+                                  dist.ReduceOp.MAX if dist_on() else None).item() <= 0:
+            break                                              # every rank holds its share
+        maxes["sample_rounds"] = rnd + 1                      # a full rank draws too: a tensor-parallel
+        rows = [train[row_for(cursor + i, ctx.rank, ctx.world, len(train), args.seed)] for i in range(per_rank)]
+        cursor += per_rank                                     # vLLM group generates together
         with phase("rollout", maxes, ctx):
             samples = engine.generate([r["ids"] for r in rows], G, temperature=args.temperature, top_p=args.top_p,
                                       max_new_tokens=args.max_new_tokens,
@@ -955,41 +805,70 @@ def sample_groups(args, ctx, engine, tok, train, cursor, step):
         sums["drawn"] += len(rows)
         for i, r in enumerate(rows):
             sl = slice(i * G, (i + 1) * G)
-            g = Group(r, samples[sl], texts[sl], [v.reward for v in verdicts[sl]], [v.reason for v in verdicts[sl]])
+            correct = [v.reward > 0 for v in verdicts[sl]]
+            penalty = [overlong_penalty(len(s.response_ids), args) for s in samples[sl]]
+            g = Group(r, samples[sl], texts[sl], [v.reward + p for v, p in zip(verdicts[sl], penalty)],
+                      [v.reason for v in verdicts[sl]])
             sums["responses"] += G
             sums["reward"] += sum(g.rewards)
-            sums["correct"] += sum(x > 0 for x in g.rewards)
+            sums["correct"] += sum(correct)
+            sums["overlong_penalty"] += sum(penalty)
             sums["resp_len"] += sum(len(s.response_ids) for s in g.samples)
             maxes["resp_len_max"] = max(maxes["resp_len_max"], max(len(s.response_ids) for s in g.samples))
             sums["truncated"] += sum(s.truncated for s in g.samples)
-            sums["distinct"] += len({tasks.answer_key(t, kind) for t, x in zip(g.texts, g.rewards) if x > 0} - {None})
-            if args.dynamic_sampling and len(set(g.rewards)) == 1:
+            sums["distinct"] += len({tasks.answer_key(t, kind) for t, c in zip(g.texts, correct) if c} - {None})
+            sums["zero_var"] += len(set(correct)) == 1
+            if args.dynamic_sampling and len(set(correct)) == 1:   # DAPO filter_groups, metric acc
                 sums["dropped"] += 1
             else:
                 kept.append(g)
-        if not args.dynamic_sampling:
-            break
     kept = kept[:per_rank]
     sums["kept"] = len(kept)
+    sums["masked"] = sum(s.truncated for g in kept for s in g.samples) if args.mask_truncated else 0.0
+    if args.dynamic_sampling:
+        short = all_reduce(torch.tensor([float(per_rank - len(kept))], dtype=torch.float64, device=ctx.device),
+                           dist.ReduceOp.MAX if dist_on() else None).item()
+        if short > 0 and args.underfilled == "error":
+            raise UsageError(f"step {step + 1}: {args.max_sample_rounds} sample rounds did not fill the batch (a rank "
+                             f"holds {len(kept)} of {per_rank} groups here): {sums['zero_var'] / sums['drawn']:.0%} of "
+                             f"the prompts drawn had responses all correct or all wrong; the data may be too easy or too "
+                             f"hard for the model (--max-sample-rounds, or --underfilled train to go on)")
+        sums["underfilled"] = float(len(kept) < per_rank)
+        if short > 0 and ctx.rank == 0:
+            print(f"lad.py: WARNING: step {step + 1}: dynamic sampling kept {len(kept)} of {per_rank} groups on rank 0 "
+                  f"after {args.max_sample_rounds} rounds; training on what was kept (--underfilled train)",
+                  file=sys.stderr, flush=True)
     return kept, cursor, sums, maxes
+
+
+def overlong_penalty(n_tokens, args):
+    """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13; verl's DAPO reward manager): 0 up to
+    --max-new-tokens - L tokens, then falling linearly to -P at --max-new-tokens (L = --overlong-buffer,
+    P = --overlong-penalty); 0 when off."""
+    if not args.overlong_buffer:
+        return 0.0
+    return min(-(n_tokens - (args.max_new_tokens - args.overlong_buffer)) / args.overlong_buffer * args.overlong_penalty, 0.0)
 
 
 @dataclasses.dataclass
 class Batch:
     """One step's flat rollout batch on this rank. Row i is prompts[i] + responses[i] with advantage adv[i];
-    real[i] is False for a row that only pads this rank to the others' size (outside every loss mask)."""
+    trained[i] says whether its tokens are in the loss: False for the rows that only pad this rank to the
+    others' size (rows n_samples and after) and, with --mask-truncated, for truncated responses."""
     prompts: list
     responses: list
     adv: torch.Tensor                  # (N,) float32
     engine_logp: list                  # per row the engine's log-probs of its response tokens, or None
-    real: list
+    trained: list
+    n_samples: int
     pad_id: int
 
     @classmethod
-    def of(cls, groups, adv, pad_id):
+    def of(cls, groups, adv, pad_id, mask_truncated=False):
         samples = [(g.row["ids"], s) for g in groups for s in g.samples]
         return cls([p for p, _ in samples], [s.response_ids for _, s in samples], adv,
-                   [s.logprobs for _, s in samples], [True] * len(samples), pad_id)
+                   [s.logprobs for _, s in samples], [not (mask_truncated and s.truncated) for _, s in samples],
+                   len(samples), pad_id)
 
     def __len__(self):
         return len(self.prompts)
@@ -1001,16 +880,17 @@ class Batch:
     def inputs(self, idx, device, prompt_mask=False):
         items = [(self.prompts[i], self.responses[i]) for i in idx]
         ids, attn, pos, tgt, valid = make_batch(items, self.pad_id, device)
-        real = torch.tensor([float(self.real[i]) for i in idx], device=device)
-        return Micro(ids, attn, pos, tgt, valid, valid.float() * real[:, None], self.adv[list(idx)].to(device),
-                     any(self.real[i] for i in idx), prompt_mask_of(items, ids.shape[1], device) if prompt_mask else None)
+        trained = torch.tensor([float(self.trained[i]) for i in idx], device=device)
+        return Micro(ids, attn, pos, tgt, valid, valid.float() * trained[:, None], self.adv[list(idx)].to(device),
+                     any(self.trained[i] for i in idx),
+                     prompt_mask_of(items, ids.shape[1], device) if prompt_mask else None)
 
 
 @dataclasses.dataclass
 class Micro:
     """The tensors of one micro-batch (Batch.inputs): ids/attn (B, L) right-padded prompt + response; pos, tgt,
-    valid (B, T) as Policy.forward takes them; mask (B, T) the loss mask (valid tokens of real rows); adv (B,);
-    real: whether any row is real; prompt_mask (B, L) the prompt positions (FlowRL's log Z) or None."""
+    valid (B, T) as Policy.forward takes them; mask (B, T) the loss mask (valid tokens of trained rows); adv (B,);
+    trained: whether any row is; prompt_mask (B, L) the prompt positions (FlowRL's log Z) or None."""
     ids: torch.Tensor
     attn: torch.Tensor
     pos: torch.Tensor
@@ -1018,38 +898,14 @@ class Micro:
     valid: torch.Tensor
     mask: torch.Tensor
     adv: torch.Tensor
-    real: bool
+    trained: bool
     prompt_mask: torch.Tensor | None
-
-
-def make_batch(items, pad_id, device):
-    """items: list of (prompt_ids, response_ids). Returns ids, attn, pos, tgt, valid (see Policy.forward)."""
-    L = max(len(p) + len(r) for p, r in items)
-    T = max(1, max(len(r) for _, r in items))
-    ids = torch.full((len(items), L), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(items), L), dtype=torch.long)
-    pos = torch.zeros((len(items), T), dtype=torch.long)
-    tgt = torch.full((len(items), T), pad_id, dtype=torch.long)
-    valid = torch.zeros((len(items), T), dtype=torch.bool)
-    for b, (p, r) in enumerate(items):
-        ids[b, :len(p) + len(r)] = torch.tensor(list(p) + list(r))
-        attn[b, :len(p) + len(r)] = 1
-        pos[b, :len(r)] = torch.arange(len(p) - 1, len(p) + len(r) - 1)
-        tgt[b, :len(r)] = torch.tensor(r, dtype=torch.long)
-        valid[b, :len(r)] = True
-    return [x.to(device) for x in (ids, attn, pos, tgt, valid)]
-
-
-def prompt_mask_of(items, L, device):
-    """(B, L) 1 at the prompt positions of make_batch's rows (the prompt comes first in each)."""
-    plen = torch.tensor([len(p) for p, _ in items], device=device)
-    return (torch.arange(L, device=device)[None] < plen[:, None]).float()
 
 
 def pad_to_largest_rank(batch, filler, ctx):
     """Rank lock-step, the one mechanism: DDP's gradient averaging and FSDP2's all-gathers are collectives
     inside forward and backward, so every rank must run the same micro-batches. One all_reduce (max) of the
-    row count; a shorter rank appends `filler` rows (prompt ids, response ids) with real False: they run
+    row count; a shorter rank appends `filler` rows (prompt ids, response ids), not trained: they run
     through the forwards but lie outside every loss mask and denominator, so they change no number."""
     n = int(all_reduce(torch.tensor([float(len(batch))], dtype=torch.float64, device=ctx.device),
                        dist.ReduceOp.MAX if dist_on() else None).item())
@@ -1059,18 +915,42 @@ def pad_to_largest_rank(batch, filler, ctx):
         batch.responses += [filler[1]] * k
         batch.adv = torch.cat([batch.adv, torch.zeros(k, dtype=batch.adv.dtype)])
         batch.engine_logp += [[0.0] * len(filler[1])] * k
-        batch.real += [False] * k
+        batch.trained += [False] * k
     return batch
 
 
+def micro_batches(args, ctx, batch, rows):
+    """Split `rows` (a mini-batch, or every row for the log-prob passes) into forward/backward micro-batches:
+    consecutive runs of --micro-batch rows, or with --micro-batch-tokens N, rows sorted by length and packed
+    while (rows x longest prompt + response) <= N (a row longer than N alone). Rank lock-step, part two: a
+    token budget gives ranks different counts, so one all_reduce (max) agrees on the count and a rank with
+    fewer splits its largest micro-batches (every rank has as many rows per mini-batch, so it always can)."""
+    if not args.micro_batch_tokens:
+        return [rows[i:i + args.micro_batch] for i in range(0, len(rows), args.micro_batch)]
+    size = {i: len(batch.prompts[i]) + len(batch.responses[i]) for i in rows}
+    micro = []
+    for i in sorted(rows, key=lambda i: -size[i]):
+        if micro and (len(micro[-1]) + 1) * size[micro[-1][0]] <= args.micro_batch_tokens:
+            micro[-1].append(i)                                # the first row of each is its longest
+        else:
+            micro.append([i])
+    n = int(all_reduce(torch.tensor([float(len(micro))], dtype=torch.float64, device=ctx.device),
+                       dist.ReduceOp.MAX if dist_on() else None).item())
+    while len(micro) < n:
+        big = max((k for k in range(len(micro)) if len(micro[k]) > 1), key=lambda k: len(micro[k]) * size[micro[k][0]])
+        m = micro.pop(big)
+        micro += [m[:len(m) // 2], m[len(m) // 2:]]
+    return micro
+
+
 def logprob_passes(args, ctx, policy, batch):
-    """Every row's log pi(y_t) and entropy under `policy`, without gradient, one micro-batch at a time in row
-    order: yields (first row, Micro, logp (B, T), entropy (B, T)), float32."""
-    for lo in range(0, len(batch), args.micro_batch):
-        x = batch.inputs(range(lo, min(lo + args.micro_batch, len(batch))), ctx.device)
+    """Every row's log pi(y_t) and entropy under `policy`, without gradient, one micro-batch at a time (in row
+    order; by --micro-batch-tokens when set): yields (row indices, Micro, logp (B, T), entropy (B, T)), float32."""
+    for idx in micro_batches(args, ctx, batch, list(range(len(batch)))):
+        x = batch.inputs(idx, ctx.device)
         with torch.no_grad():
             lp, en, _ = policy(x.ids, x.attn, x.pos, x.tgt, x.valid)
-        yield lo, x, lp.float(), en.float()
+        yield idx, x, lp.float(), en.float()
 
 
 def old_logprobs(args, ctx, policy, batch):
@@ -1080,25 +960,25 @@ def old_logprobs(args, ctx, policy, batch):
     Returns (old (N, T), tis (N, T) or None, sums, maxes)."""
     N, T = len(batch), batch.width()
     old = torch.zeros(N, T, device=ctx.device)
-    with_engine = all(lp is not None for lp, r in zip(batch.engine_logp, batch.real) if r)
+    with_engine = all(lp is not None for lp, r in zip(batch.engine_logp, batch.trained) if r)
     tis = torch.zeros(N, T, device=ctx.device) if with_engine and args.tis_cap > 0 else None
     sums, maxes = {"ent": 0.0, "ent_n": 0.0}, {}
-    for lo, x, lp, en in logprob_passes(args, ctx, policy, batch):
-        B, t = lp.shape
-        old[lo:lo + B, :t] = lp
+    for idx, x, lp, en in logprob_passes(args, ctx, policy, batch):
+        t = lp.shape[1]
+        old[idx, :t] = lp
         if with_engine:
             elp = torch.zeros_like(lp)
-            for b, e in enumerate(batch.engine_logp[lo:lo + B]):
-                elp[b, :len(e)] = torch.tensor(e, dtype=torch.float32)
+            for b, i in enumerate(idx):
+                elp[b, :len(batch.engine_logp[i])] = torch.tensor(batch.engine_logp[i], dtype=torch.float32)
             w_tis, st = rollout.rollout_mismatch(lp, elp, x.mask, args.tis_cap)
             if tis is not None:
-                tis[lo:lo + B, :t] = w_tis
+                tis[idx, :t] = w_tis
             for k, v in st.items():
                 if k.endswith("_max"):
                     maxes[k] = max(maxes.get(k, 0.0), v)
                 else:
                     sums[k] = sums.get(k, 0.0) + v
-        if x.real:
+        if x.trained:
             m = x.mask > 0
             sums["ent"] += float(en[m].sum())
             sums["ent_n"] += int(m.sum())
@@ -1108,8 +988,8 @@ def old_logprobs(args, ctx, policy, batch):
 def ref_logprobs(args, ctx, reference, batch):
     """log pi_ref (N, T) of every row under the frozen initial policy (FlowRL's reference, GRPO's KL anchor)."""
     ref = torch.zeros(len(batch), batch.width(), device=ctx.device)
-    for lo, _, lp, _ in logprob_passes(args, ctx, reference, batch):
-        ref[lo:lo + lp.shape[0], :lp.shape[1]] = lp
+    for idx, _, lp, _ in logprob_passes(args, ctx, reference, batch):
+        ref[idx, :lp.shape[1]] = lp
     return ref
 
 
@@ -1143,6 +1023,7 @@ def build_engine(args, ctx, tr, model_path, rows):
                                        seed=args.seed + ctx.rank, batch_size=args.gen_batch,
                                        tensor_parallel_size=args.vllm_tp,
                                        gpu_memory_utilization=args.gpu_memory_utilization,
+                                       max_position_embeddings=args.max_position_embeddings,
                                        max_model_len=min(ctx_len, max(len(r["ids"]) for r in rows) + args.max_new_tokens))
     return engine, kind + why
 
@@ -1165,13 +1046,16 @@ def evaluate(args, ctx, engine, tok, held, step):
 # The run's record: config.json, metrics.jsonl (rank 0), wandb, the progress bar
 # ----------------------------------------------------------------------------------------------------
 
-def step_metrics(s, mx, grad_norms, lr, args):
+def step_metrics(s, mx, grad_norms, lr, args, ctx):
     """The logged figures of one step from the reduced sums s and maxima mx (docs/metrics.md defines each)."""
     m = {"train/reward_mean": s["reward"] / s["responses"], "train/accuracy": s["correct"] / s["responses"],
          "train/distinct_correct": s["distinct"] / s["drawn"],
          "train/entropy": s["ent"] / s["ent_n"] if s["ent_n"] else float("nan"),
          "train/lr": lr, "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
-         "rollout/zero_var_frac": s["dropped"] / s["drawn"], "rollout/prompts_drawn": s["drawn"],
+         "rollout/zero_var_frac": s["zero_var"] / s["drawn"], "rollout/prompts_drawn": s["drawn"],
+         "rollout/sample_rounds": mx["sample_rounds"], "rollout/underfilled": s["underfilled"],
+         "rollout/overlong_penalty_mean": s["overlong_penalty"] / s["responses"],
+         "rollout/truncated_masked_frac": s["masked"] / max(s["kept"] * args.group_size, 1.0),
          "rollout/groups_kept": s["kept"], "rollout/response_len_mean": s["resp_len"] / s["responses"],
          "rollout/response_len_max": mx["resp_len_max"], "rollout/truncation_rate": s["truncated"] / s["responses"],
          "perf/step_s": mx["step_s"], "perf/tokens_per_s": s["resp_len"] / mx["step_s"]}
@@ -1179,8 +1063,8 @@ def step_metrics(s, mx, grad_norms, lr, args):
     m.update({f"rollout/{k}_frac": v / s["responses"] for k, v in s.items() if k.startswith("reason_")})
     if s["stats_n"]:
         m.update({k: v / s["stats_n"] for k, v in s.items() if k.startswith("loss/")})
-    if grad_norms:                     # each micro-batch loss is already over the global denominator
-        m["loss/objective"] = s["objective_sum"] / len(grad_norms)
+    if grad_norms:                     # per rank over global / world tokens: the ranks' sum is world x the objective
+        m["loss/objective"] = s["objective_sum"] / len(grad_norms) / ctx.world
     if "rollout/tokens" in s:          # rollout/trainer mismatch (docs/gpu.md)
         n_tok = max(s["rollout/tokens"], 1.0)
         m["rollout/logp_diff_mean"] = s["rollout/logp_diff_sum"] / n_tok

@@ -1,7 +1,7 @@
 """metrics.py -- the held-out metrics, one home for lad.py's periodic evaluation, eval.py and tiny.py.
 
 Avg@k, Pass@k (the unbiased estimator of Chen et al. 2021), distinct-n (Li et al. 2016; paper Table 4)
-and distinct correct answers per prompt, under ONE naming scheme (`eval/...`, README "Metrics"), so a
+and distinct correct answers per prompt, under ONE naming scheme (`eval/...`, docs/metrics.md), so a
 training curve and eval.py's table are the same numbers under the same names. Pure Python: no torch,
 no transformers, nothing imported from the other scripts.
 
@@ -108,7 +108,8 @@ def problem_values(samples: list[dict], ks: list[int]) -> dict:
         v[f"eval/pass@{k}"] = pass_at_k(n, c, k)
     for m in (1, 2, 3, 4):
         v[f"eval/distinct-{m}"] = distinct_n(texts, m)
-    v["eval/distinct_answers"] = float(len({r["answer"] for r, ok in zip(samples, correct) if ok}))
+    # an answer the extractor cannot name (None) is not a distinct answer, as train/distinct_correct counts
+    v["eval/distinct_answers"] = float(len({r["answer"] for r, ok in zip(samples, correct) if ok} - {None}))
     v["eval/len_words"] = sum(len(tokenize(t)) for t in texts) / n
     if all(r.get("num_tokens") is not None for r in samples):
         v["eval/len_tokens"] = sum(r["num_tokens"] for r in samples) / n

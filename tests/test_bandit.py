@@ -202,13 +202,14 @@ def test_main_writes_outputs(tmp_path, capsys):
 def test_bad_arguments_exit_with_message(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         bandit.main(argv)
-    assert e.value.code != 0 and msg in str(e.value.code)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_argument_from_the_command_line_has_no_traceback():
     p = subprocess.run([sys.executable, str(ROOT / "bandit.py"), "--methods", "grpo,nope"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert p.returncode != 0
+    assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and "unknown method" in p.stderr, p.stderr
 

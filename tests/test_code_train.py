@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -21,7 +22,8 @@ from test_train import _env, _torchrun  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 CODE_SMALL = ["--steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--updates-per-rollout", "2",
-              "--micro-batch", "8", "--eval-every", "2", "--eval-prompts", "2", "--eval-k", "2", "--lr", "3e-3"]
+              "--micro-batch", "8", "--eval-every", "2", "--eval-prompts", "2", "--eval-k", "2", "--lr", "3e-3",
+              "--max-sample-rounds", "3", "--underfilled", "train"]
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +59,12 @@ def test_builtin_code_rows_and_rewards():
 
 def test_reason_metrics_named_and_shares(monkeypatch):
     s = {"reward": 2.0, "responses": 8.0, "correct": 2.0, "distinct": 1.0, "drawn": 2.0, "ent": 0.0, "ent_n": 0.0,
-         "dropped": 0.0, "kept": 2.0, "resp_len": 80.0, "truncated": 0.0, "stats_n": 0.0,
+         "dropped": 0.0, "zero_var": 0.0, "kept": 2.0, "resp_len": 80.0, "truncated": 0.0, "stats_n": 0.0,
+         "overlong_penalty": 0.0, "masked": 0.0, "underfilled": 0.0,
          "reason_ok": 2.0, "reason_wrong_answer": 3.0, "reason_runtime_error": 1.0, "reason_timeout": 1.0,
          "reason_memory": 0.0, "reason_blocked": 0.0, "reason_no_code_block": 1.0}
-    m = lad.step_metrics(s, {"resp_len_max": 20, "step_s": 1.0}, [], 1e-3, lad.Args())
+    m = lad.step_metrics(s, {"resp_len_max": 20, "step_s": 1.0, "sample_rounds": 1}, [], 1e-3, lad.Args(),
+                         lad.Ranks(0, 1, 0, 1, torch.device("cpu")))
     assert m["rollout/reason_ok_frac"] == 0.25 and m["rollout/reason_no_code_block_frac"] == 0.125
     assert m["rollout/reason_timeout_frac"] == 0.125 and m["rollout/reason_runtime_error_frac"] == 0.125
     shares = [v for k, v in m.items() if k.startswith("rollout/reason_")]
@@ -122,7 +126,8 @@ def test_deepcoder_file_runs_two_steps(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "lad.py"), "--train-data", str(SHARED / "train" / "deepcoder_livecodebench.jsonl"),
            "--model", model, "--out", str(out), "--steps", "2", "--prompts-per-step", "2", "--group-size", "2",
-           "--max-new-tokens", "8", "--micro-batch", "4", "--updates-per-rollout", "1", "--max-sample-rounds", "1"]
+           "--max-new-tokens", "8", "--micro-batch", "4", "--updates-per-rollout", "1", "--max-sample-rounds", "1",
+           "--underfilled", "train"]
     r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

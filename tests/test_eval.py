@@ -594,3 +594,25 @@ def test_leetcode_reference_solutions_through_generations(tmp_path):
                     "--bootstrap", "0"]) == 0
     got = [json.loads(x) for x in (tmp_path / "o" / "samples.jsonl").read_text().splitlines()]
     assert [(g["id"], g["reward"]) for g in got] == [(str(i + 1), x) for i in range(4) for x in (1.0, 0.0)]
+
+
+def test_a_problem_whose_reference_fails_is_reported_and_excluded(tmp_path):
+    """An EvalPlus-format file with one broken canonical solution: that problem leaves the figures, is listed
+    with its file:line in summary.json, and the rest of the evaluation completes."""
+    good = {"task_id": "T/0", "entry_point": "add", "atol": 0, "prompt": "def add(a, b):\n",
+            "canonical_solution": "    return a + b\n", "base_input": [[1, 2], [3, 4]], "plus_input": [[5, 6]]}
+    broken = dict(good, task_id="T/1", canonical_solution="    return 1 / 0\n")
+    bench = tmp_path / "mini_plus.jsonl"
+    bench.write_text(json.dumps(good) + "\n" + json.dumps(broken) + "\n")
+    gens = tmp_path / "gens.jsonl"
+    body = "```python\ndef add(a, b):\n    return a + b\n```"
+    gens.write_text("".join(json.dumps({"id": t, "responses": [body, "no code"]}) + "\n" for t in ("T/0", "T/1")))
+    out = tmp_path / "out"
+    assert ev.main(["--benchmark", str(bench), "--generations", str(gens), "--out-dir", str(out),
+                    "--bootstrap", "0", "--k", "1,2"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    b = s["benchmarks"]["mini_plus"]
+    assert b["problems"] == 1 and s["bad_problems"] == 1
+    assert [p["id"] for p in b["bad_problems"]] == ["T/1"]
+    assert b["bad_problems"][0]["detail"].startswith(f"{bench}:2: canonical solution failed")
+    assert b["metrics"]["eval/avg@n"]["mean"] == 0.5

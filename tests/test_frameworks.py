@@ -139,7 +139,8 @@ def test_lad_wandb_offline_writes_run_folder(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
            "WANDB_DISABLE_CODE": "true", "WANDB_CONSOLE": "off", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, str(ROOT / "lad.py"), "--steps", "1", "--eval-every", "0", "--prompts-per-step", "2",
-           "--group-size", "2", "--wandb", "offline", "--wandb-project", "lad-test", "--out", str(out)]
+           "--group-size", "2", "--wandb", "offline", "--wandb-project", "lad-test", "--out", str(out),
+           "--underfilled", "train"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     runs = sorted(out.glob("wandb/offline-run-*"))

@@ -86,6 +86,9 @@ SCRIPTS = ["lad.py", "eval.py", "bandit.py", "tiny.py"] + [f"{d}/{p.name}" for d
                                                             for p in sorted((ROOT / d).glob("*.py"))]
 OTHER_TOOLS = {"--nproc_per_node", "--nnodes", "--node_rank", "--master_addr", "--master_port", "--no-deps",
                "--rdzv_backend", "--rdzv_endpoint", "--standalone", "--help", "--index-url", "--extra-index-url"}
+# bubblewrap's options: the ones sandbox.py's command line uses (its string literals)
+OTHER_TOOLS |= {n.value for n in ast.walk(ast.parse((ROOT / "sandbox.py").read_text()))
+                if isinstance(n, ast.Constant) and isinstance(n.value, str) and re.fullmatch(r"--[a-z][a-z0-9-]*", n.value)}
 
 
 def _class_fields(tree, name):

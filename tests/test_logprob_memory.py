@@ -1,4 +1,4 @@
-"""SPEC "Log-probs": lad.Policy never materialises float32 logits for the whole batch, and the peak
+"""SPEC "Log-probs": Policy never materialises float32 logits for the whole batch, and the peak
 memory of its passes grows with the chunk, not the batch. Deterministic: bench/logprob_memory.py's
 LiveBytes dispatch mode counts the bytes of every tensor created (no timing, no RSS). The last test
 runs the same checks on full-logits computations and asserts that they fail there."""
@@ -13,6 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import lad  # noqa: E402
+from policy import Policy  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("logprob_memory", ROOT / "bench" / "logprob_memory.py")
 mem = importlib.util.module_from_spec(_spec)
@@ -35,7 +36,7 @@ def lm():
 
 
 def measure(lm, chunk, b, grad):
-    policy = lad.Policy(lm, chunk, 1.0)
+    policy = Policy(lm, chunk, 1.0)
     lm.zero_grad(set_to_none=True)
     mem.prepare_grads(policy, PROMPT, V)                # parameter grads exist before the measured pass
     return mem.measure(policy, mem.make_inputs(b, PROMPT, T, V), grad, V)
@@ -82,7 +83,7 @@ def test_the_checks_fail_on_full_logits(lm):
     # the naive computation: HF logits for every position, log-softmax, gather, backward
     ids, attn, pos, tgt, valid = mem.make_inputs(BIG, PROMPT, T, V)
     lm.zero_grad(set_to_none=True)
-    mem.prepare_grads(lad.Policy(lm, CHUNK, 1.0), PROMPT, V)
+    mem.prepare_grads(Policy(lm, CHUNK, 1.0), PROMPT, V)
     with mem.LiveBytes(V) as lb:
         logits = lm(input_ids=ids, attention_mask=attn).logits.float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[..., None])[..., 0]

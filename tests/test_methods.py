@@ -13,6 +13,7 @@ import torch
 
 import baselines
 import lad
+import policy
 from test_train import SMALL, _torchrun, _weights, model_dir  # noqa: F401  (model_dir is a fixture)
 
 # the per-method stat that shows the method's own branch ran in the loop
@@ -62,7 +63,7 @@ def test_resume_equals_straight_run_every_method(tmp_path, model_dir, monkeypatc
         monkeypatch.delenv(k, raising=False)
     base = ["--model", model_dir, "--loss", method, "--prompts-per-step", "4", "--group-size", "8",
             "--updates-per-rollout", "2", "--micro-batch", "8", "--max-new-tokens", "6", "--eval-every", "0",
-            "--lr", "3e-3", "--save-every", "1"] + ACTIVE[method]
+            "--lr", "3e-3", "--save-every", "1", "--max-sample-rounds", "3", "--underfilled", "train"] + ACTIVE[method]
     a = lad.main(lad.parse_args(lad.Args, base + ["--steps", "2", "--out", str(tmp_path / "a")]))
     lad.main(lad.parse_args(lad.Args, base + ["--steps", "1", "--out", str(tmp_path / "b")]))
     b = lad.main(lad.parse_args(lad.Args, base + ["--steps", "2", "--resume", str(tmp_path / "b")]))
@@ -89,7 +90,7 @@ def test_flowrl_head_trains_and_is_restored(tmp_path, model_dir, monkeypatch):  
         monkeypatch.delenv(k, raising=False)
     base = ["--model", model_dir, "--loss", "flowrl", "--prompts-per-step", "4", "--group-size", "8",
             "--updates-per-rollout", "2", "--micro-batch", "8", "--max-new-tokens", "6", "--eval-every", "0",
-            "--lr", "3e-3"]
+            "--lr", "3e-3", "--max-sample-rounds", "3", "--underfilled", "train"]
     out = lad.main(lad.parse_args(lad.Args, base + ["--steps", "2", "--out", str(tmp_path / "r")]))
     head = torch.load(Path(out) / "ckpt-000002" / "trainer.pt", weights_only=False)["log_z_head"]
     torch.manual_seed(lad.seed_for("init", 0))
@@ -97,14 +98,14 @@ def test_flowrl_head_trains_and_is_restored(tmp_path, model_dir, monkeypatch):  
     assert max((head[k] - fresh[k]).abs().max().item() for k in head) > 1e-5
 
     seen = {}
-    orig = lad.load_state
+    orig = policy.load_state
 
     def spy(args, ctx, tr, ckpt):
         res = orig(args, ctx, tr, ckpt)
         seen.update({k: v.clone() for k, v in tr.head.state_dict().items()})
         return res
 
-    monkeypatch.setattr(lad, "load_state", spy)
+    monkeypatch.setattr(policy, "load_state", spy)
     lad.main(lad.parse_args(lad.Args, base + ["--steps", "3", "--resume", str(out)]))
     for k in head:
         torch.testing.assert_close(seen[k], head[k], atol=0, rtol=0)

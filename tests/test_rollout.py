@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import lad  # noqa: E402
+from policy import Policy, make_batch  # noqa: E402
 import rollout  # noqa: E402
 import tasks  # noqa: E402
 import tiny  # noqa: E402
@@ -67,8 +68,8 @@ def test_engine_logprobs_match_trainer(model_tok):
     prompts = _prompts(tok, 3)
     for temp in (1.0, 0.7):
         out = engine.generate(prompts, 2, temperature=temp, max_new_tokens=6, seed=2)
-        policy = lad.Policy(model, chunk=5, temperature=temp)
-        batch = lad.make_batch([(prompts[s.prompt_index], s.response_ids) for s in out], tok.pad_token_id, "cpu")
+        policy = Policy(model, chunk=5, temperature=temp)
+        batch = make_batch([(prompts[s.prompt_index], s.response_ids) for s in out], tok.pad_token_id, "cpu")
         with torch.no_grad():
             logp, _, _ = policy(*batch)
         for b, s in enumerate(out):
@@ -88,8 +89,8 @@ def test_streamed_logprobs_with_eos_and_top_p():
     out = engine.generate(prompts, 4, temperature=2.5, top_p=0.95, max_new_tokens=12, seed=3)
     lengths = {len(s.response_ids) for s in out}
     assert len(lengths) > 1 and any(not s.truncated for s in out), lengths
-    policy = lad.Policy(model, chunk=7, temperature=2.5)
-    batch = lad.make_batch([(prompts[s.prompt_index], s.response_ids) for s in out], tok.pad_token_id, "cpu")
+    policy = Policy(model, chunk=7, temperature=2.5)
+    batch = make_batch([(prompts[s.prompt_index], s.response_ids) for s in out], tok.pad_token_id, "cpu")
     with torch.no_grad():
         logp, _, _ = policy(*batch)
     for b, s in enumerate(out):

@@ -18,12 +18,13 @@ sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
 import lad  # noqa: E402
+from policy import Policy, make_batch  # noqa: E402
 import tasks  # noqa: E402
 import tiny  # noqa: E402
 
 SMALL = ["--steps", "2", "--prompts-per-step", "4", "--group-size", "8", "--updates-per-rollout", "2",
          "--micro-batch", "8", "--max-new-tokens", "6", "--eval-every", "2", "--eval-prompts", "4",
-         "--eval-k", "4", "--lr", "3e-3"]
+         "--eval-k", "4", "--lr", "3e-3", "--max-sample-rounds", "3", "--underfilled", "train"]
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +86,8 @@ def test_chunked_logprobs_equal_full_softmax(model_dir):
 
     lm = AutoModelForCausalLM.from_pretrained(model_dir)
     items = [([5, 6, 7, 8], [9, 10, 1]), ([5, 6], [11, 12, 13, 14, 1]), ([7], [20])]
-    batch = lad.make_batch(items, 0, "cpu")
-    policy = lad.Policy(lm, chunk=3, temperature=0.8)
+    batch = make_batch(items, 0, "cpu")
+    policy = Policy(lm, chunk=3, temperature=0.8)
     logp, ent, log_z = policy(*batch)
     assert log_z is None                                                      # no prompt mask: no log Z
     (logp.sum() * 1.0).backward()
@@ -116,7 +117,7 @@ def _denominator_worker(rank, world, init_file, q, done):
     rows = [0, 1, 2] if rank == 0 else [3]
     ctx = lad.Ranks(rank, world, 0, world, torch.device("cpu"))
     batch = lad.Batch([[5]] * len(rows), [[7] * int(mask_all[i].sum()) for i in rows], adv_all[rows],
-                      [None] * len(rows), [True] * len(rows), 0)
+                      [None] * len(rows), [True] * len(rows), len(rows), 0)
     denoms = lad.global_denominators(batch, [list(range(len(rows))), [0]], "token", ctx)   # two "mini-batches"
     theta = torch.zeros(4, 5, requires_grad=True)                             # logp = old + theta
     loss, _ = lad.lad_loss(logp_all[rows] + theta[rows], logp_all[rows], adv_all[rows], mask_all[rows],
@@ -125,9 +126,9 @@ def _denominator_worker(rank, world, init_file, q, done):
     grad = theta.grad.clone()
     dist.all_reduce(grad)
     grad /= world                                                             # what DDP does
-    # a padding row (real False) adds nothing to any denominator
+    # a padding row (not trained) adds nothing to any denominator
     padded = lad.Batch(batch.prompts + [[5]], batch.responses + [[7, 7, 7]], torch.cat([batch.adv, torch.zeros(1)]),
-                       batch.engine_logp + [[0.0]], batch.real + [False], 0)
+                       batch.engine_logp + [[0.0]], batch.trained + [False], len(rows), 0)
     denoms_padded = lad.global_denominators(padded, [list(range(len(rows) + 1)), [0]], "token", ctx)
     q.put((rank, denoms, denoms_padded, grad))
     # tear down only once the parent holds both results: a rank that exits while the other still reads
@@ -273,7 +274,8 @@ def test_resume_equals_straight_run(tmp_path, model_dir, monkeypatch):
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)
     base = ["--model", model_dir, "--prompts-per-step", "4", "--group-size", "8", "--updates-per-rollout", "2",
-            "--micro-batch", "8", "--max-new-tokens", "6", "--eval-every", "0", "--lr", "3e-3", "--save-every", "2"]
+            "--micro-batch", "8", "--max-new-tokens", "6", "--eval-every", "0", "--lr", "3e-3", "--save-every", "2",
+            "--max-sample-rounds", "3", "--underfilled", "train"]
     a = lad.main(lad.parse_args(lad.Args, base + ["--steps", "4", "--out", str(tmp_path / "a")]))
     lad.main(lad.parse_args(lad.Args, base + ["--steps", "2", "--out", str(tmp_path / "b")]))
     b = lad.main(lad.parse_args(lad.Args, base + ["--steps", "4", "--resume", str(tmp_path / "b")]))
@@ -304,7 +306,7 @@ def test_resume_equals_straight_run(tmp_path, model_dir, monkeypatch):
 # the log-prob check below always has tokens to look at.
 FSDP_HF = ["--fsdp", "true", "--engine", "hf", "--prompts-per-step", "4", "--group-size", "8",
            "--updates-per-rollout", "2", "--micro-batch", "8", "--max-new-tokens", "6", "--eval-every", "0",
-           "--save-every", "0"]
+           "--save-every", "0", "--max-sample-rounds", "3", "--underfilled", "train"]
 # rollout/logp_diff_max: engine vs trainer log-probs of the same tokens, float32 on both sides. Measured
 # 2e-6 with the copy synced; 0.75 at step 2 with the sync disabled (a stale copy), so 1e-4 separates them.
 SYNCED_TOL = 1e-4
@@ -403,7 +405,7 @@ def test_reduce_metrics_by_name_and_padding_in_one_process():
     ctx = lad.Ranks(0, 1, 0, 1, torch.device("cpu"))
     s, m = lad.reduce_metrics({"b": 2.0, "a": 1.0}, {"z": 5.0}, ctx)
     assert s == {"a": 1.0, "b": 2.0} and m == {"z": 5.0}
-    batch = lad.Batch([[1]], [[2, 3]], torch.ones(1), [None], [True], 0)
+    batch = lad.Batch([[1]], [[2, 3]], torch.ones(1), [None], [True], 1, 0)
     assert len(lad.pad_to_largest_rank(batch, ([1], [4]), ctx)) == 1           # one process: nothing to pad
 
 

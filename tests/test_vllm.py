@@ -154,7 +154,7 @@ def test_torchrun_lad_with_vllm(tmp_path, fsdp):
     after every step, TIS on; with FSDP2 the sync gathers every sharded parameter."""
     out = tmp_path / "run"
     torchrun(["lad.py", "--engine", "vllm", "--fsdp", fsdp, "--steps", "3", "--eval-every", "0",
-              "--save-every", "0", "--tis-cap", "2", "--out", str(out)])
+              "--save-every", "0", "--tis-cap", "2", "--out", str(out), "--underfilled", "train"])
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["engine_resolved"] == "vllm" and cfg["world_size"] == 2
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -180,6 +180,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, sys.argv[1])
 import lad  # noqa: E402
+from policy import Policy, make_batch, shard_policy  # noqa: E402
 import tiny  # noqa: E402
 
 dist.init_process_group("gloo")
@@ -194,14 +195,14 @@ offset = 0.3 * torch.randn(N, 8, generator=g)          # old log-probs = current
 
 def run(idx, shard, checkpointing):
     lm, _ = tiny.make_model(seed=0)                    # random init, tied embeddings
-    policy = lad.Policy(lm, 4, 1.0)                    # chunk 4: several log-softmax chunks
+    policy = Policy(lm, 4, 1.0)                    # chunk 4: several log-softmax chunks
     if checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if shard:
-        lad.shard_policy(policy, lm, cuda=False)
+        shard_policy(policy, lm, cuda=False)
     opt = torch.optim.SGD(lm.parameters(), lr=1.0)     # lr 1: the parameter change is the (clipped) gradient
     lm.train()
-    ids, attn, pos, tgt, valid = lad.make_batch([items[i] for i in idx], 0, "cpu")
+    ids, attn, pos, tgt, valid = make_batch([items[i] for i in idx], 0, "cpu")
     denom = float(valid.sum())
     if shard:                                          # lad.py's global token-mean denominator
         denom = float(lad.all_reduce(torch.tensor([denom], dtype=torch.float64))) / world
