@@ -220,7 +220,8 @@ def load_file(path: Path, problem_field: str = "", answer_field: str = "", id_fi
                 if isinstance(row, Exception):
                     raise row
                 p = code_problem(row, where, str(i)) if is_code_row(row) else \
-                    {**parse_row(row, where, problem_field, answer_field, id_field, default_id=str(i)), "kind": "math"}
+                    {**parse_row(row, where, problem_field, answer_field, id_field, default_id=str(i)),
+                     "kind": answer_kind(row, where)}
                 if p["id"] in seen:
                     raise ValueError(f"{where}: duplicate id {p['id']!r} (first at {seen[p['id']]})")
                 seen[p["id"]] = where
@@ -234,6 +235,15 @@ def load_file(path: Path, problem_field: str = "", answer_field: str = "", id_fi
             raise UsageError(f"{path}: cannot read parquet: {e}") from None
         raise
     return problems, errors
+
+
+def answer_kind(row, where: str) -> str:
+    """The task kind of a row with an answer: its "kind" field, math (the default) or sum (builtin-sum's rows
+    written to a file, e.g. a split of its training prompts); code rows are recognised by their tests."""
+    kind = row.get("kind", "math")
+    if kind not in ("math", "sum"):
+        raise ValueError(f"{where}: kind {kind!r}; a row with an answer is math or sum (code rows carry tests)")
+    return kind
 
 
 def code_problem(row, where: str, default_id: str) -> dict:

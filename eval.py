@@ -123,7 +123,7 @@ class Args:
     top_p: float = 1.0
     """nucleus sampling threshold (1.0 = off; the paper states none)"""
     max_new_tokens: int = 0
-    """response token limit (0: 8192 for math and code, paper App. C.2; a built-in task's own, as lad.py: 12 for builtin-sum, 32 for builtin-code)"""
+    """response token limit (0: 8192 for math and code, paper App. C.2; a built-in task's own, as lad.py: 12 for builtin-sum and files of sum rows, 32 for builtin-code)"""
     prompt_template: str = "auto"
     """boxed (lad.py's default prompt), dapo (DAPO-Math's), raw, or a string containing {problem}; auto: a lad.py checkpoint's own (its prompt.json), else boxed for math, code for code, raw for a built-in task"""
     chat: str = "auto"
@@ -855,8 +855,8 @@ def kind_defaults(kinds: dict, args: Args, cfg: dict, ks, scoring_only: bool) ->
         cfg["chat"] = "true" if trained["chat"] else "false"
     cfg["prompt_from"] = f"{args.model}/prompt.json" if trained else "flags"
     if args.max_new_tokens == 0:   # the longest any benchmark needs: a built-in task's own limit, else 8192
-        cfg["max_new_tokens"] = max((tasks.BUILTIN[b].new_tokens if b in tasks.BUILTIN else 8192 for b in kinds),
-                                    default=8192)
+        cfg["max_new_tokens"] = max((tasks.BUILTIN[b].new_tokens if b in tasks.BUILTIN else
+                                     tasks.SUM.new_tokens if k == "sum" else 8192 for b, k in kinds.items()), default=8192)
     if args.n == 0:
         cfg["n"] = 16 if kinds and all(k == "code" for k in kinds.values()) else 32
     if ks and not scoring_only and max(ks) > cfg["n"]:

@@ -58,10 +58,10 @@ def test_mask_truncated_takes_truncated_responses_out_of_the_loss_and_its_denomi
 
 def test_overlong_and_mask_truncated_in_a_run(tmp_path, model_dir):  # noqa: F811
     out = lad.main(lad.parse_args(lad.Args, ["--model", model_dir, "--out", str(tmp_path / "r"), "--steps", "1",
-                                             "--max-new-tokens", "4", "--overlong-buffer", "2", "--mask-truncated",
+                                             "--max-new-tokens", "3", "--overlong-buffer", "2", "--mask-truncated",
                                              "true", "--underfilled", "train"] + BASE))
     m = _metrics(out)[0]
-    assert m["rollout/truncation_rate"] > 0                                          # 4 tokens: most are cut
+    assert m["rollout/truncation_rate"] > 0                                          # 3 tokens: "a+b" then EOS is 4
     assert m["rollout/overlong_penalty_mean"] < 0
     if m["rollout/groups_kept"]:
         assert m["rollout/truncated_masked_frac"] > 0

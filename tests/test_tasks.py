@@ -106,3 +106,21 @@ def test_judge_passes_the_grader_to_the_math_verifier():
     assert [v.reward for v in tasks.judge(texts, golds, "math", grader="dapo")] == [1.0, 0.0]
     assert [v.reward for v in tasks.judge(texts, golds, "math")] == [1.0, 1.0]
     assert tasks.describe("math", "dapo")["grader"] == "dapo"
+
+
+def test_builtin_sum_rows_written_to_a_file_load_as_their_kind(tmp_path):
+    import json
+
+    import data
+
+    rows = tasks.sum_split("train")[:3]
+    f = tmp_path / "val.jsonl"
+    f.write_text("".join(json.dumps({"id": r["id"], "problem": r["prompt"], "answer": r["gold"], "kind": "sum"}) + "\n"
+                         for r in rows) + json.dumps({"problem": "x", "answer": "1", "kind": "poetry"}) + "\n")
+    problems, errors = data.load_file(f)
+    assert [(p["id"], p["kind"], p["gold"]) for p in problems] == [(r["id"], "sum", r["gold"]) for r in rows]
+    assert errors == [f"{f}:4: kind 'poetry'; a row with an answer is math or sum (code rows carry tests)"]
+    f.write_text("".join(json.dumps({"id": r["id"], "problem": r["prompt"], "answer": r["gold"], "kind": "sum"}) + "\n"
+                         for r in rows))
+    loaded = data.load_rows(f, "raw")
+    assert [r["prompt"] for r in loaded] == [r["prompt"] for r in rows] and {r["kind"] for r in loaded} == {"sum"}
