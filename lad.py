@@ -453,7 +453,7 @@ def main(args):
     for step in range(start, args.steps):
         t_step = time.perf_counter()
         # 1. Rollout: G responses to each of this rank's prompts, each rewarded (tasks.judge). DAPO's dynamic
-        #    sampling drops groups whose rewards are all equal (no advantage) and draws more prompts.
+        #    sampling drops groups all correct or all wrong (no advantage) and draws until the batch is full.
         groups, cursor, sums, maxes = sample_groups(args, ctx, engine, tr.tok, train, cursor, step)
         engine.sleep()
         # 2. Advantages: the A of Eq. 5, GRPO's normalisation within each group of G responses. Every rank then
