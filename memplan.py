@@ -104,6 +104,7 @@ class Model:
     heads: int
     q: int                 # heads x head_dim
     kv: int                # kv heads x head_dim
+    kv_copy: bool          # transformers' repeat_kv copies K, V to q's heads (1 < kv heads < heads; else a view)
     vocab: int
     tied: bool             # the LM head is the input embedding
     layer_params: int
@@ -115,12 +116,14 @@ class Model:
 def model_of(cfg: dict) -> Model:
     h, i, nh = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
     d = cfg.get("head_dim") or h // nh
-    q, kv = nh * d, cfg.get("num_key_value_heads", nh) * d
+    nkv = cfg.get("num_key_value_heads", nh)
+    q, kv = nh * d, nkv * d
     qkv_bias = cfg["model_type"] == "qwen2" or cfg.get("attention_bias", False)
     layer = h * (q + 2 * kv) + q * h + (q + 2 * kv if qkv_bias else 0) + 3 * h * i + 2 * h
     tied = cfg.get("tie_word_embeddings", False)
     root = cfg["vocab_size"] * h * (1 if tied else 2) + h
-    return Model(h=h, i=i, layers=cfg["num_hidden_layers"], heads=nh, q=q, kv=kv, vocab=cfg["vocab_size"], tied=tied,
+    return Model(h=h, i=i, layers=cfg["num_hidden_layers"], heads=nh, q=q, kv=kv, kv_copy=1 < nkv < nh,
+                 vocab=cfg["vocab_size"], tied=tied,
                  layer_params=layer, root_params=root, logz_params=2 * (h * h + 3 * h) + h + 1,
                  params=cfg["num_hidden_layers"] * layer + root)
 
@@ -178,42 +181,49 @@ def terms(m: Model, s: Settings) -> dict:
     # SDPA keeps q, k, v, its output and logsumexp; with ragged lengths (B > 1) transformers passes a mask:
     # k, v repeated to q's heads (repeat_kv) and the mask converted to an additive one in q's dtype, per layer
     ragged = b > 1
-    attn = (4 * q * ba + lp * ba if ragged else 2 * (q + kv) * ba) + 4 * m.heads
+    rep = q if m.kv_copy else kv
+    attn = (2 * (q + rep) * ba + lp * ba if ragged else 2 * (q + kv) * ba) + 4 * m.heads
     mlp = 4 * i * ba                                           # SwiGLU keeps gate, silu(gate), up, their product
     layer = norms + attn + mlp
     final = 12 * h + 4 if br == 4 else 8 * h + 4               # the final norm, and the hidden that gather keeps
     # lad.Policy leaves use_cache on (HF turns it off under checkpointing): K/V of every layer in a
     # DynamicCache for the whole forward; the same storages SDPA keeps when there is no mask
-    cache = 0 if s.activation_checkpointing else kv * ((4 if ac else ba) + ba)     # ac: RoPE promotes K to fp32
+    # (ac: RoPE promotes K to float32, and the cache's first concatenation promotes V with it)
+    cache = 0 if s.activation_checkpointing else 2 * kv * (4 if ac else ba)
     mask = lp if ragged else 0                                 # transformers' bool (B, 1, Lp, Lp) mask, per token
     # lad.Policy._head: (c, V) float32 logits and log-softmax (2 alive); backward: the saved log-softmax and
-    # the gather's zeros + scatter (3 alive), then the logits' grad and the LM head's weight grad, which
-    # autograd's buffer sums over the chunks (so it sits next to the next chunk's 3) and, tied, until the
-    # embedding's backward; in the dtype the weight is used in; + the (N, h) grad of the gathered rows
+    # the gather's zeros + scatter (3 alive), then the logits' grad and the LM head's weight grad (in the
+    # dtype the weight is used in), which autograd's buffer sums over the chunks out of place (buffer + new
+    # + sum) and, tied, until the embedding's backward; + the (N, h) grad of the gathered rows
     head_fwd = 2 * c * V * 4
+    head_cast = 2 * V * h if ac else 0                          # autocast's cast of the LM head joins at the head
     wgrad = V * h * ba
-    head_bwd = (3 * c * V * 4 + wgrad if n > c else max(3 * c * V * 4, c * V * 4 + wgrad)) + n * h * br
+    head_bwd = (max(3 * c * V * 4 + wgrad, 3 * wgrad) if n > c else max(3 * c * V * 4, c * V * 4 + wgrad)) \
+        + n * h * br
     loss = 16 * n * 4                                           # the loss's (B, T) float32 temporaries
 
     if s.activation_checkpointing:                              # HF checkpoints each decoder layer (its input)
         grad_act = max(t * (L * h * br + final + mask) + n * h * br + head_bwd,
-                       t * (L * h * br + layer + 2 * i * ba + mask) + (wgrad if m.tied else 0))
+                       t * (L * h * br + layer + 2 * i * ba + mask) + (wgrad if m.tied else 0)) + head_cast
     else:                                                       # backward of the last layer's MLP: +2 (T, i)
-        grad_act = max(t * (L * layer + final) + n * h * br + head_bwd,
-                       t * (L * layer + 2 * i * ba + h * br) + (wgrad if m.tied else 0),
+        grad_act = max(t * (L * layer + final) + n * h * br + head_bwd + head_cast,
+                       t * (L * layer + 2 * i * ba + h * br) + (wgrad if m.tied else 0) + head_cast,
                        t * L * (layer + (cache if ragged else 0)))
     # no grad: the MLP's silu(gate), up and product alive next to 4 residual-stream tensors, all layers' K/V
     nograd_act = max(t * (4 * h * br + 3 * i * ba + L * cache + mask),
-                     t * h * br + n * h * br + head_fwd)
+                     t * h * br + n * h * br + head_fwd + head_cast)
 
     util = s.gpu_memory_utilization * total
     # HF generate (left-padded, so masked): the prefill's no-grad forward over the prompts, or at the last
-    # token every layer's KV cache + one layer's repeat_kv and DynamicCache cat + the (b, V) float32 logits
+    # token every layer's KV cache + one layer's repeat_kv copy next to the 3 (b, V) float32 tensors kept
+    # from the last step, or 7 of them (logits, generate's float copies of this and the last step,
+    # rollout._SampledLogprobs' scaled scores, log-softmax and the last one's, the sampling probabilities)
     gen_b = min(s.gen_batch, max(1, s.prompts_per_step // s.world_size) * s.group_size)
     be = 2 if mp else 4                                          # HF engine dtype: bf16 copy under FSDP, else fp32
     pt = s.prompt_tokens
     hf_gen = max(gen_b * pt * ((4 * h + 3 * i + L * 2 * kv + pt) * be + pt),
-                 gen_b * lp * (L * 2 * kv + 2 * q + 2 * kv) * be + 4 * gen_b * V * 4)
+                 gen_b * lp * L * 2 * kv * be + max((gen_b * lp * 2 * q * be if m.kv_copy else 0) + 3 * gen_b * V * 4,
+                                                    7 * gen_b * V * 4))
 
     return {
         "weights": 4 * p / shard,                       # lad.load_model: float32 master weights, FSDP2-sharded
@@ -233,7 +243,8 @@ def terms(m: Model, s: Settings) -> dict:
         "fsdp root": 2 * m.root_params if mp else 0,
         "fsdp layers in flight": 2 * 2 * m.layer_params if mp else 0,
         # torch.autocast caches the bf16 cast of every Linear's weight and bias (not the embedding's or norms')
-        "autocast weight cache": 2 * (L * (m.layer_params - 2 * h) + V * h + (p - m.params)) if ac else 0,
+        # until the region exits; the LM head's is in the activations, at the head
+        "autocast weight cache": 2 * (L * (m.layer_params - 2 * h) + (p - m.params)) if ac else 0,
         "activations (no grad)": nograd_act,
         "gradients": 4 * p / shard,                                # float32 .grad, FSDP2-sharded
         "ddp buckets": 4 * p if s.world_size > 1 and not s.fsdp else 0,   # DDP: buckets = all gradients again
@@ -408,10 +419,10 @@ def format_plan(p: Plan) -> str:
                  f"{100 * HEADROOM:.0f}% free)")
     if s.engine == "vllm" and s.cuda:
         per_token = m.layers * 2 * m.kv * 2 / s.vllm_tp
-        kv = s.gpu_memory_utilization * p.total - 2 * m.params / s.vllm_tp - VLLM_OVERHEAD
+        kv_tokens = max(0.0, s.gpu_memory_utilization * p.total - 2 * m.params / s.vllm_tp - VLLM_OVERHEAD) / per_token
         lines.append(f"  vLLM: a {s.gpu_memory_utilization * s.gpu_memory_gb:.1f} GiB share holds its bf16 weights "
                      f"({2 * m.params / s.vllm_tp / GiB:.1f} GiB), ~{VLLM_OVERHEAD / GiB:g} GiB overhead and KV for "
-                     f"~{max(kv, 0) / per_token / 1e3:.0f}k tokens ({max(kv, 0) / per_token / lp:.1f} sequences of {lp})")
+                     f"~{kv_tokens / 1e3:.0f}k tokens ({kv_tokens / lp:.1f} sequences of {lp})")
     lines += [f"  problem: {x}" for x in p.problems]
     if not p.fits:
         lines.append("  fits with: " + (" ".join(p.suggestions) if p.suggestions else

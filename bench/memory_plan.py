@@ -5,6 +5,9 @@ and the run's flags, within 0.75-1.33 of what is measured (on CPU for small mode
 builds a small random-init Qwen2 (transformers' Qwen2Config / Qwen2ForCausalLM), an AdamW over it, warms
 it up with one optimiser step (so AdamW's states exist, as from the second step of a run on), and runs
 what lad.py's loop runs:
+    rollout       rollout.HFEngine.generate of one micro-batch's prompts (left-padded: ragged lengths) up to
+                  the response length, sampling from the trained module (float32 cases only: lad.py's HF
+                  engine does not autocast)
     old_logprobs  lad.Policy forward under no_grad on one micro-batch from lad.make_batch
     update        two micro-batches of Policy forward with grad + lad.lad_loss + backward (the second one
                   accumulates into allocated gradients, as every micro-batch after a step's first)
@@ -35,6 +38,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -43,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import lad  # noqa: E402
 import memplan  # noqa: E402
+import rollout  # noqa: E402
 from common import parse_args  # noqa: E402
 from logprob_memory import LiveBytes  # noqa: E402
 
@@ -84,10 +89,13 @@ def config_of(c):
 
 
 def settings_of(c):
+    """The plan's settings of a case: the HF engine generating one micro-batch's sequences per call."""
     mb, budget, prompt, response, chunk, ckpt, bf16 = c[7:]
+    seqs = budget // (prompt + response) if budget else mb
     return memplan.Settings(micro_batch=mb or 1, micro_batch_tokens=budget, prompt_tokens=prompt,
                             max_new_tokens=response, logprob_chunk=chunk, activation_checkpointing=ckpt, bf16=bf16,
-                            cuda=False, gpu_memory_gb=1024)
+                            engine="hf", gen_batch=seqs, prompts_per_step=seqs, group_size=1, cuda=False,
+                            gpu_memory_gb=1024)
 
 
 def storages_bytes(tensors):
@@ -145,6 +153,12 @@ def run_case(name, c):
     denom = float(sum(len(r) for mb in batches for _, r in mb))
     measured = {}
     base = resident(lm, opt)
+    if not s.bf16:                                      # lad.py's HF engine samples in the module's float32
+        engine = rollout.HFEngine(lm, SimpleNamespace(pad_token_id=0, eos_token_id=1), batch_size=s.gen_batch)
+        prompts = [p[:len(p) - b % 2] for b, (p, _) in enumerate(batches[0])]      # ragged: left-padded
+        with LiveBytes() as lb:
+            engine.generate(prompts, 1, max_new_tokens=s.max_new_tokens, seed=0)
+        measured["rollout"] = (base, lb.peak)
     with torch.no_grad(), autocast(), LiveBytes() as lb:
         policy(*lad.make_batch(batches[0], 0, torch.device("cpu")))
     measured["old_logprobs"] = (base, lb.peak)
