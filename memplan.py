@@ -5,17 +5,19 @@ runs (App. C.2) are big: Qwen2.5-7B, 256 prompts x 8 responses of up to 8192 tok
 (math); DeepSeek-R1-Distill-Qwen-7B on eight 80 GB GPUs (code); 1.5B backbones at 4096 tokens. This says,
 without a GPU, without vLLM and without weights, whether such a run fits, and if not which flags make it.
 
-A plan is a table of named terms in bytes (TERMS below, one line each with where its formula comes
-from), summed per phase of one training step as lad.py runs it:
+A plan is a table of named terms in bytes (terms() below: one line each, with where its formula comes
+from; TERMS: the phases each one counts in), summed per phase of one training step as lad.py runs it:
     rollout       the engine awake: vLLM's share of the GPU, or HF generate's KV cache
     old_logprobs  the trainer's no-grad forward of one micro-batch (lad.old_logprobs)
     ref_logprobs  the same through the frozen reference model (FlowRL --flowrl-ref init, GRPO --kl-coef > 0)
     update        forward + backward of one micro-batch with every gradient allocated (lad.update_policy)
     step          clip_grad_norm_ + AdamW.step
-Sizes are worst cases: every response at --max-new-tokens, every prompt at the longest prompt. Ragged
-lengths are assumed (lad.make_batch right-pads, so transformers passes SDPA a mask; see the attention
-term). bench/memory_plan.py measures the old_logprobs, update and step phases of small models on CPU
-and compares them with this plan (bench/RESULTS.md "memory plan").
+Sizes are worst cases: every response at --max-new-tokens, every prompt at the longest prompt, ragged
+lengths whenever a forward holds several sequences (lad.make_batch right-pads, so transformers passes
+SDPA a mask; see the attention term). A run fits when every phase leaves HEADROOM (10%) of the GPU free
+and vLLM's share can hold what vLLM needs to start. bench/memory_plan.py measures the rollout (HF
+engine), old_logprobs, update and step phases of small models on CPU and compares them with this plan
+(bench/RESULTS.md "memory plan"); the GPU-only terms rest on the sources named beside them.
 
 Commands (through lad.py; this module has no CLI and imports no torch)
     python lad.py --plan true --model DIR --world-size 8 --gpu-memory-gb 80 [the run's flags]
@@ -175,9 +177,10 @@ def terms(m: Model, s: Settings) -> dict:
     total = s.gpu_memory_gb * GiB
 
     # -- saved for backward per token, one decoder layer (counted with saved_tensors_hooks on Qwen2, SDPA):
-    # RMSNorm keeps its input, x*rsqrt and the normed output (fp32); under mp its fp32 upcast + two bf16;
-    # under ac each Linear also keeps its own bf16 cast of the normed input (3 for q/k/v, 2 for gate/up)
-    norms = 2 * 8 * h + 8 if mp else (2 * 12 * h + 8 if not ac else 2 * 8 * h + 8 + 5 * 2 * h)
+    # each RMSNorm keeps its input, x*rsqrt and the normed output (3 x fp32); under mp its fp32 upcast and
+    # two bf16; under ac input and x*rsqrt, and each Linear its own bf16 cast of the normed output (3 for
+    # q/k/v, 2 for gate/up); + rsqrt, one float per token
+    norms = 2 * (8 * h if mp or ac else 12 * h) + 8 + (5 * 2 * h if ac else 0)
     # SDPA keeps q, k, v, its output and logsumexp; with ragged lengths (B > 1) transformers passes a mask:
     # k, v repeated to q's heads (repeat_kv) and the mask converted to an additive one in q's dtype, per layer
     ragged = b > 1
@@ -247,13 +250,14 @@ def terms(m: Model, s: Settings) -> dict:
         "autocast weight cache": 2 * (L * (m.layer_params - 2 * h) + (p - m.params)) if ac else 0,
         "activations (no grad)": nograd_act,
         "gradients": 4 * p / shard,                                # float32 .grad, FSDP2-sharded
-        "ddp buckets": 4 * p if s.world_size > 1 and not s.fsdp else 0,   # DDP: buckets = all gradients again
+        # DDP (gradient_as_bucket_view=False, its default and lad.py's): buckets hold all gradients again
+        "ddp buckets": 4 * p if s.world_size > 1 and not s.fsdp else 0,
         # FSDP2 (mp): the root's bf16 gradients until the end of backward + one layer's bf16 grads and the
         # fp32 copy reduce-scattered (reduce_dtype float32)
         "fsdp unsharded grads": 2 * m.root_params + 6 * m.layer_params if mp else 0,
         "activations + head": grad_act + loss,
-        # foreach AdamW on CUDA: one float32 temporary per parameter (sqrt(exp_avg_sq)); the single-tensor
-        # CPU path: two of the largest parameter
+        # torch.optim.AdamW's foreach path (its default on CUDA): one float32 temporary per parameter
+        # (sqrt(exp_avg_sq)); its single-tensor path on CPU: two of the largest parameter
         "adamw temporaries": 4 * p / shard if s.cuda else 2 * 4 * max(V * h, h * i),
     }
 
