@@ -435,9 +435,11 @@ def format_plan(p: Plan) -> str:
 
 
 def settings_from_args(args, world_size, gpu_memory_gb, prompt_tokens) -> Settings:
-    """Settings of a lad.Args (resolved: max_new_tokens filled in) on world_size GPUs of gpu_memory_gb GiB
-    with prompts of up to prompt_tokens tokens. --engine auto plans vLLM (what lad.py picks on a GPU with
-    vLLM installed)."""
+    """Settings of a lad.Args on world_size GPUs of gpu_memory_gb GiB with prompts of up to prompt_tokens
+    tokens. The Args must be resolved (lad.resolve_args: max_new_tokens filled in). --engine auto plans vLLM
+    (what lad.py picks on a GPU with vLLM installed); the reference model follows lad.loss_needs' rule."""
+    if args.max_new_tokens < 1:
+        raise ValueError("settings_from_args needs resolved Args (lad.resolve_args fills in --max-new-tokens 0)")
     needs_ref = (args.loss == "flowrl" and args.flowrl_ref == "init") or (args.loss == "grpo" and args.kl_coef > 0)
     return Settings(world_size=world_size, fsdp=args.fsdp, activation_checkpointing=args.activation_checkpointing,
                     bf16=getattr(args, "bf16", False), micro_batch=args.micro_batch,

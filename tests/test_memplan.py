@@ -277,12 +277,19 @@ def test_settings_from_lad_args():
     assert s.fsdp and s.activation_checkpointing and s.engine == "vllm" and s.cuda
     assert (s.micro_batch, s.micro_batch_tokens, s.bf16) == (8, 0, False)      # today's Args has neither
     assert not s.ref_model and not s.log_z_head
-    assert memplan.settings_from_args(lad.Args(loss="grpo", kl_coef=0.1), 1, 80.0, 512).ref_model
-    assert not memplan.settings_from_args(lad.Args(loss="grpo"), 1, 80.0, 512).ref_model
-    flow = memplan.settings_from_args(lad.Args(loss="flowrl"), 1, 80.0, 512)
-    assert flow.ref_model and flow.log_z_head
-    assert not memplan.settings_from_args(lad.Args(loss="flowrl", flowrl_ref="old"), 1, 80.0, 512).ref_model
-    assert memplan.settings_from_args(lad.Args(engine="hf"), 1, 80.0, 512).engine == "hf"
+    def ref(**kw):
+        s = memplan.settings_from_args(lad.Args(max_new_tokens=64, **kw), 1, 80.0, 512)
+        assert s.ref_model == ("ref_logp" in lad.loss_needs(lad.Args(**kw)))        # lad.py's own rule
+        return s
+
+    assert ref(loss="grpo", kl_coef=0.1).ref_model and not ref(loss="grpo").ref_model
+    assert ref(loss="flowrl").ref_model and ref(loss="flowrl").log_z_head
+    assert not ref(loss="flowrl", flowrl_ref="old").ref_model and not ref().log_z_head
+    assert memplan.settings_from_args(lad.Args(engine="hf", max_new_tokens=64), 1, 80.0, 512).engine == "hf"
+    with pytest.raises(ValueError, match="resolve_args"):
+        memplan.settings_from_args(lad.Args(), 1, 80.0, 512)                   # --max-new-tokens 0, unresolved
+    resolved = memplan.settings_from_args(lad.resolve_args(lad.Args(train_data="x.jsonl")), 1, 80.0, 512)
+    assert resolved.max_new_tokens == 1024
 
 
 def test_memplan_imports_no_torch():
