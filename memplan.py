@@ -61,6 +61,7 @@ class Settings:
     max_new_tokens: int = 1024
     prompt_tokens: int = 512           # the longest prompt, in tokens
     logprob_chunk: int = 1024
+    ragged: bool = True                # a forward's sequences differ in length (lad.py's; bench/gpu_step.py's do not)
     engine: str = "vllm"               # "vllm" or "hf"
     gpu_memory_utilization: float = 0.4
     vllm_tp: int = 1
@@ -88,10 +89,10 @@ def load_config(path) -> dict:
         raise ValueError(f"no model config at {f}") from None
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read the model config {f}: {e}") from None
-    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                           "vocab_size") if not isinstance(cfg.get(k), int)]
-    if not isinstance(cfg, dict) or missing:
-        raise ValueError(f"{f} is not a decoder config.json (missing {', '.join(missing) or 'everything'})")
+    need = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    missing = [k for k in need if not isinstance(cfg, dict) or not isinstance(cfg.get(k), int)]
+    if missing:
+        raise ValueError(f"{f} is not a decoder config.json (missing {', '.join(missing)})")
     if cfg.get("model_type") not in ARCHITECTURES:
         raise ValueError(f"{f}: model_type {cfg.get('model_type')!r}; the plan knows {', '.join(ARCHITECTURES)} "
                          f"(Qwen2/Llama-style decoder blocks)")
@@ -100,6 +101,8 @@ def load_config(path) -> dict:
 
 @dataclasses.dataclass
 class Model:
+    """A decoder's sizes, as the terms use them."""
+
     h: int                 # hidden size
     i: int                 # MLP intermediate size
     layers: int
@@ -116,6 +119,8 @@ class Model:
 
 
 def model_of(cfg: dict) -> Model:
+    """Sizes of a Qwen2/Llama-style decoder: q/k/v/o projections (Qwen2: biased q/k/v), a SwiGLU MLP, two
+    RMSNorms per layer; embeddings, final norm and an untied LM head."""
     h, i, nh = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
     d = cfg.get("head_dim") or h // nh
     nkv = cfg.get("num_key_value_heads", nh)
@@ -183,7 +188,7 @@ def terms(m: Model, s: Settings) -> dict:
     norms = 2 * (8 * h if mp or ac else 12 * h) + 8 + (5 * 2 * h if ac else 0)
     # SDPA keeps q, k, v, its output and logsumexp; with ragged lengths (B > 1) transformers passes a mask:
     # k, v repeated to q's heads (repeat_kv) and the mask converted to an additive one in q's dtype, per layer
-    ragged = b > 1
+    ragged = s.ragged and b > 1
     rep = q if m.kv_copy else kv
     attn = (2 * (q + rep) * ba + lp * ba if ragged else 2 * (q + kv) * ba) + 4 * m.heads
     mlp = 4 * i * ba                                           # SwiGLU keeps gate, silu(gate), up, their product

@@ -20,7 +20,7 @@ the plan's sum for that phase (memplan.Settings with cuda=False: no CUDA context
 the LiveBytes peak). Cases: float32 with and without activation checkpointing, micro-batches of 1 to 8,
 a token budget, a vocabulary-sized head (Qwen2's 151936), and torch.autocast bf16 (lad.py's --bf16).
 
-    python bench/memory_plan.py                       # every case (about 2 minutes on 2 cores)
+    python bench/memory_plan.py                       # every case (a few minutes on 2 idle cores)
     python bench/memory_plan.py --cases a-mb1,b-chunk128
 
 Deliberately left out (not measurable here; the plan takes them from documented accounting): vLLM's
@@ -196,7 +196,7 @@ def main(a):
           f"transformers {transformers.__version__}, {time.strftime('%Y-%m-%d', time.gmtime())} UTC", flush=True)
     print("# model: hidden/intermediate/layers/heads/kv heads/vocab; settings: micro-batch (or token budget) x "
           "prompt+response tokens, chunk, checkpointing, dtype", flush=True)
-    print(f"{'case':18s} {'model':26s} {'settings':30s} {'phase':12s} {'planned MiB':>11s} {'measured MiB':>12s} "
+    print(f"{'case':18s} {'model':26s} {'settings':36s} {'phase':12s} {'planned MiB':>11s} {'measured MiB':>12s} "
           f"{'ratio':>6s}   {'activations: plan/meas MiB':>26s} {'ratio':>6s}", flush=True)
     t0 = time.time()
     ratios, act_ratios = [], []
@@ -210,7 +210,7 @@ def main(a):
             r, ra = planned / meas, planned_act / meas_act
             ratios.append(r)
             act_ratios.append(ra)
-            print(f"{name:18s} {model:26s} {sets:30s} {phase:12s} {planned / MiB:11.1f} {meas / MiB:12.1f} {r:6.3f}   "
+            print(f"{name:18s} {model:26s} {sets:36s} {phase:12s} {planned / MiB:11.1f} {meas / MiB:12.1f} {r:6.3f}   "
                   f"{planned_act / MiB:12.1f} / {meas_act / MiB:11.1f} {ra:6.3f}", flush=True)
     worst = max(ratios, key=lambda r: max(r, 1 / r))
     worst_act = max(act_ratios, key=lambda r: max(r, 1 / r))

@@ -64,6 +64,9 @@ def test_load_config_reads_a_folder_or_a_file_and_names_a_bad_one(tmp_path):
     (tmp_path / "gpt2.json").write_text(json.dumps({**SMALL, "model_type": "gpt2"}))
     with pytest.raises(ValueError, match="model_type 'gpt2'"):
         memplan.load_config(tmp_path / "gpt2.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a decoder config"):
+        memplan.load_config(tmp_path / "list.json")
     (tmp_path / "partial.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 8}))
     with pytest.raises(ValueError, match="missing intermediate_size"):
         memplan.load_config(tmp_path / "partial.json")
@@ -106,6 +109,15 @@ def test_terms_by_hand_float32():
     for k in ("ddp buckets", "fsdp root", "fsdp layers in flight", "autocast weight cache", "vllm awake",
               "cuda context + nccl", "reference model"):
         assert t[k] == 0, k
+
+
+def test_equal_lengths_need_no_mask():
+    m = memplan.model_of(SMALL)
+    ragged, equal = (memplan.terms(m, dataclasses.replace(SMALL_RUN, ragged=r)) for r in (True, False))
+    # SDPA with GQA and no mask: q, k, v at their own widths + out = 2 x (64 + 32) x 4 + logsumexp, 784 not
+    # 1168 per token and layer; no (B, 1, Lp, Lp) masks (32 bytes per token); K/V are the cache's storages
+    assert ragged["activations + head"] - equal["activations + head"] == 64 * 2 * (1168 - 784)
+    assert ragged["activations (no grad)"] - equal["activations (no grad)"] == 64 * 32
 
 
 def test_terms_by_hand_checkpointing_and_ddp():
