@@ -62,7 +62,7 @@ class Settings:
     prompt_tokens: int = 512           # the longest prompt, in tokens
     logprob_chunk: int = 1024
     ragged: bool = True                # a forward's sequences differ in length (lad.py's; bench/gpu_step.py's do not)
-    engine: str = "vllm"               # "vllm" or "hf"
+    engine: str = "vllm"               # "vllm", "hf", or "none" (no engine: bench/gpu_step.py's update alone)
     gpu_memory_utilization: float = 0.4
     vllm_tp: int = 1
     gen_batch: int = 512               # sequences per HF generate() call

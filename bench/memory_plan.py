@@ -6,8 +6,8 @@ builds a small random-init Qwen2 (transformers' Qwen2Config / Qwen2ForCausalLM),
 it up with one optimiser step (so AdamW's states exist, as from the second step of a run on), and runs
 what lad.py's loop runs:
     rollout       rollout.HFEngine.generate of one micro-batch's prompts (left-padded: ragged lengths) up to
-                  the response length, sampling from the trained module (float32 cases only: lad.py's HF
-                  engine does not autocast)
+                  the response length, sampling from the trained module (float32 cases without checkpointing:
+                  lad.py's HF engine does not autocast, and checkpointing does not change generate)
     old_logprobs  lad.Policy forward under no_grad on one micro-batch from lad.make_batch
     update        two micro-batches of Policy forward with grad + lad.lad_loss + backward (the second one
                   accumulates into allocated gradients, as every micro-batch after a step's first)
@@ -67,16 +67,16 @@ class Args:
 # name: (hidden, intermediate, layers, heads, kv heads, vocab, tied, micro-batch, token budget, prompt,
 #        response, chunk, checkpointing, bf16)
 CASES = {
-    "a-mb1": (256, 1408, 4, 4, 2, 4096, False, 1, 0, 64, 128, 1024, False, False),
-    "a-mb4": (256, 1408, 4, 4, 2, 4096, False, 4, 0, 64, 128, 1024, False, False),
-    "a-mb8": (256, 1408, 4, 4, 2, 4096, False, 8, 0, 64, 128, 1024, False, False),
-    "a-mb8-ckpt": (256, 1408, 4, 4, 2, 4096, False, 8, 0, 64, 128, 1024, True, False),
-    "a-mb2-bf16": (256, 1408, 4, 4, 2, 4096, False, 2, 0, 64, 128, 128, False, True),
-    "a-mb2-bf16-ckpt": (256, 1408, 4, 4, 2, 4096, False, 2, 0, 64, 128, 128, True, True),
-    "b-vocab": (128, 704, 2, 2, 1, 151936, True, 2, 0, 32, 224, 1024, False, False),
-    "b-chunk128": (128, 704, 2, 2, 1, 151936, True, 2, 0, 32, 224, 128, False, False),
-    "c-tokens1024": (512, 2816, 2, 8, 2, 8192, False, 0, 1024, 64, 192, 256, False, False),
-    "c-tokens1024-ckpt": (512, 2816, 2, 8, 2, 8192, False, 0, 1024, 64, 192, 256, True, False),
+    "a-mb1": (256, 1408, 4, 4, 2, 4096, False, 1, 0, 64, 96, 1024, False, False),
+    "a-mb4": (256, 1408, 4, 4, 2, 4096, False, 4, 0, 64, 96, 1024, False, False),
+    "a-mb8": (256, 1408, 4, 4, 2, 4096, False, 8, 0, 64, 96, 1024, False, False),
+    "a-mb8-ckpt": (256, 1408, 4, 4, 2, 4096, False, 8, 0, 64, 96, 1024, True, False),
+    "a-mb2-bf16": (256, 1408, 4, 4, 2, 4096, False, 2, 0, 32, 96, 128, False, True),
+    "a-mb2-bf16-ckpt": (256, 1408, 4, 4, 2, 4096, False, 2, 0, 32, 96, 128, True, True),
+    "b-vocab": (128, 704, 2, 2, 1, 151936, True, 2, 0, 32, 160, 1024, False, False),
+    "b-chunk128": (128, 704, 2, 2, 1, 151936, True, 2, 0, 32, 160, 128, False, False),
+    "c-tokens768": (512, 2816, 2, 8, 2, 8192, False, 0, 768, 64, 128, 256, False, False),
+    "c-tokens768-ckpt": (512, 2816, 2, 8, 2, 8192, False, 0, 768, 64, 128, 256, True, False),
 }
 
 
@@ -153,7 +153,8 @@ def run_case(name, c):
     denom = float(sum(len(r) for mb in batches for _, r in mb))
     measured = {}
     base = resident(lm, opt)
-    if not s.bf16:                                      # lad.py's HF engine samples in the module's float32
+    # lad.py's HF engine samples in the module's float32, and checkpointing does not touch generate
+    if not s.bf16 and not s.activation_checkpointing:
         engine = rollout.HFEngine(lm, SimpleNamespace(pad_token_id=0, eos_token_id=1), batch_size=s.gen_batch)
         prompts = [p[:len(p) - b % 2] for b, (p, _) in enumerate(batches[0])]      # ragged: left-padded
         with LiveBytes() as lb:

@@ -130,6 +130,13 @@ def test_terms_by_hand_checkpointing_and_ddp():
     assert t["ddp buckets"] == 4 * 251456                                  # DDP's buckets, without FSDP
 
 
+def test_no_engine_plans_the_trainer_alone():
+    s = dataclasses.replace(SMALL_RUN, fsdp=True, cuda=True, engine="none", gpu_memory_utilization=0.9)
+    p = memplan.plan(SMALL, s)
+    assert not p.problems and p.fits
+    assert not [k for ph in p.phases.values() for k in ph if "vllm" in k or "hf" in k]
+
+
 def test_fsdp_on_gpu_is_bf16_and_sharded():
     m = memplan.model_of(SMALL)
     t = memplan.terms(m, dataclasses.replace(SMALL_RUN, fsdp=True, world_size=4, cuda=True))
