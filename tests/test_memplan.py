@@ -131,7 +131,8 @@ def test_terms_by_hand_checkpointing_and_ddp():
 
 
 def test_no_engine_plans_the_trainer_alone():
-    s = dataclasses.replace(SMALL_RUN, fsdp=True, cuda=True, engine="none", gpu_memory_utilization=0.9)
+    s = dataclasses.replace(SMALL_RUN, fsdp=True, cuda=True, engine="none", gpu_memory_utilization=0.9,
+                            gpu_memory_gb=80)
     p = memplan.plan(SMALL, s)
     assert not p.problems and p.fits
     assert not [k for ph in p.phases.values() for k in ph if "vllm" in k or "hf" in k]
