@@ -41,6 +41,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import transformers
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -135,8 +137,6 @@ def update_micro(policy, items, denom):
 
 def run_case(name, c):
     cfg, s = config_of(c), settings_of(c)
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     torch.manual_seed(0)
     lm = Qwen2ForCausalLM(Qwen2Config(**cfg, attn_implementation="sdpa"))
     if s.activation_checkpointing:
@@ -190,9 +190,8 @@ def main(a):
     names = list(CASES) if a.cases == "all" else a.cases.split(",")
     unknown = [n for n in names if n not in CASES]
     if unknown:
-        raise SystemExit(f"memory_plan.py: error: unknown case(s) {unknown}; choose from {list(CASES)}")
-    import transformers
-
+        print(f"memory_plan.py: error: unknown case(s) {unknown}; choose from {list(CASES)}", file=sys.stderr)
+        sys.exit(2)
     print(f"# memory plan vs measured, CPU ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}, "
           f"transformers {transformers.__version__}, {time.strftime('%Y-%m-%d', time.gmtime())} UTC", flush=True)
     print("# model: hidden/intermediate/layers/heads/kv heads/vocab; settings: micro-batch (or token budget) x "
