@@ -278,6 +278,7 @@ import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import data  # noqa: E402
+import memplan  # noqa: E402
 import metrics  # noqa: E402
 import rollout  # noqa: E402
 import tasks  # noqa: E402
@@ -285,7 +286,7 @@ import tiny  # noqa: E402
 from baselines import BASELINES, BaselineArgs, baseline_loss, check_knobs  # noqa: E402
 from common import UsageError, parse_args, seed_for  # noqa: E402
 from eval import generate_rows, score_rows  # noqa: E402
-from policy import build_trainer, find_checkpoint, make_batch, prompt_mask_of, save_checkpoint  # noqa: E402
+from policy import build_trainer, find_checkpoint, make_batch, needs_reference, prompt_mask_of, save_checkpoint  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -425,6 +426,17 @@ class Args(BaselineArgs):
     the log-softmax and the loss stay float32); on GPU or CPU, with or without --fsdp"""
     activation_checkpointing: bool = False
     """recompute each decoder layer's activations in backward (less memory, about a third more compute)"""
+    plan: bool = False
+    """print this run's per-GPU memory plan (memplan.py: each phase's peak, whether it fits) and exit: 0 it
+    fits, 1 it does not (the plan names flags that would make it fit); needs no GPU, no vLLM, no weights"""
+    world_size: int = 0
+    """with --plan: the run's GPUs (0 = torchrun's WORLD_SIZE, 1 without torchrun)"""
+    gpu_memory_gb: float = 0.0
+    """with --plan: memory of one GPU in GiB (0 = this machine's GPU; an 80 GB A100 is 80.0, an H100 79.6)"""
+    prompt_tokens: int = 0
+    """with --plan: the longest prompt in tokens (0 = measured: --train-data's prompts with the model's tokenizer)"""
+    ignore_plan: bool = False
+    """on a GPU, start a run even when its memory plan (printed at start) says it does not fit"""
     weak_sandbox: bool = False
     """code rewards without bubblewrap (only the resource limits and audit hook; warns every run): for hosts
     that cannot create user namespaces. Default off: code rewards refuse to run without bubblewrap"""
@@ -439,6 +451,9 @@ def main(args):
     task = tasks.builtin(args.train_data)
     train, held = load_data(args, task)                        # a bad file fails here, before any model
     model_path = str(ckpt) if ckpt else args.model or tiny.default_model_dir(task or tasks.SUM, 0, ctx.say)
+    if ctx.device.type == "cuda" and not memory_plan(args, ctx, model_path, train).fits and not args.ignore_plan:
+        raise UsageError("the memory plan above says this run does not fit this GPU: its flags make it fit "
+                         "(or --ignore-plan true)")
     init_distributed(args, ctx)                                # torchrun's process group (one-rank FSDP2: its own)
     tr, start, cursor = build_trainer(args, ctx, model_path, ckpt)
     train, held, facts = encode_data(args, tr, train, held)
@@ -574,11 +589,13 @@ def check_args(a, world):
         raise UsageError(f"--tis-cap must be >= 0 (0 = off), got {a.tis_cap}")
     if a.prompt_template not in data.TEMPLATES and "{problem}" not in a.prompt_template:
         raise UsageError(f"--prompt-template must be one of {', '.join(data.TEMPLATES)} or contain {{problem}}")
-    for name in ("warmup_steps", "overlong_buffer", "max_position_embeddings"):
+    for name in ("warmup_steps", "overlong_buffer", "max_position_embeddings", "world_size", "prompt_tokens"):
         if getattr(a, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
     if a.overlong_buffer >= a.max_new_tokens:
         raise UsageError(f"--overlong-buffer {a.overlong_buffer} must be below --max-new-tokens {a.max_new_tokens}")
+    if a.gpu_memory_gb < 0:
+        raise UsageError(f"--gpu-memory-gb must be >= 0 (0 = this machine's GPU), got {a.gpu_memory_gb}")
     if a.overlong_penalty < 0:
         raise UsageError(f"--overlong-penalty must be >= 0, got {a.overlong_penalty}")
     if a.eval_data in tasks.BUILTIN:
@@ -990,6 +1007,8 @@ def ref_logprobs(args, ctx, reference, batch):
     ref = torch.zeros(len(batch), batch.width(), device=ctx.device)
     for idx, _, lp, _ in logprob_passes(args, ctx, reference, batch):
         ref[idx, :lp.shape[1]] = lp
+    if args.fsdp:      # FSDP2 keeps a root unit gathered after its forward; no backward will reshard this one
+        reference.reshard()
     return ref
 
 
@@ -1135,11 +1154,47 @@ def show_progress(bar, m):
                   f"distinct correct {m['eval/distinct_answers']:.2f}")
 
 
+def memory_plan(args, ctx, model_path, train):
+    """memplan's plan of this run, printed by rank 0: the model's config (no weights), the run's flags, the
+    GPU (this one, or --world-size x --gpu-memory-gb) and the longest prompt (--prompt-tokens, else measured
+    with the model's tokenizer)."""
+    from transformers import AutoTokenizer
+
+    gpu = args.gpu_memory_gb or (torch.cuda.get_device_properties(ctx.device).total_memory / 2 ** 30
+                                 if ctx.device.type == "cuda" else 0.0)
+    if not gpu:
+        raise UsageError("--plan true on a machine without a GPU needs --gpu-memory-gb (one GPU's memory, GiB)")
+    try:
+        cfg = memplan.load_config(model_path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    prompt = args.prompt_tokens or max(len(r["ids"]) for r in data.encode_rows(
+        train, AutoTokenizer.from_pretrained(model_path), args.chat, 10 ** 9, args.train_data)[0])
+    plan = memplan.plan(cfg, memplan.settings_from_args(args, args.world_size or ctx.world, gpu, prompt,
+                                                        needs_reference(args)))
+    ctx.say(memplan.format_plan(plan))
+    return plan
+
+
+def plan_only(args):
+    """--plan true: print the plan and return the exit code, 0 (fits) or 1 (does not)."""
+    args = resolve_args(args)
+    ctx = Ranks.from_env()
+    check_args(args, args.world_size or ctx.world)
+    task = tasks.builtin(args.train_data)
+    train, _ = load_data(args, task)
+    model_path = args.model or tiny.default_model_dir(task or tasks.SUM, 0, ctx.say)
+    return 0 if memory_plan(args, ctx, model_path, train).fits else 1
+
+
 def cli(argv=None):
     args = parse_args(Args, argv)
     code = 0
     try:
-        main(args)
+        if args.plan:
+            code = plan_only(args)
+        else:
+            main(args)
     except UsageError as e:
         print(f"lad.py: error: {e}", file=sys.stderr, flush=True)
         code = 2

@@ -10,10 +10,10 @@ from; TERMS: the phases each one counts in), summed per phase of one training st
     rollout       the engine awake: vLLM's share of the GPU, or HF generate's KV cache
     old_logprobs  the trainer's no-grad forward of one micro-batch (lad.old_logprobs)
     ref_logprobs  the same through the frozen reference model (FlowRL --flowrl-ref init, GRPO --kl-coef > 0)
-    update        forward + backward of one micro-batch with every gradient allocated (lad.update_policy)
+    update        forward + backward of one micro-batch with every gradient allocated (lad.main's step 4)
     step          clip_grad_norm_ + AdamW.step
 Sizes are worst cases: every response at --max-new-tokens, every prompt at the longest prompt, ragged
-lengths whenever a forward holds several sequences (lad.make_batch right-pads, so transformers passes
+lengths whenever a forward holds several sequences (policy.make_batch right-pads, so transformers passes
 SDPA a mask; see the attention term). A run fits when every phase leaves HEADROOM (10%) of the GPU free
 and vLLM's share can hold what vLLM needs to start. bench/memory_plan.py measures the rollout (HF
 engine), old_logprobs, update and step phases of small models on CPU and compares them with this plan
@@ -140,13 +140,13 @@ def model_of(cfg: dict) -> Model:
 # ----------------------------------------------------------------------------------------------------
 
 PHASES = ("rollout", "old_logprobs", "ref_logprobs", "update", "step")
-RESIDENT = ("weights", "optimizer", "reference model", "fsdp reference root", "hf rollout copy",
-            "cuda context + nccl")
+RESIDENT = ("weights", "optimizer", "reference model", "hf rollout copy", "cuda context + nccl")
 TERMS = {   # term: the phases it counts in (every term's formula and source are in terms() below)
     **{t: PHASES for t in RESIDENT},
     "vllm awake": ("rollout",),
     "vllm asleep": ("old_logprobs", "ref_logprobs", "update", "step"),
     "hf generate": ("rollout",),
+    "fsdp reference root": ("ref_logprobs",),
     "fsdp root": ("old_logprobs", "ref_logprobs", "update"),
     "fsdp layers in flight": ("old_logprobs", "ref_logprobs", "update"),
     "autocast weight cache": ("old_logprobs", "ref_logprobs", "update"),
@@ -169,7 +169,7 @@ def shapes(s: Settings):
 
 
 def terms(m: Model, s: Settings) -> dict:
-    """Every term of the plan, bytes per GPU. Modes: mp = FSDP2's bf16 MixedPrecisionPolicy (lad.shard_policy
+    """Every term of the plan, bytes per GPU. Modes: mp = FSDP2's bf16 MixedPrecisionPolicy (policy.shard_policy
     on CUDA: bf16 parameters, activations and residual stream); ac = torch.autocast bf16 without FSDP
     (float32 weights and residual stream, bf16 matmul outputs); else float32 everywhere."""
     mp = s.fsdp and s.cuda
@@ -194,12 +194,8 @@ def terms(m: Model, s: Settings) -> dict:
     mlp = 4 * i * ba                                           # SwiGLU keeps gate, silu(gate), up, their product
     layer = norms + attn + mlp
     final = 12 * h + 4 if br == 4 else 8 * h + 4               # the final norm, and the hidden that gather keeps
-    # lad.Policy leaves use_cache on (HF turns it off under checkpointing): K/V of every layer in a
-    # DynamicCache for the whole forward; the same storages SDPA keeps when there is no mask
-    # (ac: RoPE promotes K to float32, and the cache's first concatenation promotes V with it)
-    cache = 0 if s.activation_checkpointing else 2 * kv * (4 if ac else ba)
     mask = lp if ragged else 0                                 # transformers' bool (B, 1, Lp, Lp) mask, per token
-    # lad.Policy._head: (c, V) float32 logits and log-softmax (2 alive); backward: the saved log-softmax and
+    # policy.Policy._head: (c, V) float32 logits and log-softmax (2 alive); backward: the saved log-softmax and
     # the gather's zeros + scatter (3 alive), then the logits' grad and the LM head's weight grad (in the
     # dtype the weight is used in), which autograd's buffer sums over the chunks out of place (buffer + new
     # + sum) and, tied, until the embedding's backward; + the (N, h) grad of the gathered rows
@@ -216,9 +212,10 @@ def terms(m: Model, s: Settings) -> dict:
     else:                                                       # backward of the last layer's MLP: +2 (T, i)
         grad_act = max(t * (L * layer + final) + n * h * br + head_bwd + head_cast,
                        t * (L * layer + 2 * i * ba + h * br) + (wgrad if m.tied else 0) + head_cast,
-                       t * L * (layer + (cache if ragged else 0)))
-    # no grad: the MLP's silu(gate), up and product alive next to 4 residual-stream tensors, all layers' K/V
-    nograd_act = max(t * (4 * h * br + 3 * i * ba + L * cache + mask),
+                       t * L * layer)
+    # no grad (policy.Policy runs without a KV cache): the MLP's silu(gate), up and product alive next to 4
+    # residual-stream tensors
+    nograd_act = max(t * (4 * h * br + 3 * i * ba + mask),
                      t * h * br + n * h * br + head_fwd + head_cast)
 
     util = s.gpu_memory_utilization * total
@@ -234,11 +231,11 @@ def terms(m: Model, s: Settings) -> dict:
                                                     7 * gen_b * V * 4))
 
     return {
-        "weights": 4 * p / shard,                       # lad.load_model: float32 master weights, FSDP2-sharded
+        "weights": 4 * p / shard,                       # policy.load_hf: float32 master weights, FSDP2-sharded
         "optimizer": 8 * p / shard,                     # torch.optim.AdamW: exp_avg + exp_avg_sq, float32
-        "reference model": 4 * m.params / shard if s.ref_model else 0,   # lad.load_reference: float32, frozen
-        # FSDP2 keeps the root unit unsharded after forward (reshard_after_forward=False for the root), and
-        # the reference never runs a backward that would reshard it
+        "reference model": 4 * m.params / shard if s.ref_model else 0,   # policy.build_trainer: float32, frozen
+        # FSDP2 keeps the root unit unsharded after forward (reshard_after_forward=False for the root); the
+        # reference runs no backward, so lad.ref_logprobs reshards it after its pass
         "fsdp reference root": 2 * m.root_params if s.ref_model and mp else 0,
         "hf rollout copy": m.params * be if s.engine == "hf" and s.fsdp else 0,   # rollout.HFEngine's copy
         "cuda context + nccl": (CUDA_CONTEXT + (NCCL_BUFFERS if s.world_size > 1 else 0)) if s.cuda else 0,
@@ -439,18 +436,18 @@ def format_plan(p: Plan) -> str:
     return "\n".join(lines)
 
 
-def settings_from_args(args, world_size, gpu_memory_gb, prompt_tokens) -> Settings:
+def settings_from_args(args, world_size, gpu_memory_gb, prompt_tokens, ref_model) -> Settings:
     """Settings of a lad.Args on world_size GPUs of gpu_memory_gb GiB with prompts of up to prompt_tokens
-    tokens. The Args must be resolved (lad.resolve_args: max_new_tokens filled in). --engine auto plans vLLM
-    (what lad.py picks on a GPU with vLLM installed); the reference model follows lad.loss_needs' rule."""
+    tokens; ref_model: the run loads the frozen initial model (policy.needs_reference). The Args must be
+    resolved (lad.resolve_args: max_new_tokens filled in). --engine auto plans vLLM (what lad.py picks on a
+    GPU with vLLM installed)."""
     if args.max_new_tokens < 1:
         raise ValueError("settings_from_args needs resolved Args (lad.resolve_args fills in --max-new-tokens 0)")
-    needs_ref = (args.loss == "flowrl" and args.flowrl_ref == "init") or (args.loss == "grpo" and args.kl_coef > 0)
     return Settings(world_size=world_size, fsdp=args.fsdp, activation_checkpointing=args.activation_checkpointing,
-                    bf16=getattr(args, "bf16", False), micro_batch=args.micro_batch,
-                    micro_batch_tokens=getattr(args, "micro_batch_tokens", 0), max_new_tokens=args.max_new_tokens,
+                    bf16=args.bf16, micro_batch=args.micro_batch,
+                    micro_batch_tokens=args.micro_batch_tokens, max_new_tokens=args.max_new_tokens,
                     prompt_tokens=prompt_tokens, logprob_chunk=args.logprob_chunk,
                     engine="hf" if args.engine == "hf" else "vllm",
                     gpu_memory_utilization=args.gpu_memory_utilization, vllm_tp=args.vllm_tp,
                     gen_batch=args.gen_batch, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-                    ref_model=needs_ref, log_z_head=args.loss == "flowrl", gpu_memory_gb=gpu_memory_gb)
+                    ref_model=ref_model, log_z_head=args.loss == "flowrl", gpu_memory_gb=gpu_memory_gb)

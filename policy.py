@@ -66,7 +66,8 @@ class Policy(torch.nn.Module):
             return self._forward(ids, attn, pos, tgt, valid, prompt_mask)
 
     def _forward(self, ids, attn, pos, tgt, valid, prompt_mask):
-        hidden = self.lm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state   # (B, L, H)
+        # no KV cache: a training forward never reuses it, and it would keep every layer's K/V alive
+        hidden = self.lm.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state  # (B, L, H)
         log_z = None if prompt_mask is None else self.log_z_head(prompt_mean_hidden(hidden, prompt_mask)).float()
         h = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))[valid]       # (N, H)
         t = tgt[valid]                                                                      # (N,)
@@ -106,6 +107,7 @@ class Trainer:
 def build_trainer(args, ctx, model_path, ckpt):
     """Load the model (resume > --model > the tiny warm start), wrap it (Policy, FSDP2 or DDP), make AdamW,
     restore a checkpoint's state or seed a fresh start, load pi_ref. Returns (Trainer, start step, cursor)."""
+    st = read_trainer_state(args, ctx, ckpt)
     if args.model and not Path(args.model).exists() and ckpt is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")                  # no network at run time
     lm, tok = load_hf(model_path, ctx.device, "model", args.max_position_embeddings)
@@ -130,7 +132,7 @@ def build_trainer(args, ctx, model_path, ckpt):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / args.warmup_steps) if args.warmup_steps else 1.0)
     generator = torch.Generator().manual_seed(seed_for("clipcov", args.seed, rank=ctx.rank))
     tr = Trainer(lm, tok, policy, head, opt, sched, None, generator, model_path)
-    start, cursor = load_state(args, ctx, tr, ckpt)
+    start, cursor = load_state(args, ctx, tr, ckpt, st)
     if needs_reference(args):
         ref_lm = load_hf(tr.init_model, ctx.device, "reference (initial) model",
                          args.max_position_embeddings)[0].requires_grad_(False).eval()
@@ -174,13 +176,10 @@ def shard_policy(policy, lm, cuda):
     return policy
 
 
-def load_state(args, ctx, tr, ckpt):
-    """Resume (optimiser, step, data cursor, RNG states, the log Z head, Clip-Cov's generator, the initial
-    model's path) or a fresh start (per-rank seeds). Returns (start step, cursor)."""
+def read_trainer_state(args, ctx, ckpt):
+    """A checkpoint's trainer.pt, checked against this run before any weights load (None: a fresh start)."""
     if ckpt is None:
-        random.seed(seed_for("init", args.seed, rank=ctx.rank))
-        torch.manual_seed(seed_for("init", args.seed, rank=ctx.rank))
-        return 0, 0
+        return None
     st = torch.load(ckpt / "trainer.pt", weights_only=False)
     if st["args"].get("loss", "lad") != args.loss:
         raise UsageError(f"--resume: checkpoint was trained with --loss {st['args'].get('loss')}, not {args.loss}")
@@ -192,6 +191,16 @@ def load_state(args, ctx, tr, ckpt):
     if "optimizer" not in st and not args.fresh_optimizer:
         raise UsageError(f"--resume: {ckpt} was saved without its optimiser state (--save-optimizer false); "
                          "add --fresh-optimizer true to resume with a fresh AdamW")
+    return st
+
+
+def load_state(args, ctx, tr, ckpt, st):
+    """Resume from st, read_trainer_state's (optimiser, step, data cursor, RNG states, the log Z head,
+    Clip-Cov's generator, the initial model's path), or a fresh start (per-rank seeds). Returns (start step, cursor)."""
+    if ckpt is None:
+        random.seed(seed_for("init", args.seed, rank=ctx.rank))
+        torch.manual_seed(seed_for("init", args.seed, rank=ctx.rank))
+        return 0, 0
     if not args.fresh_optimizer and args.fsdp:   # a full (gathered) optimiser state, re-sharded on load
         set_optimizer_state_dict(tr.lm, tr.opt, st["optimizer"], options=StateDictOptions(full_state_dict=True))
     elif not args.fresh_optimizer:

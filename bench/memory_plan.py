@@ -8,7 +8,7 @@ what lad.py's loop runs:
     rollout       rollout.HFEngine.generate of one micro-batch's prompts (left-padded: ragged lengths) up to
                   the response length, sampling from the trained module (float32 cases without checkpointing:
                   lad.py's HF engine does not autocast, and checkpointing does not change generate)
-    old_logprobs  lad.Policy forward under no_grad on one micro-batch from lad.make_batch
+    old_logprobs  policy.Policy forward under no_grad on one micro-batch from policy.make_batch
     update        two micro-batches of Policy forward with grad + lad.lad_loss + backward (the second one
                   accumulates into allocated gradients, as every micro-batch after a step's first)
     step          clip_grad_norm_ + AdamW.step
@@ -31,7 +31,6 @@ fragmentation. LiveBytes sees every tensor an op returns, not a kernel's private
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import platform
@@ -49,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import lad  # noqa: E402
 import memplan  # noqa: E402
+from policy import Policy, make_batch  # noqa: E402
 import rollout  # noqa: E402
 from common import parse_args  # noqa: E402
 from logprob_memory import LiveBytes  # noqa: E402
@@ -125,10 +125,10 @@ def micro_batches(s, vocab, seed):
 
 
 def update_micro(policy, items, denom):
-    """One micro-batch of lad.update_policy: Policy forward with grad, lad_loss over the global denominator,
+    """One micro-batch of lad.main's update: Policy forward with grad, lad_loss over the global denominator,
     backward."""
-    ids, attn, pos, tgt, valid = lad.make_batch(items, 0, torch.device("cpu"))
-    logp, _ = policy(ids, attn, pos, tgt, valid)
+    ids, attn, pos, tgt, valid = make_batch(items, 0, torch.device("cpu"))
+    logp, _, _ = policy(ids, attn, pos, tgt, valid)
     old = logp.detach() + 0.01
     adv = torch.linspace(-1, 1, logp.shape[0])
     loss, _ = lad.lad_loss(logp.float(), old, adv, valid.float(), denom=denom)
@@ -142,11 +142,9 @@ def run_case(name, c):
     if s.activation_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.train()
-    policy = lad.Policy(lm, s.logprob_chunk, 1.0)
+    policy = Policy(lm, s.logprob_chunk, 1.0, bf16=s.bf16)   # lad.py --bf16: autocast inside Policy.forward
     opt = torch.optim.AdamW(lm.parameters(), lr=1e-6)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if s.bf16 else contextlib.nullcontext
-    with autocast():                                    # warm-up step: AdamW's states exist from here on
-        update_micro(policy, [([2, 3], [4, 5])], 2.0)
+    update_micro(policy, [([2, 3], [4, 5])], 2.0)       # warm-up step: AdamW's states exist from here on
     opt.step()
     opt.zero_grad(set_to_none=True)
     batches = micro_batches(s, cfg["vocab_size"], seed=1)
@@ -160,13 +158,12 @@ def run_case(name, c):
         with LiveBytes() as lb:
             engine.generate(prompts, 1, max_new_tokens=s.max_new_tokens, seed=0)
         measured["rollout"] = (base, lb.peak)
-    with torch.no_grad(), autocast(), LiveBytes() as lb:
-        policy(*lad.make_batch(batches[0], 0, torch.device("cpu")))
+    with torch.no_grad(), LiveBytes() as lb:
+        policy(*make_batch(batches[0], 0, torch.device("cpu")))
     measured["old_logprobs"] = (base, lb.peak)
     with LiveBytes() as lb:
         for mb in batches:
-            with autocast():
-                update_micro(policy, mb, denom)
+            update_micro(policy, mb, denom)
     measured["update"] = (base, lb.peak)
     base = resident(lm, opt)
     with LiveBytes() as lb:

@@ -371,7 +371,6 @@ def test_generation_on_the_builtin_task_records_every_setting(tmp_path):
 
 def test_builtin_code_task_is_generated_and_scored_in_the_sandbox(tmp_path, capsys):
     import json
-    import data
     import sandbox
     argv = ["--benchmark", "builtin-code", "--n", "16", "--engine", "hf", "--bootstrap", "0", "--out-dir", str(tmp_path)]
     assert ev.main(argv) == 0                       # no --model: the code task's warm start
@@ -442,7 +441,7 @@ def test_prompt_templates_and_chat_wrapping():
     text = data.render_prompt("dapo", "What is {x}?")                  # braces in problems survive
     assert "What is {x}?" in text and text.startswith("Solve the following math problem")
     import lad                                                       # the default is the trainer's prompt
-    assert data.TEMPLATES["boxed"] == lad.Args().prompt_template
+    assert lad.Args().prompt_template == "boxed" and "\\boxed{}" in data.render_prompt("boxed", "1+1")
     assert data.render_prompt("Q: {problem}\nA:", "1+1") == "Q: 1+1\nA:"
 
 
@@ -505,7 +504,7 @@ def test_humanevalplus_base_and_plus_are_separate_lines(tmp_path):
     assert full["metrics"]["eval/avg@n"]["mean"] == 0.5 and base["metrics"]["eval/avg@n"]["mean"] == 1.0
     assert (full["tests"], base["tests"], base["base_of"]) == ("base+plus", "base", "humanevalplus")
     assert s["macro"]["benchmarks"] == ["humanevalplus"] and full["reasons"] == {"ok": 1, "wrong_answer": 1}
-    assert s["config"]["protocol"]["sandbox"]["per_test_s"] > 0 and "humanevalplus" in s["config"]["protocol"]["tests"]
+    assert s["config"]["protocol"]["rewards"]["code"]["limits"]["per_test_s"] > 0 and "humanevalplus" in s["config"]["protocol"]["tests"]
     got = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     n_tests = len(r["base_input"]) + len(r["plus_input"])
     assert [g["gold"] for g in got] == [{"code_ref": f"{BENCH_DIR / 'humanevalplus.jsonl'}:1", "format": "evalplus",

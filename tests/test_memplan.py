@@ -16,6 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import lad  # noqa: E402
+import policy  # noqa: E402
 import memplan  # noqa: E402
 
 CONFIGS = ROOT / "tests" / "data" / "configs"
@@ -103,8 +104,8 @@ def test_terms_by_hand_float32():
     # summed out of place: 3 x 256000) = 768000, + the rows' grad 48 x 64 x 4 = 12288.
     # Head-backward moment: 64 tokens x (2 layers x 6808 + final norm 772) + 48 rows x 256 + 780288
     assert t["activations + head"] == 64 * (2 * 6808 + 772) + 48 * 256 + 780288 + 16 * 48 * 4 == 1716480
-    # no grad: 4 residual tensors 4 x 64 x 4 + MLP 3 x 256 x 4 + 2 layers' K/V 2 x 32 x 8 + bool mask 32
-    assert t["activations (no grad)"] == 64 * (1024 + 3072 + 512 + 32) == 296960
+    # no grad (no KV cache): 4 residual tensors 4 x 64 x 4 + MLP 3 x 256 x 4 + bool mask 32
+    assert t["activations (no grad)"] == 64 * (1024 + 3072 + 32) == 264192
     assert t["adamw temporaries"] == 2 * 4 * 1000 * 64                     # CPU: two of the embedding
     for k in ("ddp buckets", "fsdp root", "fsdp layers in flight", "autocast weight cache", "vllm awake",
               "cuda context + nccl", "reference model"):
@@ -198,7 +199,10 @@ def test_reference_model_adds_its_weights_and_a_phase():
     p0, p1 = memplan.plan(cfg("Qwen2.5-7B"), s), memplan.plan(cfg("Qwen2.5-7B"), dataclasses.replace(s, ref_model=True))
     assert "ref_logprobs" not in p0.phases and "ref_logprobs" in p1.phases
     extra = p1.peak("rollout") - p0.peak("rollout")
-    assert extra == pytest.approx(4 * p1.model.params / 8 + 2 * p1.model.root_params)
+    assert extra == pytest.approx(4 * p1.model.params / 8)          # its float32 weights, sharded, resident
+    # its bf16 root (embeddings, head) is gathered during its own pass only: lad.ref_logprobs reshards it
+    assert p1.phases["ref_logprobs"]["fsdp reference root"] == 2 * p1.model.root_params
+    assert "fsdp reference root" not in p1.phases["update"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -292,23 +296,22 @@ def test_hf_engine_generate_batch():
 
 def test_settings_from_lad_args():
     a = lad.Args(max_new_tokens=8192, fsdp=True, activation_checkpointing=True, engine="auto", micro_batch=8)
-    s = memplan.settings_from_args(a, 8, 80.0, 2048)
+    s = memplan.settings_from_args(a, 8, 80.0, 2048, policy.needs_reference(a))
     assert (s.world_size, s.gpu_memory_gb, s.prompt_tokens, s.max_new_tokens) == (8, 80.0, 2048, 8192)
     assert s.fsdp and s.activation_checkpointing and s.engine == "vllm" and s.cuda
-    assert (s.micro_batch, s.micro_batch_tokens, s.bf16) == (8, 0, False)      # today's Args has neither
+    assert (s.micro_batch, s.micro_batch_tokens, s.bf16) == (8, 0, False)
     assert not s.ref_model and not s.log_z_head
     def ref(**kw):
-        s = memplan.settings_from_args(lad.Args(max_new_tokens=64, **kw), 1, 80.0, 512)
-        assert s.ref_model == ("ref_logp" in lad.loss_needs(lad.Args(**kw)))        # lad.py's own rule
-        return s
+        a = lad.Args(max_new_tokens=64, **kw)
+        return memplan.settings_from_args(a, 1, 80.0, 512, policy.needs_reference(a))   # lad.py's own rule
 
     assert ref(loss="grpo", kl_coef=0.1).ref_model and not ref(loss="grpo").ref_model
     assert ref(loss="flowrl").ref_model and ref(loss="flowrl").log_z_head
     assert not ref(loss="flowrl", flowrl_ref="old").ref_model and not ref().log_z_head
-    assert memplan.settings_from_args(lad.Args(engine="hf", max_new_tokens=64), 1, 80.0, 512).engine == "hf"
+    assert memplan.settings_from_args(lad.Args(engine="hf", max_new_tokens=64), 1, 80.0, 512, False).engine == "hf"
     with pytest.raises(ValueError, match="resolve_args"):
-        memplan.settings_from_args(lad.Args(), 1, 80.0, 512)                   # --max-new-tokens 0, unresolved
-    resolved = memplan.settings_from_args(lad.resolve_args(lad.Args(train_data="x.jsonl")), 1, 80.0, 512)
+        memplan.settings_from_args(lad.Args(), 1, 80.0, 512, False)            # --max-new-tokens 0, unresolved
+    resolved = memplan.settings_from_args(lad.resolve_args(lad.Args(train_data="x.jsonl")), 1, 80.0, 512, False)
     assert resolved.max_new_tokens == 1024
 
 
@@ -330,3 +333,26 @@ def test_plan_within_10_percent_of_lad_phases_measured(case):
     for name, phase, planned, measured, planned_act, measured_act in bench.run_case(case, TINY[case]):
         assert 0.9 < planned / measured < 1.1, (phase, planned, measured)
         assert 0.9 < planned_act / measured_act < 1.1, (phase, planned_act, measured_act)
+
+
+def test_the_readme_gpu_commands_carry_the_plans_verdict(capsys, monkeypatch):
+    """Each GPU command in the README, run through `lad.py --plan true` on its GPUs (the test config of its
+    model, prompts of 2,048 tokens), gives the verdict and peak its comment states."""
+    import re
+
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- gpu-commands -->(.*?)<!-- /gpu-commands -->", text, re.S).group(1)
+    pairs = re.findall(r"# .*?(\d+) x (\d+) GB: plan (FITS|DOES NOT FIT), peak ([\d.]+) GiB.*\n(.*lad\.py .*)", block)
+    assert len(pairs) == 4
+    for gpus, gb, verdict, peak, cmd in pairs:
+        argv = cmd.split("lad.py", 1)[1].split()
+        model = argv[argv.index("--model") + 1].split("/")[-1]
+        argv[argv.index("--model") + 1] = str(ROOT / "tests" / "data" / "configs" / model)
+        argv[argv.index("--train-data") + 1] = "builtin-sum"          # prompts: --prompt-tokens below
+        code = lad.plan_only(lad.parse_args(lad.Args, argv + ["--plan", "true", "--world-size", gpus,
+                                                               "--gpu-memory-gb", gb, "--prompt-tokens", "2048"]))
+        out = capsys.readouterr().out
+        assert code == (0 if verdict == "FITS" else 1), (cmd, out)
+        assert f"verdict: {verdict} -- peak {peak} GiB" in out, (cmd, out)

@@ -80,17 +80,21 @@ def test_warmup_schedule_and_resume(tmp_path, model_dir):  # noqa: F811
     assert torch.load(Path(b) / "ckpt-000003" / "trainer.pt", weights_only=False)["scheduler"]["last_epoch"] == 6
 
 
-def test_raised_context_in_the_hf_engine(tmp_path, model_dir):  # noqa: F811
+def test_raised_context_in_the_hf_engine(tmp_path):
     """The tiny model's context is 256 tokens: 300 new tokens are refused, naming the flag, and train with
-    --max-position-embeddings 512 (the rollout engine generates past 256; the trainer's log-probs follow)."""
+    --max-position-embeddings 512: at temperature 0.1 a random-init model falls into a loop without EOS, so
+    its responses run past 256 positions in the rollout engine and in the trainer's log-probs."""
+    import tiny
+
+    model_dir = tiny.init_model_dir(tmp_path / "random", seed=0)
     args = ["--model", model_dir, "--out", str(tmp_path / "r"), "--steps", "1", "--max-new-tokens", "300",
             "--dynamic-sampling", "false", "--prompts-per-step", "1", "--group-size", "2", "--micro-batch", "2",
-            "--eval-every", "0"]
+            "--eval-every", "0", "--temperature", "0.1"]
     with pytest.raises(lad.UsageError, match="--max-position-embeddings"):
         lad.main(lad.parse_args(lad.Args, args))
     out = lad.main(lad.parse_args(lad.Args, args + ["--max-position-embeddings", "512"]))
     m = _metrics(out)[0]
-    assert m["rollout/response_len_max"] > 256 - 10                             # past the model's own context
+    assert m["rollout/response_len_max"] == 300                                  # past the model's own context
     assert json.loads((Path(out) / "ckpt-000001" / "config.json").read_text())["max_position_embeddings"] == 512
 
 
