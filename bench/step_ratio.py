@@ -22,7 +22,7 @@ of that median, its IQR, min and max. The rollout phase (sampling the same token
 and the old-log-prob phase (the same forward) do identical work in both runs: their ratios are A/A controls
 of the noise.
 
-Commands (CPU; about 12 minutes for tiny, 15 for qwen2-512x8 on this 2-core machine)
+Commands (CPU, this 2-core machine under a load of 10: about 15 minutes for tiny, an hour for qwen2-512x8)
     python bench/step_ratio.py                                         # LAD/GRPO: tiny, then qwen2-512x8
     python bench/step_ratio.py --models tiny --rounds 20               # tighter CI for the tiny model
     python bench/step_ratio.py --methods all                           # Figure 5: every method vs GRPO
@@ -72,7 +72,7 @@ class Args:
     rounds: int = 0
     """timed rounds (one run per method each); 0 = the shape's preset (tiny 10, qwen2-512x8 6; --methods: 5, 3)"""
     steps: int = 0
-    """rollout steps per run, --warmup of them untimed; 0 = the shape's preset (tiny 6, qwen2-512x8 4)"""
+    """rollout steps per run, --warmup of them untimed; 0 = the shape's preset (tiny 6, qwen2-512x8 3)"""
     warmup: int = 1
     """first steps of every run left out of its figures (allocator growth, AdamW state, the verifier's workers)"""
     prompts_per_step: int = 0
@@ -102,7 +102,7 @@ class Args:
 
 PRESETS = {
     "tiny": dict(rounds=10, steps=6, prompts_per_step=16, max_new_tokens=12, prompt_len=8, micro_batch=64),
-    "qwen2-512x8": dict(rounds=6, steps=4, prompts_per_step=2, max_new_tokens=192, prompt_len=32, micro_batch=2),
+    "qwen2-512x8": dict(rounds=6, steps=3, prompts_per_step=2, max_new_tokens=192, prompt_len=32, micro_batch=2),
 }
 PHASES = ("rollout", "reward", "logprob", "update", "sync", "step")
 ALL_METHODS = "grpo,flowrl,clip-cov,kl-cov,entadv,lad-js"

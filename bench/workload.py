@@ -129,7 +129,10 @@ def model_dir(shape, layers=0, seed=0, log=print):
                 if SHAPES[shape] is None:
                     tiny.init_model_dir(tmp, seed=seed)
                 else:
+                    import transformers
                     from transformers import Qwen2ForCausalLM
+
+                    transformers.utils.logging.disable_progress_bar()
 
                     cfg = make_config(shape, layers)
                     torch.manual_seed(seed)
