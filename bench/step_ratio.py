@@ -16,15 +16,18 @@ metrics.jsonl (perf/rollout_s, reward_s, logprob_s, update_s, sync_s, step_s; ma
 --warmup steps of each run dropped.
 
 Timing: rounds of one run per method, the order alternating (LAD/GRPO: LAD first on even rounds; --methods:
-rotating), so that a drift in this shared machine's load hits every method alike; per run the median of its
-steps, per round the ratio to GRPO's run, the figure the median over rounds with a distribution-free 95% CI
-of that median, its IQR, min and max. The rollout phase (sampling the same tokens from the same weights)
-and the old-log-prob phase (the same forward) do identical work in both runs: their ratios are A/A controls
-of the noise.
+rotating), so that a drift in this shared machine's load hits every method alike; or, with --concurrent, the
+two runs of a pair (LAD and GRPO; --methods: each method and a GRPO run of its own) at the same time, so that
+both see the same load moment by moment (each then runs slower, alike). Per run the median of its steps, per
+round the ratio to GRPO's run, the figure the median over rounds with a distribution-free 95% CI of that
+median, its IQR, min and max. The rollout phase (sampling the same tokens from the same weights) and the
+old-log-prob phase (the same forward) do identical work in both runs: their ratios are A/A controls of the
+noise.
 
 Commands (CPU, this 2-core machine under a load of 10: about 15 minutes for tiny, an hour for qwen2-512x8)
     python bench/step_ratio.py                                         # LAD/GRPO: tiny, then qwen2-512x8
     python bench/step_ratio.py --models tiny --rounds 20               # tighter CI for the tiny model
+    python bench/step_ratio.py --concurrent true                       # pairs at the same time (a loaded machine)
     python bench/step_ratio.py --methods all                           # Figure 5: every method vs GRPO
     python bench/step_ratio.py --methods grpo,flowrl,lad-js --models tiny --rounds 2   # a quick look
 
@@ -93,6 +96,9 @@ class Args:
     """LAD's f (lad.py's flag and default)"""
     inv_eta: float = 4.0
     """LAD's 1/eta (lad.py's flag and default)"""
+    concurrent: bool = False
+    """run each round's two runs (LAD and GRPO; --methods: each method and a GRPO run of its own) at the same
+    time, so that both see the same machine load, instead of one after another"""
     nproc_per_node: int = 2
     """ranks: 2 = `torchrun --nproc_per_node=2 lad.py` (the README's CPU command, one torch thread per rank);
     1 = lad.main in this process (python lad.py: every core's threads in one process)"""
@@ -128,18 +134,32 @@ def settings(name, a):
     return g
 
 
-def timed_run(m, model, data, g, a):
-    """One lad.py run of method m: per timed step, each phase's seconds and the step's response tokens."""
-    args = workload.lad_args(model, data, **method_flags(m, a), steps=g["steps"], seed=a.seed,
+def run_args(m, model, data, g, a):
+    """lad.Args of one run of method m on the workload."""
+    return workload.lad_args(model, data, **method_flags(m, a), steps=g["steps"], seed=a.seed,
                              prompts_per_step=g["prompts_per_step"], group_size=a.group_size,
                              max_new_tokens=g["max_new_tokens"], micro_batch=g["micro_batch"],
                              updates_per_rollout=a.updates_per_rollout, logprob_chunk=a.logprob_chunk)
-    rows = workload.run_lad(args, a.nproc_per_node)[a.warmup:]
+
+
+def figures(rows, g, a):
+    """Per timed step of one run: each phase's seconds, the step's response tokens, the mean response length."""
+    rows = rows[a.warmup:]
     n_resp = g["prompts_per_step"] * a.group_size
     out = {p: [r[f"perf/{p}_s"] for r in rows] for p in PHASES}
     out["tokens"] = [workload.step_tokens(r, g["prompt_len"], n_resp)[1] for r in rows]
     out["len"] = [r["rollout/response_len_mean"] for r in rows]
     return out
+
+
+def run_round(methods, model, data, g, a, loads):
+    """One run of each method, one after another in the given order or (--concurrent) all at the same time;
+    returns {method: figures}."""
+    loads.append(os.getloadavg()[0])
+    if a.concurrent:
+        started = {m: workload.launch_lad(run_args(m, model, data, g, a), a.nproc_per_node) for m in methods}
+        return {m: figures(workload.wait_lad(h), g, a) for m, h in started.items()}
+    return {m: figures(workload.run_lad(run_args(m, model, data, g, a), a.nproc_per_node), g, a) for m in methods}
 
 
 def median_ci(x, conf=0.95):
@@ -178,9 +198,9 @@ def step_ratio(name, a, loads, tmp):
     g, model, data = prepare(name, a, tmp)
     runs = {"lad": [], "grpo": []}
     for rnd in range(g["rounds"]):
-        for m in (("lad", "grpo") if rnd % 2 == 0 else ("grpo", "lad")):
-            loads.append(os.getloadavg()[0])
-            runs[m].append(timed_run(m, model, data, g, a))
+        res = run_round(("lad", "grpo") if rnd % 2 == 0 else ("grpo", "lad"), model, data, g, a, loads)
+        for m in runs:
+            runs[m].append(res[m])
         x, y = runs["lad"][-1], runs["grpo"][-1]
         print(f"  round {rnd + 1}: step LAD {statistics.median(x['step']):.3f} s, GRPO "
               f"{statistics.median(y['step']):.3f} s, ratio {statistics.median(x['step']) / statistics.median(y['step']):.4f}"
@@ -209,28 +229,35 @@ def figure5(name, a, loads, tmp):
     methods = [m.strip() for m in (ALL_METHODS if a.methods == "all" else a.methods).split(",") if m.strip()]
     if "grpo" not in methods:
         methods.insert(0, "grpo")
-    per = {m: [] for m in methods}          # per round: per-token medians of update, trainer, step
+    def per_token(r):
+        tok = r["tokens"]
+        return {"update_ms": 1e3 * statistics.median(r["update"]),
+                "update": statistics.median(u / t for u, t in zip(r["update"], tok)),
+                "trainer": statistics.median((lp + u) / t for lp, u, t in zip(r["logprob"], r["update"], tok)),
+                "step": statistics.median(s / t for s, t in zip(r["step"], tok)), "tokens": statistics.median(tok)}
+
+    per = {m: [] for m in methods}          # per round: (the method's per-token medians, its GRPO run's)
     for rnd in range(g["rounds"]):
         order = methods[rnd % len(methods):] + methods[:rnd % len(methods)]
-        for m in order:
-            loads.append(os.getloadavg()[0])
-            r = timed_run(m, model, data, g, a)
-            tok = r["tokens"]
-            per[m].append({"update_ms": 1e3 * statistics.median(r["update"]),
-                           "update": statistics.median(u / t for u, t in zip(r["update"], tok)),
-                           "trainer": statistics.median((lp + u) / t for lp, u, t in zip(r["logprob"], r["update"], tok)),
-                           "step": statistics.median(s / t for s, t in zip(r["step"], tok)),
-                           "tokens": statistics.median(tok)})
+        if a.concurrent:                    # each method at the same time as a GRPO run of its own
+            for m in (x for x in order if x != "grpo"):
+                res = run_round((m, "grpo") if rnd % 2 == 0 else ("grpo", m), model, data, g, a, loads)
+                per[m].append((per_token(res[m]), per_token(res["grpo"])))
+                per["grpo"].append((per_token(res["grpo"]),) * 2)
+        else:
+            res = run_round(order, model, data, g, a, loads)
+            for m in methods:
+                per[m].append((per_token(res[m]), per_token(res["grpo"])))
         print(f"  round {rnd + 1}/{g['rounds']} done; load {loads[-1]:.1f}", flush=True)
     print(f"{'method':10s} {'update ms':>10s} {'us/token':>10s} {'/ GRPO':>8s}  {'95% CI':>16s}  "
           f"{'trainer / GRPO':>14s}  {'step / GRPO':>11s}  {'tokens/step':>11s}")
     for m in methods:
-        ratio = {k: [x[k] / y[k] for x, y in zip(per[m], per["grpo"])] for k in ("update", "trainer", "step")}
+        ratio = {k: [x[k] / y[k] for x, y in per[m]] for k in ("update", "trainer", "step")}
         lo, hi = median_ci(ratio["update"])
-        print(f"{m:10s} {statistics.median(x['update_ms'] for x in per[m]):10.2f} "
-              f"{1e6 * statistics.median(x['update'] for x in per[m]):10.1f} {statistics.median(ratio['update']):8.3f}  "
+        print(f"{m:10s} {statistics.median(x['update_ms'] for x, _ in per[m]):10.2f} "
+              f"{1e6 * statistics.median(x['update'] for x, _ in per[m]):10.1f} {statistics.median(ratio['update']):8.3f}  "
               f"[{lo:.3f}, {hi:.3f}]  {statistics.median(ratio['trainer']):14.3f}  {statistics.median(ratio['step']):11.3f}"
-              f"  {statistics.median(x['tokens'] for x in per[m]):11.0f}", flush=True)
+              f"  {statistics.median(x['tokens'] for x, _ in per[m]):11.0f}", flush=True)
     print("(update = perf/update_s per response token; trainer = perf/logprob_s + perf/update_s per token, which "
           "holds FlowRL's pi_ref forward; step = perf/step_s per token; each the median over rounds of the "
           "per-round ratio to GRPO)")

@@ -184,37 +184,68 @@ def run_lad(args, nproc_per_node=1, keep=False):
     lad.main's, ended here afterwards); >= 2: `torchrun --nproc_per_node=N lad.py <flags>` as a subprocess.
     lad.py's own output goes to <run folder>/bench.log; on failure its last lines are raised. The run folder
     (args.out, or a temporary one) is deleted unless keep."""
+    if nproc_per_node >= 2:
+        return wait_lad(launch_lad(args, nproc_per_node, keep))
+    rank, made = int(os.environ.get("RANK", "0")), not args.out
     out = args.out or tempfile.mkdtemp(prefix="lad-bench-")
     args = dataclasses.replace(args, out=out)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    log = Path(out) / "bench.log"
-    rank = int(os.environ.get("RANK", "0"))
+    log = Path(out) / f"bench{rank or ''}.log"
     try:
-        if nproc_per_node <= 1:
-            with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-                try:
-                    lad.main(args)
-                except BaseException:
-                    import traceback
+        with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+            try:
+                lad.main(args)
+            except BaseException:
+                import traceback
 
-                    traceback.print_exc()
-                    fh.flush()
-                    raise RuntimeError(f"lad.main failed:\n{log.read_text()[-3000:]}") from None
-                finally:
-                    if lad.dist_on():          # lad.main ends a one-rank group itself, not torchrun's
-                        torch.distributed.destroy_process_group()
-        else:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-                   str(ROOT / "lad.py"), *command_line(args)]
-            with open(log, "w") as fh:
-                p = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-            if p.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed (exit {p.returncode}):\n{log.read_text()[-3000:]}")
-        path = Path(out) / "metrics.jsonl"
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if rank == 0 else []
+                traceback.print_exc()
+                fh.flush()
+                raise RuntimeError(f"lad.main failed:\n{log.read_text()[-3000:]}") from None
+            finally:
+                if lad.dist_on():              # lad.main ends a one-rank group itself, not torchrun's
+                    torch.distributed.destroy_process_group()
+        return _rows(out) if rank == 0 else []
     finally:
-        if not keep and rank == 0:
+        if not keep and (made or rank == 0):   # lad.main's run folder is rank 0's; the others' hold a log
             shutil.rmtree(out, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class Launched:
+    """A lad.py run started by launch_lad: its process, command, run folder, log file."""
+    proc: subprocess.Popen
+    cmd: list
+    out: str
+    log: object
+    keep: bool
+
+
+def launch_lad(args, nproc_per_node=1, keep=False):
+    """Start lad.py on `args` as a subprocess (`python lad.py`, or torchrun for nproc_per_node >= 2) and return
+    at once; wait_lad(handle) gives its metrics rows. Several may run at the same time."""
+    out = args.out or tempfile.mkdtemp(prefix="lad-bench-")
+    args = dataclasses.replace(args, out=out)
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}"]
+                if nproc_per_node >= 2 else [sys.executable])
+    cmd = [*launcher, str(ROOT / "lad.py"), *command_line(args)]
+    log = open(Path(out) / "bench.log", "w")
+    return Launched(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), cmd, out, log, keep)
+
+
+def wait_lad(h):
+    """The metrics rows of a launch_lad run, once it has finished (RuntimeError with its log's tail if it failed)."""
+    try:
+        code = h.proc.wait()
+        h.log.close()
+        if code != 0:
+            raise RuntimeError(f"{' '.join(h.cmd)} failed (exit {code}):\n{(Path(h.out) / 'bench.log').read_text()[-3000:]}")
+        return _rows(h.out)
+    finally:
+        if not h.keep:
+            shutil.rmtree(h.out, ignore_errors=True)
+
+
+def _rows(out):
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 
 def step_tokens(row, prompt_len, responses):
