@@ -259,15 +259,18 @@ class BuiltinTask:
     draw: Callable                 # () -> (rng -> (prompt, answer)): warm-start examples of the train split
     cache_key: dict                # what defines the task, for tiny.py's cache of its warm-started model
     base: BuiltinTask | None = None  # the task whose warm-started model this one's warm start continues
+    warm_lr: float | None = None   # its warm start's lr, where tiny.WARM's does not suit it
 
 
 SUM = BuiltinTask("builtin-sum", "sum", 12, sum_split, _sum_draw,
                   {"terms": TERMS, "tmax": TARGET_MAX, "min": MIN_ANSWERS, "split": SPLIT_SEED})
 # 32 tokens: a fenced print(a+b) is 25 tokens with EOS. Warm-started from builtin-sum's model: from a random init,
-# print(a+b) stayed at chance for 500+ steps (the digits sit 11-14 characters after the target).
+# print(a+b) stayed at chance for 500+ steps (the digits sit 11-14 characters after the target). lr 1e-3:
+# at WARM's 3e-3 the loss oscillated (0.26 at step 150, 0.55 at 200, 0.36 at the end, "python" still
+# misspelt); at 1e-3 it ends at 0.13, every answer character right under teacher forcing (docs/training.md).
 CODE = BuiltinTask("builtin-code", "code", 32, code_split, _code_draw,
                    {**SUM.cache_key, "task": "code", "code_terms": CODE_TERMS, "code_split": CODE_SPLIT_SEED,
-                    "base": "sum"}, base=SUM)
+                    "base": "sum", "warm_lr": 1e-3}, base=SUM, warm_lr=1e-3)
 BUILTIN = {t.name: t for t in (SUM, CODE)}
 DEPRECATED = {"builtin": "builtin-sum", "tiny": "builtin-sum", "tiny-code": "builtin-code"}
 """Older names of the built-in tasks (lad.py --train-data builtin, eval.py --benchmark tiny), still accepted."""

@@ -178,7 +178,7 @@ def default_model_dir(task, seed=0, log=print):
                     from transformers import AutoModelForCausalLM, AutoTokenizer
 
                     model, tok = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
-                warm_start(model, tok, task.draw(), seed=seed, log=log)
+                warm_start(model, tok, task.draw(), seed=seed, lr=task.warm_lr or WARM["lr"], log=log)
                 torch.set_num_threads(n_threads)
                 model.save_pretrained(tmp)
                 tok.save_pretrained(tmp)

@@ -1,47 +1,44 @@
-"""bench/gpu_step.py -- GPU figures: throughput, MFU and peak memory of lad.py's update phase
-on a random-init Qwen2 of a real shape (FSDP2 + transformers, bf16), and a one-step numerical check
-that FSDP2 and single-device training give the same loss and gradient norm.
+"""bench/gpu_step.py -- GPU figures of lad.py's training step: tokens/s, model FLOP utilisation (MFU) and each
+phase's peak memory for a Qwen2.5-shaped random-init model, and a one-step check that FSDP2 gives the loss and
+gradient norm of one device.
 
-What one benchmark step is (lad.py's update phase, its own functions, on a synthetic rollout batch):
-prompts_per_rank x group_size responses per rank, every one prompt_len + response_len random token ids
-(default 512 + 1536 = 2048; no padding, so SDPA runs causal attention without a mask); rewards random
-0/1, advantages from lad.group_advantages; then
-    1. the old log-probs pass: lad.Policy under no_grad, micro-batch by micro-batch (timed apart);
-    2. mini_batches optimiser steps, each over a shuffled share of the responses in micro-batches:
-       lad.make_batch, lad.Policy (chunked log-softmax over response tokens), lad.lad_loss (JS,
-       1/eta = 4) or lad.grpo_loss, with lad.global_denominators' token-mean denominator, backward,
-       clip_grad_norm_ (full_tensor() of FSDP2's DTensor), AdamW step.
-Measured after warm-up steps, with torch.cuda.synchronize around each phase: update-phase tokens/s
-(every token the forward sees, prompt + response; and response tokens alone), MFU, peak memory; see
-README "gpu" for every JSON field. MFU = 6 * N * tokens / time / (peak * devices), N = all parameters
-(tied embeddings counted once); also an attention-inclusive MFU with PaLM's (Chowdhery et al. 2022,
-App. B) 6 * N + 12 * layers * (heads * head_dim) * seq FLOPs per token, which counts the full seq x seq
-score matrix as PaLM, Megatron and nanoGPT do (causal masking needs half of that term).
+SPEC "Numbers to meet": on a GPU, tokens/s and MFU of the training step for a 0.5B-shaped Qwen2 in bf16,
+recorded with the device named; GPU memory: a plan predicts each phase's per-GPU peak within 0.75-1.33 of
+what is measured (this script measures; each peak sits beside memplan.py's prediction for the same lad.py arguments, `memplan_predicted_gb`).
 
-Modes: --fsdp true (default): lad.shard_policy (fully_shard per decoder layer + root; on CUDA
-MixedPrecisionPolicy bf16 compute, fp32 master weights, AdamW state and reductions), under a 1-rank
-process group this script opens (gloo on CPU, nccl on CUDA) or under torchrun. --fsdp false: one device,
-no wrapper, bf16 through torch.autocast on CUDA (DDP under torchrun, as lad.py). --check: before the
-benchmark, one step from identical weights and batch: fp32 FSDP2 vs fp32 single device (must agree to
-1e-5 relative), and bf16 FSDP2 (MixedPrecisionPolicy) vs bf16 single device (autocast), bound 2e-2
-relative; prints PASS/FAIL per comparison, exits 1 on a FAIL.
+One command prints and writes one JSON line per case (--out appends them), so a GPU session runs it once:
+    check  (with --check, the default) one optimiser step's forward/backward from identical weights and batch,
+           FSDP2 (policy.shard_policy) vs one device, with lad.py's public pieces (policy.py's Policy and make_batch, lad's Batch,
+           global_denominators, lad_loss / baselines.baseline_loss): fp32 within 1e-5 relative, and bf16
+           (FSDP2's MixedPrecisionPolicy vs torch.autocast, which round different tensors) within 2e-2;
+           PASS/FAIL, exit 1 on a FAIL.
+    step   lad.py's own training loop, lad.main (bench/workload.py: a random-init model of --shape, synthetic
+           prompts of --prompt-len tokens, --max-new-tokens responses that a random model fills, every group
+           trained, no evaluation), --warmup + --steps rollout steps; from its metrics.jsonl (perf/*, the
+           timed steps): step and update-phase tokens/s, MFU, old-log-prob pass tokens/s, and every phase's
+           peak allocated GPU memory (perf/<phase>_peak_gb, lad.py's `phase` timer).
+bf16: lad.py computes in bf16 on GPU under --fsdp true (FSDP2's MixedPrecisionPolicy, fp32 master weights);
+without FSDP it computes in fp32 (a --bf16 flag of lad.py is planned). So the bf16 figure is `--fsdp true`
+(the default here, also on one GPU: a one-rank FSDP2 group) and `--fsdp false` measures fp32.
 
-Commands (the image's python on a GPU machine: torch and transformers are installed there; no download)
-    CPU smoke test, seconds, not a performance figure:
-        python bench/gpu_step.py --shape tiny --prompt-len 16 --response-len 48 --prompts-per-rank 2 \\
-            --steps 2 --warmup 1 --check
-    1 GPU (H100/H200), as two commands of a few minutes each (bench/RESULTS.md "gpu" has them verbatim):
-        python bench/gpu_step.py --shape 0.5b --check --out $OUT/gpu_0.5b.json          # first command:
-        python bench/gpu_step.py --shape 0.5b --fsdp false --out $OUT/gpu_0.5b_single.json   # these three
-        python bench/gpu_step.py --shape 1.5b --out $OUT/gpu_1.5b.json
-        python bench/gpu_step.py --shape 3b --activation-checkpointing true --out $OUT/gpu_3b_ac.json   # second
-    N GPUs, one node (FSDP2 over N ranks; 7b's 122 GB of fp32 weights + grads + AdamW need N >= 4 at 80 GB):
-        torchrun --nproc_per_node=N bench/gpu_step.py --shape 0.5b --check --out gpu_0.5b_xN.json
-        torchrun --nproc_per_node=N bench/gpu_step.py --shape 7b --activation-checkpointing true --out gpu_7b_xN.json
+MFU = 6 N x tokens / update seconds / (peak x devices), N = all parameters (tied embeddings once), tokens =
+every prompt and response token the update's forwards see; also PaLM's attention-inclusive 6 N + 12 L (heads x
+head_dim) S per token (Chowdhery et al. 2022, App. B; counts the whole score matrix). Neither counts activation
+recomputation; policy.Policy skips the LM head on prompt positions, so 6N slightly over-counts the work needed.
 
-Deliberately left out: rollout (vLLM generation) and the weight sync (bench/sync_cost.py), ragged
-lengths (padding would give SDPA a dense mask and take it off the flash kernel), torch.compile, CPU
-offload, tensor/sequence parallelism, multi-node runs, real weights (throughput does not depend on them).
+Commands (the image's python on a GPU machine: torch and transformers; nothing is downloaded)
+    1 GPU, the SPEC's figure and the check, a few minutes:
+        python bench/gpu_step.py --shape 0.5b --out $OUT/gpu_step.jsonl
+    the same step in fp32 (lad.py on one GPU without FSDP), one more line:
+        python bench/gpu_step.py --shape 0.5b --fsdp false --check false --out $OUT/gpu_step.jsonl
+    N GPUs (FSDP2 over N ranks; 7B's weights, gradients and AdamW state need N >= 4 at 80 GB):
+        torchrun --nproc_per_node=N bench/gpu_step.py --shape 7b --activation-checkpointing true --out gpu_7b.jsonl
+    CPU smoke test (seconds; not a performance figure; tests/test_gpu_step.py):
+        python bench/gpu_step.py --shape tiny --prompt-len 16 --max-new-tokens 48 --prompts-per-step 2 --steps 2
+
+Deliberately left out: vLLM (--engine hf by default: vLLM's own memory pool is outside torch's peak figures;
+--engine vllm measures it anyway), real weights and data (speed does not depend on them), torch.compile, CPU
+offload, tensor/sequence parallelism, multi-node runs.
 """
 
 from __future__ import annotations
@@ -55,141 +52,93 @@ import platform
 import resource
 import statistics
 import sys
-import time
+import tempfile
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workload  # noqa: E402  (puts the repository root on sys.path)
+
 import lad  # noqa: E402
+from baselines import baseline_loss  # noqa: E402
+from common import UsageError, parse_args  # noqa: E402
+import memplan  # noqa: E402
+from policy import Policy, make_batch, needs_reference, shard_policy  # noqa: E402
 
-# Fragmentation at 2048-token micro-batches costs GiBs of reserved-but-unusable memory; expandable
-# segments avoid most of it. Read when CUDA first allocates, so setting it here (after import) works.
-if not (os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")):
-    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
-
-# ----------------------------------------------------------------------------------------------------
-# Args
-# ----------------------------------------------------------------------------------------------------
+PHASES = ("rollout", "reward", "logprob", "update", "sync")
 
 
 @dataclasses.dataclass
 class Args:
-    """Update-phase tokens/s, MFU and peak memory of lad.py's training step; --check: FSDP2 vs one device."""
+    """Tokens/s, MFU and per-phase peak memory of lad.py's training step; --check: FSDP2 vs one device."""
+
+    CHOICES = {"shape": list(workload.SHAPES), "loss": ["lad", "grpo", "clip-cov", "kl-cov", "entadv"],
+               "engine": ["hf", "vllm"]}
+    DEPRECATED_FLAGS = {"response_len": "max_new_tokens", "mini_batches": "updates_per_rollout"}
 
     shape: str = "0.5b"
-    """model shape: tiny (CPU smoke test), 0.5b, 1.5b, 3b, 7b (Qwen2.5 configs, random init)"""
+    """model shape (bench/workload.py): tiny (CPU smoke test), qwen2-512x8, 0.5b, 1.5b, 3b, 7b (Qwen2.5 configs)"""
     layers: int = 0
-    """decoder layers; 0 = the shape's (fewer layers: a CPU dry run of a real width)"""
+    """decoder layers; 0 = the shape's (fewer: a CPU dry run of a real width)"""
     fsdp: bool = True
-    """FSDP2 via lad.shard_policy (the issue's path); false = one device, no wrapper (DDP under torchrun)"""
-    bf16: bool = True
-    """bf16 compute on CUDA (FSDP2 MixedPrecisionPolicy, or autocast without FSDP); false = fp32 as lad.py
-    on 1 GPU. CPU always runs fp32. MFU is against the bf16 peak either way"""
+    """lad.py's --fsdp: FSDP2, bf16 compute on GPU (the bf16 figure); false = fp32 on one GPU, DDP under torchrun"""
+    check: bool = True
+    """first the one-step check, FSDP2 vs one device (fp32, and bf16); exit 1 on FAIL"""
     activation_checkpointing: bool = False
-    """recompute each decoder layer in backward (lad.py's flag; not counted in MFU)"""
+    """lad.py's flag: recompute each decoder layer in backward (not counted in MFU)"""
     prompt_len: int = 512
-    """prompt tokens per response (P); P + response_len = 2048, the issue's minimum"""
-    response_len: int = 1536
-    """response tokens per response (T); every one is scored by the loss (no padding)"""
-    prompts_per_rank: int = 8
-    """prompts per rank per rollout batch (lad.py's --prompts-per-step / world)"""
+    """prompt tokens of every synthetic row (P); P + max_new_tokens = 2048 by default"""
+    max_new_tokens: int = 1536
+    """lad.py's flag: response tokens (T); a random-init model almost never stops earlier"""
+    prompts_per_step: int = 0
+    """lad.py's flag: prompts per step over all ranks; 0 = 8 per rank"""
     group_size: int = lad.Args.group_size
-    """responses per prompt (lad.py default; paper App. C.2)"""
-    mini_batches: int = 2
-    """optimiser steps per rollout batch (lad.py's --updates-per-rollout)"""
+    """lad.py's flag: responses per prompt"""
+    updates_per_rollout: int = 2
+    """lad.py's flag: optimiser steps per rollout batch"""
     micro_batch: int = 0
-    """responses per forward/backward per rank; 0 = auto: the largest power of 2 whose memory estimate
-    fits --mem-fraction of the GPU (8 for 0.5b on 80 GB), halved on out-of-memory (one process only)"""
-    steps: int = 5
-    """timed benchmark steps (one step = one rollout batch's old log-probs pass + update phase); 0 = check only"""
-    warmup: int = 2
-    """untimed steps first (CUDA kernel selection, allocator growth)"""
+    """lad.py's flag: responses per forward/backward per rank; 0 = auto: the largest power of 2 whose estimate
+    (auto_micro_batch_estimate_gib) fits --mem-fraction of the GPU, halved on out-of-memory (one process only)"""
+    steps: int = 3
+    """timed rollout steps (after --warmup); 0 = the check only"""
+    warmup: int = 1
+    """untimed first steps (CUDA kernel selection, allocator growth, AdamW state)"""
     loss: str = "lad"
-    """objective: lad (paper Eq. 8) or grpo (clipped surrogate)"""
-    divergence: str = "js"
-    """LAD's f (lad.py default, the paper's main choice)"""
+    """lad.py's flag: lad, or a baseline"""
+    divergence: str = lad.Args.divergence
+    """lad.py's flag: LAD's f"""
     inv_eta: float = lad.Args.inv_eta
-    """1/eta (lad.py default; paper Table 6)"""
-    clip_low: float = lad.Args.clip_low
-    """GRPO clip below 1 (lad.py default)"""
-    clip_high: float = lad.Args.clip_high
-    """GRPO clip above 1 (lad.py default)"""
+    """lad.py's flag: 1/eta"""
     lr: float = 1e-6
-    """AdamW learning rate (the paper's 7B value; the speed does not depend on it)"""
-    clip_grad: float = lad.Args.clip_grad
-    """max global gradient norm (lad.py default)"""
+    """lad.py's flag: AdamW learning rate (the paper's 7B value; the speed does not depend on it)"""
     logprob_chunk: int = lad.Args.logprob_chunk
-    """response tokens per log-softmax chunk in lad.Policy (lad.py default)"""
+    """lad.py's flag: response tokens per log-softmax chunk"""
+    engine: str = "hf"
+    """lad.py's flag: rollout engine (hf: transformers, under FSDP2 an unsharded bf16 copy; vllm)"""
     peak_tflops: float = 0.0
     """peak dense bf16 TFLOP/s of one device for MFU; 0 = looked up from the device name (null if unknown)"""
     mem_fraction: float = 0.75
-    """auto micro-batch: estimated peak must stay under this fraction of the GPU's memory"""
-    check: bool = False
-    """first run the one-step check: FSDP2 vs one device, fp32 (and bf16); exit 1 on FAIL"""
+    """auto micro-batch: the estimate must stay under this fraction of the GPU's memory"""
     check_perturb: float = 0.0
     """testing the check: add this to the final norm's weights on the FSDP2 side, so that it must FAIL; 0 = off"""
     seed: int = 0
-    """seed of the weights (same on every rank) and of the batch (plus the rank)"""
+    """lad.py's flag, and the seed of the weights and prompts"""
     out: str = ""
-    """write the results as JSON to this file (rank 0); empty = print only"""
-
-
-class UsageError(Exception):
-    """Bad arguments or a shape that cannot fit: one line on stderr, exit code 2."""
+    """append one JSON line per case to this file (rank 0); empty = print only"""
 
 
 # ----------------------------------------------------------------------------------------------------
-# Shapes (Qwen2.5 model cards' config.json) and the model
-# ----------------------------------------------------------------------------------------------------
-
-# name: hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings, published total params
-SHAPES = {
-    "tiny": (64, 128, 2, 4, 2, 512, True, None),
-    "0.5b": (896, 4864, 24, 14, 2, 151936, True, 0.49e9),
-    "1.5b": (1536, 8960, 28, 12, 2, 151936, True, 1.54e9),
-    "3b": (2048, 11008, 36, 16, 2, 151936, True, 3.09e9),
-    "7b": (3584, 18944, 28, 28, 4, 152064, False, 7.61e9),
-}
-
-
-def make_config(shape, layers=0):
-    from transformers import Qwen2Config
-
-    h, i, n_layers, heads, kv, vocab, tied, _ = SHAPES[shape]
-    return Qwen2Config(hidden_size=h, intermediate_size=i, num_hidden_layers=layers or n_layers,
-                       num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
-                       tie_word_embeddings=tied, rope_theta=1e6, rms_norm_eps=1e-6,
-                       max_position_embeddings=32768, attn_implementation="sdpa")
-
-
-def build_model(cfg, device, seed):
-    """Random init straight on the device (no host copy of a 7B model); the same seed gives the same
-    weights on every rank and in every call (the check's sides rely on it)."""
-    from transformers import Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    with torch.device(device):
-        lm = Qwen2ForCausalLM(cfg)
-    return lm.float()
-
-
-def count_params(cfg):
-    from transformers import Qwen2ForCausalLM
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in Qwen2ForCausalLM(cfg).parameters())   # tied weights counted once
-
-
-# ----------------------------------------------------------------------------------------------------
-# FLOPs, peaks, memory
+# FLOPs, peaks, the auto micro-batch's memory estimate
 # ----------------------------------------------------------------------------------------------------
 
 # Dense (no 2:4 sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's datasheets (their with-sparsity
 # figures halved). First match on the device name wins: "NVIDIA H100 80GB HBM3" is the SXM part.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),
                     ("H200 NVL", 835.0), ("H200", 989.0), ("A100", 312.0)]
+GiB = 2 ** 30
 
 
 def lookup_peak(name):
@@ -202,22 +151,21 @@ def lookup_peak(name):
 def flops_per_token(cfg, n_params, seq):
     """Training (forward + backward) FLOPs per token: 6N, and PaLM's 6N + 12 L (heads * head_dim) S."""
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    attn = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq
-    return 6 * n_params, 6 * n_params + attn
+    return 6 * n_params, 6 * n_params + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq
 
 
 # Saved activations per token per decoder layer, measured on CPU with saved_tensors_hooks for the 0.5b,
-# 1.5b and 3b widths: 0.73x (34 h + 10 i) bytes with bf16 weights (FSDP2's mixed precision), 0.83x
-# under autocast (weight casts excluded), 1.36x in fp32. Rounded up: 1.0x and 1.5x.
+# 1.5b and 3b widths: 0.73x (34 h + 10 i) bytes with bf16 weights (FSDP2's mixed precision), 1.36x in fp32.
+# Rounded up: 1.0x and 1.5x. Only for picking a micro-batch: the memory plan (memplan.py) is the prediction.
 ACT_FACTOR = {"bf16": 1.0, "fp32": 1.5}
 
 
-def memory_estimate(cfg, n_params, micro, seq, chunk, *, shard_over, bf16_autocast, bf16, checkpointing):
-    """Rough peak bytes on one device: weights + grads + AdamW (16 bytes/param, over the FSDP ranks),
-    autocast's bf16 weight copies, saved activations, the log-softmax chunk (about 6 float32
-    (chunk, vocab) tensors alive between forward and backward recompute)."""
+def memory_estimate(cfg, n_params, micro, seq, chunk, *, shard_over, bf16, checkpointing):
+    """Rough peak bytes on one device: weights + grads + AdamW (16 bytes/param, over the FSDP ranks), the hf
+    engine's unsharded bf16 rollout copy under FSDP2 (2 bytes/param), saved activations, the log-softmax chunk
+    (about 6 float32 (chunk, vocab) tensors alive between forward and backward recompute)."""
     h, i, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    states = 16 * n_params / shard_over + (2 * n_params if bf16_autocast else 0)
+    states = 16 * n_params / shard_over + (2 * n_params if bf16 else 0)
     if shard_over > 1:       # unsharded bf16 copies in use: the root (embedding, head) and ~2 layers
         states += 2 * 2 * (cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2) + 2 * n_params / L)
     per_layer = ACT_FACTOR["bf16" if bf16 else "fp32"] * (34 * h + 10 * i)
@@ -228,51 +176,24 @@ def memory_estimate(cfg, n_params, micro, seq, chunk, *, shard_over, bf16_autoca
     return states + act + 6 * chunk * cfg.vocab_size * 4
 
 
-GiB = 2 ** 30
-
-
 # ----------------------------------------------------------------------------------------------------
-# Synthetic rollout batch
+# The step case: lad.main on the workload, its metrics read back
 # ----------------------------------------------------------------------------------------------------
-
-
-def rollout_batch(n_prompts, group, P, T, vocab, seed):
-    """lad.py's items (prompt_ids, response_ids), random ids, and group advantages of random 0/1 rewards."""
-    g = torch.Generator().manual_seed(seed)
-    items = []
-    for _ in range(n_prompts):
-        prompt = torch.randint(0, vocab, (P,), generator=g).tolist()
-        items += [(prompt, torch.randint(0, vocab, (T,), generator=g).tolist()) for _ in range(group)]
-    rewards = torch.randint(0, 2, (n_prompts * group,), generator=g).float()
-    adv, _ = lad.group_advantages(rewards, group)
-    return items, adv.tolist()
-
-
-# ----------------------------------------------------------------------------------------------------
-# The update phase: lad.py's old_logprobs and update_policy, the functions its loop calls
-# ----------------------------------------------------------------------------------------------------
-
-
-def sync_device(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def chosen_loss(args):
-    """The training loop's loss choice (lad.make_loss) for this script's settings."""
-    return lad.make_loss(lad.Args(loss=args.loss, divergence=args.divergence, inv_eta=args.inv_eta,
-                                  clip_low=args.clip_low, clip_high=args.clip_high))
 
 
 @contextmanager
-def sdpa_spy(record):
-    """Record how transformers calls SDPA (a dense mask would rule out the flash kernel)."""
+def sdpa_spy(record, min_len):
+    """Count how transformers calls SDPA on sequences longer than min_len (the trainer's forwards, not the
+    engine's prompt prefill or decode steps): a dense mask would rule out the flash kernel."""
     f = torch.nn.functional.scaled_dot_product_attention
 
     def spy(*a, **k):
-        if not record:
-            record.update(mask="none" if k.get("attn_mask") is None else "dense", is_causal=bool(k.get("is_causal")),
-                          q_dtype_at_call=str(a[0].dtype).replace("torch.", ""))
+        q = a[0]
+        if q.shape[-2] > min_len:
+            record["calls"] = record.get("calls", 0) + 1
+            record["dense_mask"] = record.get("dense_mask", 0) + (k.get("attn_mask") is not None)
+            record["is_causal"] = record.get("is_causal", 0) + bool(k.get("is_causal"))
+            record["q_dtype"] = str(q.dtype).replace("torch.", "")
         return f(*a, **k)
 
     torch.nn.functional.scaled_dot_product_attention = spy
@@ -282,72 +203,62 @@ def sdpa_spy(record):
         torch.nn.functional.scaled_dot_product_attention = f
 
 
-def bench_step(policy, fwd, lm, opt, items, adv, args, micro, device, world, autocast, step, spy=None):
-    """One rollout batch through lad.py's own phase functions: lad.old_logprobs (no grad), then
-    lad.update_policy (args.mini_batches AdamW steps). Returns seconds of each phase, the mean over
-    optimiser steps of this rank's objective, and the mean gradient norm."""
-    loss_fn = chosen_loss(args)
-    batch = {"items": items, "adv": adv, "engine_logp": [None] * len(items), "real": len(items)}
-    sync_device(device)
-    t0 = time.perf_counter()
-    with sdpa_spy(spy) if spy is not None else nullcontext():
-        old, _, _, _ = lad.old_logprobs(policy, batch, micro, 0, device, autocast=autocast)
-    sync_device(device)
-    t1 = time.perf_counter()
-    lm.train()
-    ddp = isinstance(fwd, torch.nn.parallel.DistributedDataParallel)
-    sums, grad_norms = lad.update_policy(
-        fwd, list(lm.parameters()), opt, batch, old, None, loss_fn, updates_per_rollout=args.mini_batches,
-        micro_batch=micro, clip_grad=args.clip_grad, pad_id=0, device=device, world=world,
-        shuffle_seed=lad.seed_for("shuffle", args.seed, step), no_sync=fwd.no_sync if ddp else None, autocast=autocast)
-    sync_device(device)
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, sums["objective_sum"] / args.mini_batches, sum(grad_norms) / len(grad_norms)
+def run_step(args, model, data, micro, pps):
+    """lad.main on the workload (every rank); returns (metrics rows of the timed steps on rank 0, SDPA record)."""
+    la = workload.lad_args(model, data, loss=args.loss, divergence=args.divergence, inv_eta=args.inv_eta,
+                           steps=args.warmup + args.steps, prompts_per_step=pps, group_size=args.group_size,
+                           max_new_tokens=args.max_new_tokens, micro_batch=micro, lr=args.lr,
+                           updates_per_rollout=args.updates_per_rollout, logprob_chunk=args.logprob_chunk,
+                           fsdp=args.fsdp, activation_checkpointing=args.activation_checkpointing,
+                           engine=args.engine, seed=args.seed)
+    spy = {}
+    with sdpa_spy(spy, args.prompt_len):
+        rows = workload.run_lad(la, 1)
+    return rows[args.warmup:], spy, la
 
 
-def autocast_for(device, on):
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if on else nullcontext
+# lad.py's perf/<phase>_peak_gb names -> memplan's phases
+PLAN_PHASE = {"rollout": "rollout", "logprob": "old_logprobs", "update": "update"}
 
 
-def run_benchmark(args, cfg, n_params, micro, device, rank, world):
-    cuda = device.type == "cuda"
-    bf16 = cuda and args.bf16
-    lm = build_model(cfg, device, args.seed)
-    policy = lad.Policy(lm, args.logprob_chunk, 1.0)
-    if args.activation_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if args.fsdp:
-        lad.shard_policy(policy, lm, cuda=bf16)       # bf16 MixedPrecisionPolicy iff bf16
-    fwd = policy
-    if world > 1 and not args.fsdp:
-        fwd = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if cuda else None)
-    opt = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=0.0)
-    items, adv = rollout_batch(args.prompts_per_rank, args.group_size, args.prompt_len, args.response_len,
-                               cfg.vocab_size, args.seed * 1000 + rank)
-    autocast = autocast_for(device, bf16 and not args.fsdp)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    spy, times, losses = {}, [], []
-    for step in range(args.warmup + args.steps):
-        t_lp, t_up, loss, gn = bench_step(policy, fwd, lm, opt, items, adv, args, micro, device, world, autocast,
-                                          step, spy if step == 0 else None)
-        if rank == 0:
-            tag = "warm-up" if step < args.warmup else "timed"
-            print(f"  step {step + 1}/{args.warmup + args.steps} ({tag}): old log-probs {t_lp:.3f} s, "
-                  f"update {t_up:.3f} s, loss {loss:.4g}, grad norm {gn:.4g}", flush=True)
-        if step >= args.warmup:
-            times.append((t_lp, t_up))
-            losses.append((loss, gn))
-    mem = {}
-    if cuda:
-        mem = {"peak_mem_allocated_gib": torch.cuda.max_memory_allocated(device) / GiB,
-               "peak_mem_reserved_gib": torch.cuda.max_memory_reserved(device) / GiB}
-    return {"times": times, "losses": losses, "sdpa": spy, "mem": mem,
-            "attn_implementation": lm.config._attn_implementation}
+def planned_gb(la, world, total_mem, prompt_len, cuda):
+    """memplan's per-phase peak (GiB) for lad.main run with Args la, as lad.py --plan gives it."""
+    s = memplan.settings_from_args(la, world, total_mem / GiB if cuda else 80.0, prompt_len, needs_reference(la))
+    p = memplan.plan(memplan.load_config(la.model), dataclasses.replace(s, cuda=cuda))
+    return {ph: p.peak(PLAN_PHASE[ph]) / GiB for ph in PLAN_PHASE if PLAN_PHASE[ph] in p.phases}
+
+
+def step_result(args, rows, cfg, n_params, world, peak, pps, plan_gb):
+    """The step case's figures from lad.py's metrics rows (rank 0); plan_gb: planned_gb's."""
+    n_resp = pps * args.group_size
+    tok = [workload.step_tokens(r, args.prompt_len, n_resp) for r in rows]
+    t = {p: [r[f"perf/{p}_s"] for r in rows] for p in (*PHASES, "step")}
+    all_tok, resp_tok = sum(x for x, _ in tok), sum(y for _, y in tok)
+    up_tps, lp_tps = all_tok / sum(t["update"]), all_tok / sum(t["logprob"])
+    seq = args.prompt_len + args.max_new_tokens
+    f6, f_attn = flops_per_token(cfg, n_params, seq)
+    mfu = (lambda f, tps: f * tps / (peak * 1e12 * world)) if peak else (lambda f, tps: None)
+    peaks = {p: {"measured_gb": max((r[f"perf/{p}_peak_gb"] for r in rows if f"perf/{p}_peak_gb" in r), default=None),
+                 "memplan_predicted_gb": plan_gb.get(p)} for p in PHASES}
+    return {
+        "responses_per_step": n_resp, "timed_steps": len(rows), "warmup_steps": args.warmup,
+        "response_len_mean": statistics.mean(r["rollout/response_len_mean"] for r in rows),
+        "tokens_per_step": all_tok / len(rows), "response_tokens_per_step": resp_tok / len(rows),
+        **{f"{p}_s": t[p] for p in (*PHASES, "step")},
+        **{f"{p}_s_median": statistics.median(t[p]) for p in (*PHASES, "step")},
+        "step_tokens_per_s": all_tok / sum(t["step"]),
+        "update_tokens_per_s": up_tps, "update_response_tokens_per_s": resp_tok / sum(t["update"]),
+        "update_tokens_per_s_per_device": up_tps / world, "logprob_tokens_per_s": lp_tps,
+        "flops_per_token_6n": f6, "flops_per_token_attn": f_attn,
+        "update_tflops_per_s_per_device": f6 * up_tps / world / 1e12,
+        "mfu": mfu(f6, up_tps), "mfu_attn": mfu(f_attn, up_tps), "logprob_mfu": mfu(f6 / 3, lp_tps),
+        "peak_gb": peaks,
+        "last_objective": rows[-1].get("loss/objective"), "last_grad_norm": rows[-1].get("train/grad_norm"),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
-# One-step check: FSDP2 vs one device, same weights, same batch
+# The check: one step, FSDP2 vs one device, same weights, same batch (lad.py's public pieces)
 # ----------------------------------------------------------------------------------------------------
 
 CHECK_MICRO = 2          # sequences per forward in the check: fp32 activations are ~1.5x bf16's
@@ -360,35 +271,69 @@ BF16_RTOL = 2e-2
 # that, far below what a wrong denominator, a missing gradient reduction or a stale shard gives (>= 1e-1).
 
 
-def one_step(args, cfg, items, adv, old_rows, device, rank, world, *, shard, bf16, perturb=0.0):
-    """Loss and pre-clip gradient norm of one optimiser step's forward/backward. shard: FSDP2 over all
-    ranks, each the slice rank::world of the batch; else this rank alone runs the whole batch."""
+def build_model(cfg, device, seed):
+    """Random init straight on the device; the same seed gives the same weights on every rank and call."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        lm = Qwen2ForCausalLM(cfg)
+    return lm.float()
+
+
+def rollout_batch(n_prompts, group, P, T, vocab, seed):
+    """items (prompt_ids, response_ids) of random ids, and group advantages of random 0/1 rewards."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for _ in range(n_prompts):
+        prompt = torch.randint(2, vocab, (P,), generator=g).tolist()
+        items += [(prompt, torch.randint(2, vocab, (T,), generator=g).tolist()) for _ in range(group)]
+    rewards = torch.randint(0, 2, (n_prompts * group,), generator=g).float()
+    return items, lad.group_advantages(rewards, group)[0]
+
+
+def loss_of(args, logp, old, adv, mask, denom, entropy):
+    """The loss lad.main's update calls for --loss, with the same arguments."""
+    la = lad.Args(loss=args.loss, divergence=args.divergence, inv_eta=args.inv_eta)
+    if la.loss == "lad":
+        return lad.lad_loss(logp, old, adv, mask, divergence=la.divergence, eta=1.0 / la.inv_eta, denom=denom)[0]
+    return baseline_loss(la, logp, old, adv, mask, denom=denom, entropy=entropy,
+                         generator=torch.Generator().manual_seed(args.seed))[0]
+
+
+def one_step(args, cfg, items, adv, old_rows, ctx, *, shard, bf16, perturb=0.0):
+    """Loss and pre-clip gradient norm of one optimiser step's forward/backward. shard: FSDP2 over all ranks,
+    each the rows rank::world, denominator lad.global_denominators'; else this rank alone runs every row."""
+    device, rank, world = ctx.device, ctx.rank, ctx.world
     lm = build_model(cfg, device, args.seed)
     if perturb:
         with torch.no_grad():             # every logit scaled by (1 + perturb): loss and gradients move
             lm.model.norm.weight += perturb
-    policy = lad.Policy(lm, args.logprob_chunk, 1.0)
+    policy = Policy(lm, args.logprob_chunk, 1.0)
     if args.activation_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if shard:
-        lad.shard_policy(policy, lm, cuda=bf16)
+        shard_policy(policy, lm, cuda=bf16)       # bf16 MixedPrecisionPolicy iff bf16
     idx = list(range(rank, len(items), world)) if shard else list(range(len(items)))
-    tokens = float(sum(len(items[i][1]) for i in idx))
-    denom = lad.global_denominators([tokens], world, device)[0][0] if shard else tokens
-    autocast = autocast_for(device, bf16 and not shard)
+    if shard:
+        batch = lad.Batch([p for p, _ in items], [r for _, r in items], adv, [None] * len(items),
+                          [True] * len(items), len(items), 0)
+        denom = lad.global_denominators(batch, [idx], "token", ctx)[0]
+    else:
+        denom = float(sum(len(items[i][1]) for i in idx))
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 and not shard else nullcontext
     lm.train()
     total = torch.zeros((), device=device)
     for lo in range(0, len(idx), CHECK_MICRO):
         mi = idx[lo:lo + CHECK_MICRO]
-        ids, attn, pos, tgt, valid = lad.make_batch([items[i] for i in mi], 0, device)
+        ids, attn, pos, tgt, valid = make_batch([items[i] for i in mi], 0, device)
         with autocast():
-            logp, _ = policy(ids, attn, pos, tgt, valid)
+            logp, entropy, _ = policy(ids, attn, pos, tgt, valid)
         old = torch.stack([old_rows[i] for i in mi]).to(device)
-        a = torch.tensor([adv[i] for i in mi], dtype=torch.float32, device=device)
-        loss, _ = chosen_loss(args)(logp.float(), old, a, valid.float(), denom=denom, weights=None)
+        loss = loss_of(args, logp.float(), old, adv[mi].to(device), valid.float(), denom, entropy.float())
         loss.backward()
         total += loss.detach()
-    gn = torch.nn.utils.clip_grad_norm_(lm.parameters(), args.clip_grad)
+    gn = torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
     gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
     if shard:                # gradients are averaged over ranks (denominator / world), so is the loss
         total = lad.all_reduce(total) / world
@@ -402,20 +347,21 @@ def rel(a, b):
     return abs(a - b) / max(abs(b), 1e-30)
 
 
-def run_check(args, cfg, device, rank, world):
-    """fp32: FSDP2 vs one device; bf16 (CUDA, and CPU where FSDP2's bf16 policy runs too): FSDP2's
-    MixedPrecisionPolicy vs autocast. The old log-probs are one fp32 no-grad pass plus a fixed random
-    offset (ratios away from 1), shared by all sides, so the loss reflects each side's own log-probs."""
+def run_check(args, cfg, ctx):
+    """fp32: FSDP2 vs one device; bf16 (CUDA; CPU for small models): FSDP2's MixedPrecisionPolicy vs autocast.
+    The old log-probs are one fp32 no-grad pass plus a fixed random offset (ratios away from 1), shared by all
+    sides, so the loss reflects each side's own log-probs."""
+    device, world = ctx.device, ctx.world
     n = args.group_size * world
-    items, adv = rollout_batch(max(1, n // args.group_size), args.group_size, args.prompt_len, args.response_len,
+    items, adv = rollout_batch(max(1, n // args.group_size), args.group_size, args.prompt_len, args.max_new_tokens,
                                cfg.vocab_size, args.seed * 1000 + 17)                  # same on every rank
     lm = build_model(cfg, device, args.seed)
-    policy = lad.Policy(lm, args.logprob_chunk, 1.0)
+    policy = Policy(lm, args.logprob_chunk, 1.0)
     g = torch.Generator().manual_seed(args.seed + 1)
     old_rows = []
     with torch.no_grad():
         for lo in range(0, n, CHECK_MICRO):
-            lp, _ = policy(*lad.make_batch(items[lo:lo + CHECK_MICRO], 0, device))
+            lp = policy(*make_batch(items[lo:lo + CHECK_MICRO], 0, device))[0]
             old_rows += list((lp.cpu() + 0.3 * torch.randn(lp.shape, generator=g)).unbind(0))
     del lm, policy
     free_memory(device)
@@ -424,13 +370,12 @@ def run_check(args, cfg, device, rank, world):
         dist.broadcast_object_list(obj, src=0)
         old_rows = obj[0]
     comparisons = [("fp32", False, FP32_RTOL)]
-    if device.type == "cuda" or args.shape == "tiny" or args.layers:   # bf16 on CPU: only small models (slow)
+    if device.type == "cuda" or cfg.hidden_size <= 128 or args.layers:   # bf16 on CPU: only small models (slow)
         comparisons.append(("bf16", True, BF16_RTOL))
-    res, ok = {}, True
+    res, ok = {"case": "check"}, True
     for name, bf16, tol in comparisons:
-        single = one_step(args, cfg, items, adv, old_rows, device, rank, world, shard=False, bf16=bf16)
-        sharded = one_step(args, cfg, items, adv, old_rows, device, rank, world, shard=True, bf16=bf16,
-                           perturb=args.check_perturb)
+        single = one_step(args, cfg, items, adv, old_rows, ctx, shard=False, bf16=bf16)
+        sharded = one_step(args, cfg, items, adv, old_rows, ctx, shard=True, bf16=bf16, perturb=args.check_perturb)
         d = {"single": single, "fsdp2": sharded, "rtol": tol,
              "loss_rel_diff": rel(sharded["loss"], single["loss"]),
              "grad_norm_rel_diff": rel(sharded["grad_norm"], single["grad_norm"])}
@@ -449,13 +394,13 @@ def run_check(args, cfg, device, rank, world):
 
 
 def is_oom(e):
-    """CUDA out-of-memory, also when it surfaces through NCCL or checkpoint recomputation as a RuntimeError."""
+    """CUDA out-of-memory, also when it surfaces through NCCL, checkpoint recomputation or lad.main's log."""
     return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
 
 
 def free_memory(device):
+    gc.collect()
     if device.type == "cuda":                 # a model's worth of GPU memory back before the next one
-        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -465,23 +410,18 @@ def free_memory(device):
 
 
 def validate(args):
-    if args.shape not in SHAPES:
-        raise UsageError(f"--shape must be one of {', '.join(SHAPES)}, got {args.shape!r}")
-    for name in ("prompt_len", "response_len", "prompts_per_rank", "mini_batches", "logprob_chunk"):
+    for name in ("prompt_len", "max_new_tokens", "updates_per_rollout", "logprob_chunk", "group_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("layers", "micro_batch", "steps", "warmup"):
+    for name in ("layers", "micro_batch", "steps", "warmup", "prompts_per_step"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.group_size < 2:
-        raise UsageError(f"--group-size must be >= 2 (group advantages need a spread), got {args.group_size}")
-    if args.prompts_per_rank * args.group_size < args.mini_batches:
-        raise UsageError(f"--mini-batches {args.mini_batches} exceeds the {args.prompts_per_rank * args.group_size}"
-                         " responses per rank")
     if not 0 < args.mem_fraction <= 1:
         raise UsageError(f"--mem-fraction must be in (0, 1], got {args.mem_fraction}")
     if args.steps == 0 and not args.check:
-        raise UsageError("--steps 0 runs nothing without --check")
+        raise UsageError("--steps 0 --check false runs nothing")
+    if args.layers and args.shape == "tiny":
+        raise UsageError("--layers applies to the larger shapes, not tiny")
 
 
 def device_name(device):
@@ -491,114 +431,87 @@ def device_name(device):
 
 
 def main(args):
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     validate(args)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    ctx = lad.Ranks.from_env()
+    rank, world, device = ctx.rank, ctx.world, ctx.device
+    cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
-    elif "OMP_NUM_THREADS" not in os.environ:     # share the cores between ranks (an explicit setting wins)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    backend = "nccl" if cuda else "gloo"
-    if "MASTER_ADDR" in os.environ and "RANK" in os.environ:          # torchrun
-        dist.init_process_group(backend)
-    elif args.fsdp or args.check:                                     # FSDP2 needs a group, even of one
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    world = dist.get_world_size() if lad.dist_on() else 1
+    else:                                     # lad.main does the same for its own run
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_world))
     say = print if rank == 0 else (lambda *a, **k: None)
+    import transformers
 
-    cfg = make_config(args.shape, args.layers)
-    n_params = count_params(cfg)
-    published = SHAPES[args.shape][7] if not args.layers else None
-    seq = args.prompt_len + args.response_len
-    bf16 = cuda and args.bf16
-    per_mini = -(-args.prompts_per_rank * args.group_size // args.mini_batches)
-    shard_over = world if args.fsdp else 1
-    est = lambda m: memory_estimate(cfg, n_params, m, seq, args.logprob_chunk, shard_over=shard_over,  # noqa: E731
-                                    bf16_autocast=bf16 and not args.fsdp, bf16=bf16,
-                                    checkpointing=args.activation_checkpointing)
+    cfg = workload.make_config(args.shape, args.layers)
+    n_params = workload.count_params(cfg)
+    published = (workload.SHAPES[args.shape] or [None])[-1] if not args.layers else None
+    seq = args.prompt_len + args.max_new_tokens
+    pps = args.prompts_per_step or 8 * world
+    bf16 = cuda and args.fsdp
+    precision = "bf16 (FSDP2 MixedPrecisionPolicy)" if bf16 else "fp32"
+    mode = ("fsdp2" if args.fsdp else ("ddp" if world > 1 else "single")) + " " + precision
+    per_mini = -(-(pps // world * args.group_size) // args.updates_per_rollout)   # responses per mini-batch per rank
+    est = lambda m: memory_estimate(cfg, n_params, m, seq, args.logprob_chunk, shard_over=world if args.fsdp else 1,  # noqa: E731
+                                    bf16=bf16, checkpointing=args.activation_checkpointing)
     total_mem = torch.cuda.get_device_properties(device).total_memory if cuda else None
     if cuda and est(0) > 0.95 * total_mem:
         raise UsageError(f"--shape {args.shape}: weights + grads + AdamW alone need about {est(0) / GiB:.0f} GiB per "
-                         f"device ({'FSDP2 over ' + str(world) + ' rank(s)' if args.fsdp else 'no sharding'}) "
-                         f"of {total_mem / GiB:.0f} GiB: run under torchrun with more GPUs and --fsdp true")
-    micro = args.micro_batch
-    if micro == 0:
+                         f"device ({'FSDP2 over ' + str(world) + ' rank(s)' if args.fsdp else 'no sharding'}) of "
+                         f"{total_mem / GiB:.0f} GiB: run under torchrun with more GPUs and --fsdp true")
+    if seq > cfg.max_position_embeddings:
+        raise UsageError(f"--prompt-len + --max-new-tokens = {seq} exceeds the {args.shape} model's context "
+                         f"{cfg.max_position_embeddings}")
+    micro, auto_micro = args.micro_batch, args.micro_batch == 0
+    if auto_micro:
         micro = 1
-        while micro * 2 <= per_mini and (not cuda or est(micro * 2) <= args.mem_fraction * total_mem):
+        while micro * 2 <= per_mini and (est(micro * 2) <= args.mem_fraction * total_mem if cuda else micro < 8):
             micro *= 2
-        if not cuda:
-            micro = min(micro, 8)
-    auto_micro = args.micro_batch == 0
-
     peak, peak_src = (args.peak_tflops, "--peak-tflops") if args.peak_tflops > 0 else \
         (lookup_peak(device_name(device)) if cuda else (None, None))
-    mode = ("fsdp2" if args.fsdp else ("ddp" if world > 1 else "single")) + \
-        (" bf16 (MixedPrecisionPolicy)" if bf16 and args.fsdp else " bf16 (autocast)" if bf16 else " fp32")
-    import transformers
+    common_fields = {"script": "bench/gpu_step.py", "args": dataclasses.asdict(args), "device": device_name(device),
+                     "torch": torch.__version__, "transformers": transformers.__version__,
+                     "cuda": torch.version.cuda if cuda else None, "world_size": world, "shape": args.shape,
+                     "params": n_params, "params_published": published,
+                     "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")}
+    say(f"gpu_step: shape {args.shape} ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, vocab "
+        f"{cfg.vocab_size}): {n_params:,} params" + (f" (published {published / 1e9:.2f}B: "
+                                                   f"{'matches' if abs(n_params - published) < 0.006e9 else 'MISMATCH'})"
+                                                   if published else ""))
+    say(f"  {world} rank(s), device {device_name(device)}, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}", flush=True)
+    lines = []
 
-    say(f"gpu_step: shape {args.shape} ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}): "
-        f"{n_params:,} params" + (f" (published {published / 1e9:.2f}B: "
-                                   f"{'matches' if abs(n_params - published) < 0.006e9 else 'MISMATCH'})"
-                                   if published else ""))
-    say(f"  {mode}, {world} rank(s), device {device_name(device)}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}")
-    say(f"  batch per rank: {args.prompts_per_rank} prompts x {args.group_size} = "
-        f"{args.prompts_per_rank * args.group_size} responses of {args.prompt_len} + {args.response_len} = {seq} "
-        f"tokens; {args.mini_batches} optimiser steps of {per_mini} responses in micro-batches of {micro}"
-        f"{' (auto)' if auto_micro else ''}; memory estimate {est(micro) / GiB:.1f} GiB"
-        + (f" of {total_mem / GiB:.1f} GiB" if cuda else ""))
-    say("  config: " + json.dumps(dataclasses.asdict(args)), flush=True)
-
-    result = {"script": "bench/gpu_step.py", "args": dataclasses.asdict(args), "device": device_name(device),
-              "torch": torch.__version__, "transformers": transformers.__version__,
-              "cuda": torch.version.cuda if cuda else None, "world_size": world, "mode": mode,
-              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
-              "params": n_params, "params_published": published, "seq_len": seq, "micro_batch": micro,
-              "micro_batch_auto": auto_micro, "mem_estimate_gib": est(micro) / GiB,
-              "device_mem_total_gib": total_mem / GiB if cuda else None,
-              "peak_tflops": peak, "peak_tflops_source": peak_src, "check": None, "status": "ok"}
-
-    def finish(code):
-        if rank == 0 and args.out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w") as fh:
-                json.dump(result, fh, indent=1)
-                fh.write("\n")
-            print(f"wrote {args.out}", flush=True)
-        return code
-
-    def oom_message(what, m):
-        if what == "check":
-            return (f"out of memory in the check (fp32, {CHECK_MICRO} sequences of {seq} tokens per forward, "
-                    f"shape {args.shape}): run --check with --shape 0.5b, or shorten --prompt-len/--response-len, "
-                    f"or add --activation-checkpointing true")
-        of = f" of {total_mem / GiB:.1f} GiB" if cuda else ""
-        return (f"out of memory in the benchmark: shape {args.shape}, micro-batch {m} x {seq} tokens "
-                f"(estimate {est(m) / GiB:.1f} GiB{of}). Lower --micro-batch"
-                f"{f' (try {m // 2})' if m > 1 else ''}, or add --activation-checkpointing true, or shorten "
-                f"--response-len; beyond that, more GPUs under torchrun (FSDP2 shards the 16 bytes/param of "
-                f"weights, grads and AdamW)")
+    def emit(d):
+        lines.append(d)
+        if rank == 0:
+            print("RESULT " + json.dumps(d), flush=True)
+            if args.out:
+                os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+                with open(args.out, "a") as fh:
+                    fh.write(json.dumps(d) + "\n")
 
     # ---- the check first: a numerical failure should not wait for the benchmark
     check_ok = True
     if args.check:
-        say(f"check: one step, {args.group_size * world} responses, FSDP2 over {world} rank(s) vs one device "
-            f"(the whole batch on each rank)", flush=True)
+        say(f"check: one step, {args.group_size * world} responses of {seq} tokens, FSDP2 over {world} rank(s) vs "
+            f"one device (the whole batch on each rank)", flush=True)
+        if not lad.dist_on():                 # fully_shard needs a group, even of one (torchrun's, or in-process)
+            if world > 1:
+                dist.init_process_group("nccl" if cuda else "gloo")
+            else:
+                dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
         try:
-            chk = run_check(args, cfg, device, rank, world)
-        except RuntimeError as e:           # torch.cuda.OutOfMemoryError is one
+            chk = run_check(args, cfg, ctx)
+            status = "ok" if chk["pass"] else "check_failed"
+        except RuntimeError as e:             # torch.cuda.OutOfMemoryError is one
             if not is_oom(e):
                 raise
-            chk = None
-        if chk is None:
+            chk, status = {"case": "check", "pass": False}, "oom"
             free_memory(device)
-            result["status"] = "oom"
-            result["error"] = oom_message("check", CHECK_MICRO)
-            print(f"gpu_step.py: {result['error']}", file=sys.stderr, flush=True)
-            return finish(3)
-        result["check"] = chk
+        finally:
+            dist.destroy_process_group()      # lad.main opens its own
         check_ok = chk["pass"]
+        emit({**chk, **common_fields, "status": status})
         for name in ("fp32", "bf16"):
             if name in chk:
                 d = chk[name]
@@ -606,107 +519,85 @@ def main(args):
                     f"(rel diff {d['loss_rel_diff']:.2e}); grad norm single {d['single']['grad_norm']:.8g} "
                     f"fsdp2 {d['fsdp2']['grad_norm']:.8g} (rel diff {d['grad_norm_rel_diff']:.2e}); "
                     f"bound {d['rtol']:.0e}: {'PASS' if d['pass'] else 'FAIL'}")
-        if "bf16" in chk:
-            d = chk["bf16"]
-            say(f"  bf16 vs fp32 (context): single loss {d['single_vs_fp32_loss_rel_diff']:.2e} grad norm "
-                f"{d['single_vs_fp32_grad_norm_rel_diff']:.2e}; fsdp2 loss {d['fsdp2_vs_fp32_loss_rel_diff']:.2e} "
-                f"grad norm {d['fsdp2_vs_fp32_grad_norm_rel_diff']:.2e}")
-        else:
-            say("  bf16: not compared (CPU with a full-size shape: too slow; on CUDA always)")
-        say(f"check: {'PASS' if check_ok else 'FAIL'}", flush=True)
+        say(f"check: {'PASS' if check_ok else 'FAIL'}" + (" (out of memory)" if status == "oom" else ""), flush=True)
+        if status == "oom":
+            return 3
 
-    # ---- the benchmark (one process: halve an automatic micro-batch on out-of-memory and start again)
+    # ---- the step: lad.main (one process: halve an automatic micro-batch on out-of-memory and start again)
+    code = 0 if check_ok else 1
     if args.steps:
-        tries = []
-        while True:
-            tries.append(micro)
-            try:
-                out = run_benchmark(args, cfg, n_params, micro, device, rank, world)
-            except RuntimeError as e:
-                if not is_oom(e):
-                    raise
-                out = None
-            if out is not None:
-                break
-            free_memory(device)
-            if not (auto_micro and world == 1 and micro > 1):
-                result["status"] = "oom"
-                result["error"] = oom_message("benchmark", micro)
-                result["micro_batch_tries"] = tries
-                print(f"gpu_step.py: {result['error']}", file=sys.stderr, flush=True)
-                if world > 1:        # the other ranks wait in a collective: let torchrun end them
-                    finish(3)
-                    sys.stdout.flush()
-                    os._exit(3)
-                return finish(3)
-            micro //= 2
-            say(f"  out of memory: again with micro-batch {micro}", flush=True)
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-        result["micro_batch"], result["micro_batch_tries"] = micro, tries
-        result["mem_estimate_gib"] = est(micro) / GiB
-        # slowest rank per step (one collective), as lad.py's perf/ metrics
-        t = torch.tensor(out["times"], dtype=torch.float64, device=device)
-        mem = torch.tensor([out["mem"].get("peak_mem_allocated_gib", 0.0), out["mem"].get("peak_mem_reserved_gib", 0.0)],
-                           dtype=torch.float64, device=device)
-        if world > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            dist.all_reduce(mem, op=dist.ReduceOp.MAX)
-        t_lp, t_up = t[:, 0].tolist(), t[:, 1].tolist()
-        n_resp = args.prompts_per_rank * args.group_size * world
-        tok, resp_tok = n_resp * seq, n_resp * args.response_len            # per step, all ranks
-        f6, f_attn = flops_per_token(cfg, n_params, seq)
-        up_tps, lp_tps = tok * len(t_up) / sum(t_up), tok * len(t_lp) / sum(t_lp)
-        mfu = (lambda f, tps: f * tps / (peak * 1e12 * world)) if peak else (lambda f, tps: None)
-        result.update({
-            "attn_implementation": out["attn_implementation"], "sdpa_call": out["sdpa"],
-            "responses_per_step": n_resp, "tokens_per_step": tok, "response_tokens_per_step": resp_tok,
-            "optimizer_steps_per_step": args.mini_batches, "timed_steps": len(t_up), "warmup_steps": args.warmup,
-            "update_s": t_up, "logprob_s": t_lp,
-            "update_s_median": statistics.median(t_up), "logprob_s_median": statistics.median(t_lp),
-            "update_tokens_per_s": up_tps, "update_response_tokens_per_s": resp_tok * len(t_up) / sum(t_up),
-            "update_tokens_per_s_per_device": up_tps / world, "logprob_tokens_per_s": lp_tps,
-            "flops_per_token_6n": f6, "flops_per_token_attn": f_attn,
-            "update_tflops_per_s_per_device": f6 * up_tps / world / 1e12,
-            "mfu": mfu(f6, up_tps), "mfu_attn": mfu(f_attn, up_tps), "logprob_mfu": mfu(f6 / 3, lp_tps),
-            "peak_mem_allocated_gib": mem[0].item() if cuda else None,
-            "peak_mem_reserved_gib": mem[1].item() if cuda else None,
-            "cpu_max_rss_gib": None if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB,
-            "last_loss": out["losses"][-1][0], "last_grad_norm": out["losses"][-1][1],
-        })
-        r = result
-        na = "null (no peak known: pass --peak-tflops)" if cuda else "null (CPU)"
-        pct = lambda x: na if x is None else f"{100 * x:.1f} %"  # noqa: E731
-        rows = [
-            ("device", f"{r['device']} x {world}" + ("" if cuda else "  [CPU smoke test: not a performance figure]")),
-            ("mode", f"{mode}{', activation checkpointing' if args.activation_checkpointing else ''}, "
-                     f"SDPA ({r['attn_implementation']}; mask {out['sdpa'].get('mask')}, "
-                     f"is_causal {out['sdpa'].get('is_causal')})"),
-            ("tokens per step (all ranks)", f"{tok:,} ({resp_tok:,} response), {args.mini_batches} optimiser steps"),
-            ("update phase, s/step", f"median {r['update_s_median']:.3f} over {len(t_up)} steps"),
-            ("update tokens/s (prompt + response)", f"{up_tps:,.0f} ({up_tps / world:,.0f} per device)"),
-            ("update response tokens/s", f"{r['update_response_tokens_per_s']:,.0f}"),
-            ("MFU, 6N", pct(r["mfu"]) + f"  ({r['update_tflops_per_s_per_device']:.1f} TFLOP/s per device"
-                                         + (f" of {peak:.0f}, {peak_src})" if peak else ")")),
-            ("MFU incl. attention, 6N + 12 L H S", pct(r["mfu_attn"])),
-            ("old log-probs pass, s/step", f"median {r['logprob_s_median']:.3f} ({lp_tps:,.0f} tokens/s, "
-                                           f"MFU 2N {pct(r['logprob_mfu'])})"),
-            ("peak memory", (f"allocated {r['peak_mem_allocated_gib']:.1f} GiB, reserved {r['peak_mem_reserved_gib']:.1f}"
-                             f" GiB (estimate {r['mem_estimate_gib']:.1f}) of {total_mem / GiB:.1f} GiB") if cuda else
-             f"CUDA: null; process max RSS (CPU, not GPU memory) {r['cpu_max_rss_gib']:.2f} GiB"),
-            ("last step", f"loss {r['last_loss']:.5g}, grad norm {r['last_grad_norm']:.5g}"),
-        ]
-        w = max(len(k) for k, _ in rows)
-        say("\n".join(f"{k:<{w}}  {v}" for k, v in rows), flush=True)
-    if not check_ok:
-        result["status"] = "check_failed"
+        model = workload.model_dir(args.shape, args.layers, args.seed, log=say)
+        with tempfile.TemporaryDirectory() as tmp:
+            data = workload.train_file(Path(tmp) / "train.jsonl", args.prompt_len, args.seed)
+            tries = []
+            while True:
+                tries.append(micro)
+                say(f"step: lad.main, {mode}, {pps} prompts x {args.group_size} responses of {args.prompt_len} + "
+                    f"{args.max_new_tokens} tokens per step, {args.updates_per_rollout} optimiser steps, micro-batch "
+                    f"{micro}{' (auto)' if auto_micro else ''} (estimate {est(micro) / GiB:.1f} GiB), "
+                    f"{args.warmup} + {args.steps} steps", flush=True)
+                try:
+                    rows, spy, la = run_step(args, model, data, micro, pps)
+                    break
+                except RuntimeError as e:
+                    if not is_oom(e):
+                        raise
+                free_memory(device)
+                if not (auto_micro and world == 1 and micro > 1):
+                    err = (f"out of memory in the step: shape {args.shape}, micro-batch {micro} x {seq} tokens. Lower "
+                           f"--micro-batch{f' (try {micro // 2})' if micro > 1 else ''}, or add --activation-checkpointing"
+                           f" true, or shorten --max-new-tokens; beyond that, more GPUs under torchrun (FSDP2 shards "
+                           f"the 16 bytes/param of weights, grads and AdamW)")
+                    emit({"case": "step", **common_fields, "mode": mode, "micro_batch": micro,
+                          "micro_batch_tries": tries, "status": "oom", "error": err})
+                    print(f"gpu_step.py: {err}", file=sys.stderr, flush=True)
+                    if world > 1:    # the other ranks wait in a collective: let torchrun end them
+                        sys.stdout.flush()
+                        os._exit(3)
+                    return 3
+                micro //= 2
+                say(f"  out of memory: again with micro-batch {micro}", flush=True)
         if rank == 0:
-            print("gpu_step.py: check FAILED (see the check lines above)", file=sys.stderr, flush=True)
-    return finish(0 if check_ok else 1)
+            r = step_result(args, rows, cfg, n_params, world, peak, pps,
+                            planned_gb(la, world, total_mem, args.prompt_len, cuda))
+            emit({"case": "step", **common_fields, "mode": mode, "precision": precision, "lad_args": dataclasses.asdict(la),
+                  "model_dir": model, "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
+                  "micro_batch": micro, "micro_batch_auto": auto_micro, "micro_batch_tries": tries,
+                  "auto_micro_batch_estimate_gib": est(micro) / GiB,
+                  "device_mem_total_gib": total_mem / GiB if cuda else None,
+                  "peak_tflops": peak, "peak_tflops_source": peak_src, **r, "sdpa_train_calls": spy,
+                  "cpu_max_rss_gib": None if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB,
+                  "status": "ok"})
+            na = "null (no peak known: pass --peak-tflops)" if cuda else "null (CPU)"
+            pct = lambda x: na if x is None else f"{100 * x:.1f} %"  # noqa: E731
+            mem = ", ".join(f"{p} {v['measured_gb']:.2f} (plan {v['memplan_predicted_gb']:.2f})" for p, v in r["peak_gb"].items()
+                            if v["measured_gb"] is not None and v["memplan_predicted_gb"] is not None)
+            rows_out = [
+                ("device", f"{device_name(device)} x {world}" + ("" if cuda else "  [CPU smoke test: not a performance figure]")),
+                ("mode", f"{mode}{', activation checkpointing' if args.activation_checkpointing else ''}; SDPA on the "
+                         f"trainer's sequences: {spy}"),
+                ("tokens per step (all ranks)", f"{r['tokens_per_step']:,.0f} ({r['response_tokens_per_step']:,.0f} response, "
+                                                f"mean length {r['response_len_mean']:.1f})"),
+                ("phases, s/step (median)", ", ".join(f"{p} {r[f'{p}_s_median']:.3f}" for p in (*PHASES, "step"))),
+                ("step tokens/s", f"{r['step_tokens_per_s']:,.0f} (rollout included)"),
+                ("update tokens/s (prompt + response)", f"{r['update_tokens_per_s']:,.0f} "
+                                                        f"({r['update_tokens_per_s_per_device']:,.0f} per device)"),
+                ("MFU, 6N", pct(r["mfu"]) + f"  ({r['update_tflops_per_s_per_device']:.1f} TFLOP/s per device"
+                                             + (f" of {peak:.0f}, {peak_src})" if peak else ")")),
+                ("MFU incl. attention", pct(r["mfu_attn"])),
+                ("old log-probs pass", f"{r['logprob_tokens_per_s']:,.0f} tokens/s, MFU 2N {pct(r['logprob_mfu'])}"),
+                ("peak allocated GiB per phase", mem or ("null (CPU); process max RSS "
+                                                         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB")),
+            ]
+            w = max(len(k) for k, _ in rows_out)
+            say("\n".join(f"{k:<{w}}  {v}" for k, v in rows_out), flush=True)
+    if not check_ok and rank == 0:
+        print("gpu_step.py: check FAILED (see the check lines above)", file=sys.stderr, flush=True)
+    return code
 
 
 def cli(argv=None):
-    args = lad.parse_args(Args, argv)
+    args = parse_args(Args, argv)
     try:
         code = main(args)
     except UsageError as e:

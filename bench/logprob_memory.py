@@ -1,13 +1,13 @@
-"""Log-prob memory: peak memory of lad.Policy's log-prob pass over a grid of batch sizes and chunks.
+"""bench/logprob_memory.py -- peak memory of policy.Policy's log-prob passes over a grid of micro-batches and chunks.
 
-SPEC "Numbers to meet": never materialise float32 logits for the whole batch at once; peak memory of
-the log-prob pass grows with the chunk, not the batch. Policy computes the LM head and log-softmax
-`logprob_chunk` response tokens at a time (checkpointed per chunk when grad is on); this measures it.
+SPEC "Numbers to meet": never materialise float32 logits for the whole batch at once; peak memory of the
+log-prob pass grows with the chunk, not the batch. policy.Policy computes the LM head and log-softmax
+--logprob-chunk response tokens at a time (checkpointed per chunk when grad is on); this measures it.
 
-Two passes, as lad.py's trainer runs them: the old-log-prob pass (forward, no grad) and the update
-(forward with grad + backward of sum(logp)). The model is a random-init Qwen2 with Qwen2's vocabulary
-(151936) and a deliberately small trunk (hidden 64, 2 layers), so the logits dominate and the part of
-memory that does grow with the batch (hidden states, attention, saved activations) stays small.
+Two passes, as lad.main runs them: the old-log-prob pass (forward, no grad) and the update (forward with grad
++ backward of sum(logp)), on policy.make_batch's tensors. The model is a random-init Qwen2 with Qwen2's
+vocabulary (151936) and a deliberately small trunk (hidden 64, 2 layers), so the logits dominate and the
+part of memory that does grow with the batch (hidden states, attention, saved activations) stays small.
 
 Instrument: LiveBytes, a TorchDispatchMode that sees every tensor created inside it, records each new
 storage once (outputs that alias an input, i.e. views and in-place results, are not new memory),
@@ -20,11 +20,13 @@ subprocess runs the same pass and reports ru_maxrss minus its RSS just before it
 tests/test_logprob_memory.py asserts the bound with the same instrument, and that it catches a
 full-logits computation.
 
-    python bench/logprob_memory.py                                   # the recorded grid (about 6 minutes)
-    python bench/logprob_memory.py --batches 1,4 --chunks 256 --rss false
+Commands (CPU)
+    python bench/logprob_memory.py                                   # the full grid (about 6 minutes)
+    python bench/logprob_memory.py --micro-batch 4,16 --logprob-chunk 128,1024     # a short grid
+    python bench/logprob_memory.py --micro-batch 1,4 --logprob-chunk 256 --rss false
 
-Deliberately left out: GPU allocator figures (torch.cuda.max_memory_allocated would give the same
-bound there), bf16 (the trainer's log-softmax is float32 by design), long prompts (prompt positions
+Deliberately left out: GPU allocator figures (lad.py's perf/logprob_peak_gb and perf/update_peak_gb,
+bench/gpu_step.py), bf16 (the trainer's log-softmax is float32 by design), long prompts (prompt positions
 never reach the head: Policy gathers response positions first).
 """
 
@@ -47,17 +49,20 @@ from torch.utils._pytree import tree_flatten
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import lad  # noqa: E402
+from common import parse_args  # noqa: E402
+from policy import Policy, make_batch  # noqa: E402
 
 
 @dataclasses.dataclass
 class Args:
-    """Peak memory of lad.Policy's log-prob pass (no grad) and update (grad + backward), batch x chunk grid."""
+    """Peak memory of policy.Policy's log-prob pass (no grad) and update (grad + backward), micro-batch x chunk grid."""
 
-    batches: str = "1,4,16"
-    """comma-separated batch sizes (responses per micro-batch)"""
-    chunks: str = "128,512,1024"
-    """comma-separated --logprob-chunk values (lad.py default 1024)"""
+    DEPRECATED_FLAGS = {"batches": "micro_batch", "chunks": "logprob_chunk"}
+
+    micro_batch: str = "1,4,16"
+    """comma-separated micro-batch sizes (lad.py's --micro-batch: responses per forward)"""
+    logprob_chunk: str = "128,512,1024"
+    """comma-separated --logprob-chunk values (lad.py's flag; default 1024)"""
     response_len: int = 256
     """response tokens per sequence (all responses this long, so N = batch x response_len)"""
     prompt_len: int = 16
@@ -144,7 +149,7 @@ def make_inputs(batch, prompt_len, response_len, vocab, seed=0):
     g = torch.Generator().manual_seed(seed)
     items = [(torch.randint(2, vocab, (prompt_len,), generator=g).tolist(),
               torch.randint(2, vocab, (response_len,), generator=g).tolist()) for _ in range(batch)]
-    return lad.make_batch(items, 0, torch.device("cpu"))
+    return make_batch(items, 0, torch.device("cpu"))
 
 
 def run_pass(policy, batch, grad):
@@ -178,7 +183,7 @@ def measure(policy, batch, grad, vocab):
 def rss_child(a):
     b, c, grad = a.child.split(",")
     lm = make_model(a.vocab, a.hidden, a.layers)
-    policy = lad.Policy(lm, int(c), 1.0)
+    policy = Policy(lm, int(c), 1.0)
     prepare_grads(policy, a.prompt_len, a.vocab)
     batch = make_inputs(int(b), a.prompt_len, a.response_len, a.vocab)
     before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -194,11 +199,12 @@ def main(a):
     if a.child:
         return rss_child(a)
     MB = 2 ** 20
-    batches = [int(x) for x in a.batches.split(",")]
-    chunks = [int(x) for x in a.chunks.split(",")]
-    print(f"# log-prob memory, lad.Policy; random-init Qwen2 vocab {a.vocab}, hidden {a.hidden}, {a.layers} layers "
+    batches = [int(x) for x in a.micro_batch.split(",")]
+    chunks = [int(x) for x in a.logprob_chunk.split(",")]
+    print(f"# log-prob memory, policy.Policy; random-init Qwen2 vocab {a.vocab}, hidden {a.hidden}, {a.layers} layers "
           f"(tied head); prompts {a.prompt_len} + responses {a.response_len} tokens; float32 on cpu "
-          f"({platform.machine()}, torch {torch.__version__}); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+          f"({platform.machine()}, torch {torch.__version__}); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
           flush=True)
     print("peak = peak live bytes allocated by the pass (LiveBytes dispatch mode; weights and their grads excluded); "
           "logits = peak of float32 (.., vocab) tensors alive at once; rss = ru_maxrss growth of a subprocess "
@@ -219,7 +225,7 @@ def main(a):
         for b in batches:
             batch = make_inputs(b, a.prompt_len, a.response_len, a.vocab)
             for c in chunks:
-                policy = lad.Policy(lm, c, 1.0)
+                policy = Policy(lm, c, 1.0)
                 lm.zero_grad(set_to_none=True)
                 prepare_grads(policy, a.prompt_len, a.vocab)
                 lb = measure(policy, batch, grad, a.vocab)
@@ -267,4 +273,4 @@ def main(a):
 
 
 if __name__ == "__main__":
-    main(lad.parse_args(Args))
+    main(parse_args(Args))

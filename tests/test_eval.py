@@ -378,7 +378,8 @@ def test_builtin_code_task_is_generated_and_scored_in_the_sandbox(tmp_path, caps
     cfg, b = s["config"], s["benchmarks"]["builtin-code"]
     assert (cfg["kinds"], cfg["templates"], cfg["max_new_tokens"]) == ({"builtin-code": "code"}, {"builtin-code": "raw"}, 32)
     assert "limits" in cfg["protocol"]["rewards"]["code"] and b["problems"] == 3 and sum(b["reasons"].values()) == 48
-    assert b["reasons"].get("ok", 0) >= 1           # the warm start answers some prompts with a passing program
+    # the warm start writes programs the sandbox runs (held-out targets: none of them passes, docs/training.md)
+    assert sum(b["reasons"].get(r, 0) for r in ("ok", "wrong_answer", "runtime_error")) >= 8
     golds = {r["id"]: r["gold"] for r in tasks.builtin_rows(tasks.CODE, "heldout")}
     rows = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
     for r in rows[:6]:                              # each reward is the sandbox's verdict on that response

@@ -1,6 +1,7 @@
-"""bench/gpu_step.py on CPU (the GPU figures' script, issue 6): the smoke run writes its JSON with
-positive throughput and a passing fp32 FSDP2-vs-single check; on 2 ranks, a perturbed FSDP2 side makes
-the check FAIL with exit code 1; every real shape's parameter count matches its Qwen2.5 model card."""
+"""bench/gpu_step.py on CPU (the GPU figures' script): the smoke run writes one JSON line per case -- a passing
+FSDP2-vs-one-device check, and lad.main's step with positive throughput, the per-phase peak-memory fields and
+their empty memory-plan slots; on 2 ranks a perturbed FSDP2 side makes the check FAIL with exit code 1; every
+real shape's parameter count matches its Qwen2.5 model card; an out-of-memory halves an automatic micro-batch."""
 
 import json
 import os
@@ -12,94 +13,106 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--shape", "tiny", "--prompt-len", "16", "--response-len", "48", "--prompts-per-rank", "2"]
-FIELDS = ["args", "device", "torch", "world_size", "mode", "params", "micro_batch", "tokens_per_step",
-          "response_tokens_per_step", "update_s", "logprob_s", "update_tokens_per_s", "update_response_tokens_per_s",
-          "update_tokens_per_s_per_device", "logprob_tokens_per_s", "flops_per_token_6n", "flops_per_token_attn",
-          "mfu", "mfu_attn", "logprob_mfu", "peak_tflops", "peak_mem_allocated_gib", "peak_mem_reserved_gib",
-          "mem_estimate_gib", "cpu_max_rss_gib", "sdpa_call", "check", "status"]
+SMALL = ["--shape", "tiny", "--prompt-len", "8", "--max-new-tokens", "16", "--prompts-per-step", "2"]
+STEP_FIELDS = ["args", "lad_args", "device", "torch", "world_size", "mode", "precision", "params", "micro_batch",
+               "tokens_per_step", "response_tokens_per_step", "response_len_mean", "update_s", "logprob_s",
+               "rollout_s", "step_s", "step_tokens_per_s", "update_tokens_per_s", "update_response_tokens_per_s",
+               "update_tokens_per_s_per_device", "logprob_tokens_per_s", "flops_per_token_6n", "flops_per_token_attn",
+               "mfu", "mfu_attn", "logprob_mfu", "peak_tflops", "peak_gb", "cpu_max_rss_gib", "sdpa_train_calls",
+               "status"]
 
 
-def run(cmd, timeout=120):
+def run(cmd, timeout=240):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
 def test_cpu_smoke_run(tmp_path):
-    out = tmp_path / "tiny.json"
-    r = run([sys.executable, "bench/gpu_step.py", *SMALL, "--steps", "2", "--warmup", "1", "--check",
-             "--out", str(out)])
+    out = tmp_path / "tiny.jsonl"
+    r = run([sys.executable, "bench/gpu_step.py", *SMALL, "--steps", "1", "--out", str(out)])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    res = json.loads(out.read_text())
-    assert not [k for k in FIELDS if k not in res], [k for k in FIELDS if k not in res]
-    assert res["status"] == "ok" and res["world_size"] == 1 and res["mode"] == "fsdp2 fp32"
-    assert res["tokens_per_step"] == 16 * 64 and res["response_tokens_per_step"] == 16 * 48
-    assert res["update_tokens_per_s"] > 0 and res["update_response_tokens_per_s"] > 0 and res["logprob_tokens_per_s"] > 0
-    assert len(res["update_s"]) == 2 and res["timed_steps"] == 2
-    assert res["mfu"] is None and res["peak_mem_allocated_gib"] is None and res["cpu_max_rss_gib"] > 0   # CPU
-    assert res["sdpa_call"] == {"mask": "none", "is_causal": True, "q_dtype_at_call": "float32"}   # no padding
-    fp32 = res["check"]["fp32"]
+    check, step = lines(out)
+    assert check["case"] == "check" and check["status"] == "ok" and check["pass"]
+    fp32 = check["fp32"]
     assert fp32["pass"] and fp32["loss_rel_diff"] <= 1e-5 and fp32["grad_norm_rel_diff"] <= 1e-5, fp32
-    assert res["check"]["bf16"]["pass"] and res["check"]["pass"]
+    assert check["bf16"]["pass"]
+    assert step["case"] == "step" and not [k for k in STEP_FIELDS if k not in step], \
+        [k for k in STEP_FIELDS if k not in step]
+    assert step["status"] == "ok" and step["world_size"] == 1 and step["mode"] == "fsdp2 fp32"
+    la = step["lad_args"]                      # lad.main ran the workload's flags
+    assert la["fsdp"] and not la["dynamic_sampling"] and la["eval_every"] == 0 and la["steps"] == 2
+    n = 2 * 8
+    assert step["responses_per_step"] == n and step["timed_steps"] == 1 and len(step["update_s"]) == 1
+    assert 0 < step["response_len_mean"] <= 16
+    assert step["tokens_per_step"] == pytest.approx(n * 8 + step["response_tokens_per_step"])
+    assert step["update_tokens_per_s"] > 0 and step["logprob_tokens_per_s"] > 0 and step["step_tokens_per_s"] > 0
+    assert step["mfu"] is None and step["cpu_max_rss_gib"] > 0                          # CPU: no peak, no CUDA
+    assert set(step["peak_gb"]) == {"rollout", "reward", "logprob", "update", "sync"}
+    assert all(v["measured_gb"] is None for v in step["peak_gb"].values())              # CPU: no allocator peak
+    pred = {p: v["memplan_predicted_gb"] for p, v in step["peak_gb"].items()}              # the plan of the same run
+    assert all(pred[p] > 0 for p in ("rollout", "logprob", "update")) and pred["reward"] is None
+    assert step["sdpa_train_calls"]["calls"] > 0
     assert "fp32: loss single" in r.stdout and "PASS" in r.stdout and "not a performance figure" in r.stdout
 
 
 def test_check_fails_on_perturbed_weights_two_ranks(tmp_path):
     """2 ranks (gloo): FSDP2 over both vs the whole batch on each; one perturbed weight on the FSDP2 side."""
-    out = tmp_path / "bad.json"
+    out = tmp_path / "bad.jsonl"
     r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-             "bench/gpu_step.py", *SMALL, "--steps", "0", "--check", "--check-perturb", "1.0",
-             "--out", str(out)])
+             "bench/gpu_step.py", *SMALL, "--steps", "0", "--check-perturb", "1.0", "--out", str(out)])
     assert r.returncode != 0 and "check FAILED" in r.stderr, r.stdout[-2000:] + r.stderr[-3000:]
-    res = json.loads(out.read_text())
-    assert res["status"] == "check_failed" and res["world_size"] == 2 and not res["check"]["pass"]
-    assert not res["check"]["fp32"]["pass"] and res["check"]["fp32"]["loss_rel_diff"] > 1e-3
-    assert "FAIL" in r.stdout and "update_tokens_per_s" not in res          # --steps 0: the check alone
+    (res,) = lines(out)                                                 # --steps 0: the check alone
+    assert res["case"] == "check" and res["status"] == "check_failed" and res["world_size"] == 2
+    assert not res["pass"] and not res["fp32"]["pass"] and res["fp32"]["loss_rel_diff"] > 1e-3
+    assert "FAIL" in r.stdout
 
 
 def test_shapes_match_published_param_counts(monkeypatch):
-    monkeypatch.setattr(os, "environ", dict(os.environ))       # the import sets an allocator variable
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import gpu_step
+    import workload
 
-    for shape, spec in gpu_step.SHAPES.items():
-        if spec[-1] is not None:                                # meta device: no memory, no init
-            assert gpu_step.count_params(gpu_step.make_config(shape)) == pytest.approx(spec[-1], abs=0.006e9), shape
+    for shape, spec in workload.SHAPES.items():
+        if spec is not None and spec[-1] is not None:                   # meta device: no memory, no init
+            assert workload.count_params(workload.make_config(shape)) == pytest.approx(spec[-1], abs=0.006e9), shape
 
 
 def test_out_of_memory_halves_auto_micro_batch_else_names_the_flag(monkeypatch, tmp_path, capsys):
     """An OOM (simulated: the GPU path cannot run here) halves an automatic micro-batch and starts again;
-    with --micro-batch given, exit code 3 and a message naming the flag to lower, in the JSON too."""
-    monkeypatch.setattr(os, "environ", dict(os.environ))
+    with --micro-batch given, exit code 3 and a message naming the flag to lower, in the JSON line too."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import gpu_step
 
-    real, tried = gpu_step.run_benchmark, []
+    tried = []
 
-    def flaky(args, cfg, n_params, micro, *rest):
+    def flaky(args, model, data, micro, pps):
         tried.append(micro)
         if micro > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(args, cfg, n_params, micro, *rest)
+        row = {f"perf/{p}_s": 1.0 for p in (*gpu_step.PHASES, "step")}
+        row.update({"rollout/response_len_mean": 16.0, "loss/objective": 0.0, "train/grad_norm": 0.0})
+        return [row], {}, gpu_step.workload.lad_args(model, data, micro_batch=micro, max_new_tokens=args.max_new_tokens)
 
-    monkeypatch.setattr(gpu_step, "run_benchmark", flaky)
-    os.environ["OMP_NUM_THREADS"] = "1"                         # main keeps torch's thread count: set it
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                                    # a tiny model: 2 threads only contend
-    base = [*SMALL, "--fsdp", "false", "--steps", "1", "--warmup", "0"]
+    monkeypatch.setattr(gpu_step, "run_step", flaky)
+    base = [*SMALL, "--check", "false", "--steps", "1"]
+    threads = torch.get_num_threads()                          # main sets the thread count, as lad.main does
     try:
-        out = tmp_path / "auto.json"
-        assert gpu_step.main(gpu_step.lad.parse_args(gpu_step.Args, base + ["--out", str(out)])) == 0
-        auto = json.loads(out.read_text())
+        out = tmp_path / "auto.jsonl"
+        assert gpu_step.main(gpu_step.parse_args(gpu_step.Args, base + ["--out", str(out)])) == 0
+        (auto,) = lines(out)
         auto_tried = list(tried)
         tried.clear()
-        out = tmp_path / "fixed.json"
-        code = gpu_step.main(gpu_step.lad.parse_args(gpu_step.Args, base + ["--micro-batch", "4", "--out", str(out)]))
+        out = tmp_path / "fixed.jsonl"
+        code = gpu_step.main(gpu_step.parse_args(gpu_step.Args, base + ["--micro-batch", "4", "--out", str(out)]))
     finally:
         torch.set_num_threads(threads)
     assert auto_tried == [8, 4, 2] and auto["micro_batch_tries"] == [8, 4, 2] and auto["micro_batch"] == 2
-    assert auto["status"] == "ok" and auto["update_tokens_per_s"] > 0
-    assert code == 3
-    res = json.loads(out.read_text())
-    assert tried == [4] and res["status"] == "oom" and "Lower --micro-batch (try 2)" in res["error"]
+    assert auto["status"] == "ok" and auto["update_tokens_per_s"] == pytest.approx(2 * 8 * (8 + 16))
+    assert code == 3 and tried == [4]
+    (res,) = lines(out)
+    assert res["status"] == "oom" and "Lower --micro-batch (try 2)" in res["error"]
     assert "Lower --micro-batch (try 2)" in capsys.readouterr().err

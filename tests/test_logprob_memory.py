@@ -60,7 +60,7 @@ def test_no_logit_tensor_larger_than_a_chunk(lm, grad):
         # > 0: the instrument does see the head's logits; <= CHUNK: never more than a chunk of them
         assert 0 < lb.vocab_rows <= CHUNK
         # at most about three chunk-sized float32 temporaries at once (Policy._head: 2 in the forward,
-        # ~2.9 measured with backward; it was ~3.8 before the head was slimmed)
+        # ~2.9 measured with backward; a head that also kept the logits and p alive holds ~3.8)
         assert lb.vocab_peak <= 3.5 * CHUNK * V * 4
 
 
