@@ -41,7 +41,8 @@ os.cpu_count()), so a run is started through a two-line launcher that has os.cpu
 and then runs lad.py as __main__ (nothing else differs from `python lad.py ...`). Each run's folder holds
 its metrics.jsonl, log.txt (stdout and stderr) and run.json (command, wall and CPU seconds, peak RSS). A run
 whose metrics.jsonl already holds its last step with an evaluation is skipped, so the command resumes where
-it stopped; an unfinished folder is removed and the run redone from step 0.
+it stopped; an unfinished folder is removed and the run redone from step 0. To stop between runs: create
+OUT_DIR/STOP (no new run starts; the running ones finish; the reports are written; the file is removed).
 
     python bench/train_compare.py                       # everything: sweep, main, common lr, claims (hours)
     python bench/train_compare.py --dry-run             # list the runs (those done marked) and stop
@@ -52,7 +53,7 @@ it stopped; an unfinished folder is removed and the run redone from step 0.
 
 Writes to OUT_DIR: sweep.md (validation Avg@16 per method and lr, the chosen lr), table.md (every table:
 main, common lr, divergences, eta, each with paired differences against GRPO), verdicts.md (the four
-claims), results.json (every run's figures per seed, the chosen lrs, the CPU time), compare.png (held-out
+claims), per_seed.md (each seed's main figures), readme.md (the README's tables), results.json (every run's figures per seed, the chosen lrs, the CPU time), compare.png (held-out
 Pass@k against k per method at its chosen lr and training entropy over steps, 95% interval bands). Prints
 a progress bar over runs, then the total CPU time of all the runs and the wall time of this invocation.
 
@@ -445,8 +446,9 @@ def execute(a, out_dir):
                 todo[f] = r
         bar.total = len(done) + len(running) + len(failed) + len(todo) + unknown
         bar.refresh()
+        stop = (out_dir / "STOP").exists()
         for f, r in todo.items():
-            if len(running) >= a.jobs:
+            if len(running) >= a.jobs or stop:
                 break
             running[f] = (r, *start(r, a, out_dir))
             bar.set_postfix_str(f"started {r.key()} lr {r.lr:g} s{r.seed}")
@@ -463,7 +465,10 @@ def execute(a, out_dir):
                 tqdm.write(f"FAILED (exit {rc}): {f}\n" + (f / "log.txt").read_text()[-2000:])
         _, chosen = sweep_scores(a, out_dir)
     bar.close()
-    return sorted(failed), unknown
+    if stop:
+        print(f"stopped: {out_dir / 'STOP'} exists (the running runs were finished; remove it and rerun to go on)")
+        (out_dir / "STOP").unlink()
+    return sorted(failed), unknown if not stop else 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -477,7 +482,8 @@ def collect(a, out_dir):
     for group, r in plan(a, chosen):
         if r.lr is None or not is_done(r.folder(out_dir), a.steps):
             continue
-        entry = res.setdefault(group, {}).setdefault(r.key(), {"lr": r.lr, "seeds": {}})
+        key = r.key() if group != "sweep" else f"{r.key()} lr {r.lr:g}"
+        entry = res.setdefault(group, {}).setdefault(key, {"lr": r.lr, "seeds": {}})
         entry["seeds"][r.seed] = read_run(r.folder(out_dir))
     return res
 
@@ -580,6 +586,50 @@ def sweep_md(a, out_dir):
     return "\n".join(lines) + "\n", chosen
 
 
+README_FIGS = ["eval/avg@n", "eval/pass@16", "eval/distinct_answers", "final_entropy"]
+
+
+def readme_md(res, cl):
+    """The README's tables: each method at its chosen lr (mean [95% t-interval] of Avg@16, Pass@16, distinct
+    correct answers per prompt, final entropy; the warm start as a row), the paired differences against GRPO,
+    and the verdicts."""
+    main = res.get("main", {})
+    if not main:
+        return ""
+    lab = {k: (l, d) for k, l, d in FIGURES}
+    figs = [k for k in README_FIGS if any(k in v for e in main.values() for v in e["seeds"].values())]
+    lines = ["| method (lr) | " + " | ".join(lab[k][0] for k in figs) + " |", "|---" * (len(figs) + 1) + "|"]
+    warm = [v["eval0"] for v in next(iter(main.values()))["seeds"].values() if v["eval0"]]
+    if warm:
+        lines.append("| warm start (step 0) | " + " | ".join(
+            "-" if k == "final_entropy" else fmt_ci(*mean_ci([w.get(k) for w in warm]), lab[k][1]) for k in figs) + " |")
+    for m, e in main.items():
+        lines.append(f"| {m} ({e['lr']:g}) | " + " | ".join(fmt_ci(*mean_ci(values(e, k).values()), lab[k][1])
+                                                         for k in figs) + " |")
+    if "grpo" in main:
+        lines += ["", "| method − GRPO, same seeds | " + " | ".join(f"Δ {lab[k][0]}" for k in figs) + " |",
+                  "|---" * (len(figs) + 1) + "|"]
+        for m, e in main.items():
+            if m != "grpo":
+                lines.append(f"| {m} | " + " | ".join(fmt_diff(*mean_ci(paired(values(e, k), values(main["grpo"], k))),
+                                                               lab[k][1]) for k in figs) + " |")
+    return "\n".join(lines) + "\n\n" + verdicts_md(cl)
+
+
+def per_seed_md(res):
+    """Markdown: per group and method, each seed's Avg@16 / Pass@16 / distinct correct answers / final entropy."""
+    lines = []
+    for g, grp in res.items():
+        lines += [f"**{g}** (seed: Avg@16 / Pass@16 / distinct correct per prompt / final entropy)", ""]
+        for m, e in grp.items():
+            cells = [f"s{s} {v.get('eval/avg@n', math.nan):.3f}/{v.get('eval/pass@16', math.nan):.3f}/"
+                     f"{v.get('eval/distinct_answers', math.nan):.2f}/{v['final_entropy'] if v['final_entropy'] is not None else math.nan:.3f}"
+                     for s, v in sorted(e["seeds"].items())]
+            lines.append(f"- {m} (lr {e['lr']:g}): " + "; ".join(cells))
+        lines.append("")
+    return "\n".join(lines)
+
+
 def plot(main, path):
     """Held-out Pass@k against k per method (mean and 95% t-band over seeds; the warm start dashed) and the
     training entropy over steps (mean and band)."""
@@ -653,6 +703,8 @@ def report(a, out_dir, wall_this):
                                           "(per seed); bold: the chosen lr\n\n" + text_sweep)
     (out_dir / "table.md").write_text("\n".join(tables) + footer)
     (out_dir / "verdicts.md").write_text(verdicts_md(cl))
+    (out_dir / "per_seed.md").write_text(per_seed_md(res))
+    (out_dir / "readme.md").write_text(readme_md(res, cl))
     slim = {g: {m: {"lr": e["lr"], "seeds": {s: {k: v for k, v in x.items() if k != "entropy_steps"}
                                              for s, x in sorted(e["seeds"].items())}} for m, e in grp.items()}
             for g, grp in res.items()}
@@ -666,7 +718,7 @@ def report(a, out_dir, wall_this):
     if a.sweep:
         print("\n" + text_sweep)
     print("\n".join(tables) + "\n" + verdicts_md(cl) + footer)
-    print(f"wrote {out_dir}/: sweep.md table.md verdicts.md results.json compare.png")
+    print(f"wrote {out_dir}/: sweep.md table.md verdicts.md per_seed.md readme.md results.json compare.png")
     return res, cl
 
 
