@@ -64,6 +64,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import data
 import rollout
@@ -306,9 +308,6 @@ def score_rows(rows: list[dict], *, weak_sandbox: bool = False, grader: str = "o
 def generate(problems_by_bench: dict, cfg: dict) -> list[dict]:
     """Load cfg's model into a rollout engine (rollout.py) and sample cfg['n'] responses to every problem,
     each benchmark's prompts in its template -> per-sample rows (unscored)."""
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     try:
         tok = AutoTokenizer.from_pretrained(cfg["model"])
     except OSError as err:

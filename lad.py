@@ -276,6 +276,7 @@ from pathlib import Path  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 import data  # noqa: E402
 import memplan  # noqa: E402
@@ -1158,8 +1159,6 @@ def memory_plan(args, ctx, model_path, train):
     """memplan's plan of this run, printed by rank 0: the model's config (no weights), the run's flags, the
     GPU (this one, or --world-size x --gpu-memory-gb) and the longest prompt (--prompt-tokens, else measured
     with the model's tokenizer)."""
-    from transformers import AutoTokenizer
-
     gpu = args.gpu_memory_gb or (torch.cuda.get_device_properties(ctx.device).total_memory / 2 ** 30
                                  if ctx.device.type == "cuda" else 0.0)
     if not gpu:

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import data
 from baselines import LogZHead, prompt_mean_hidden
@@ -151,8 +152,6 @@ def load_hf(path, device, what, max_position_embeddings=0):
     """An HF causal LM in float32 on device and its tokenizer (pad = EOS where it has none); its context
     raised to max_position_embeddings when given (a config override: RoPE positions past the trained
     length, the user's choice, docs/gpu.md)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     override = {"max_position_embeddings": max_position_embeddings} if max_position_embeddings else {}
     try:
         tok = AutoTokenizer.from_pretrained(path)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.distributed.tensor import DTensor
+from transformers import AutoModelForCausalLM, LogitsProcessorList
 
 
 @dataclass
@@ -88,8 +89,6 @@ class HFEngine:
         self.dtype = None                            # the copy's dtype name, None without a copy (lad.py casts
                                                      # to it before the FSDP gather: half the traffic in bf16)
         if rollout_copy:
-            from transformers import AutoModelForCausalLM
-
             if model_path is None:
                 raise ValueError("the hf engine's rollout copy (sharded trainer) needs model_path")
             device = next(model.parameters()).device
@@ -100,8 +99,6 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts, n, *, temperature=1.0, top_p=1.0, max_new_tokens=256, seed=0):
-        from transformers import LogitsProcessorList
-
         device = next(self.model.parameters()).device
         seqs = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]   # grouped by prompt
         out = []

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from common import parse_args
 
@@ -69,9 +71,6 @@ def make_tokenizer(context=None):
     spaces. With the byte-level alphabet as vocabulary and no merges, the rebuilt tokenizer is
     identical, so transformers and vLLM (AutoTokenizer) encode and decode exactly as this one does.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {t: i for i, t in enumerate(SPECIALS + _byte_chars())}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -82,8 +81,6 @@ def make_tokenizer(context=None):
 
 def make_model(seed=0, context=None):
     """Random-init tiny Qwen2 and its tokenizer; context: max_position_embeddings (default MODEL_CONFIG's)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     tok = make_tokenizer(context)
     cfg = Qwen2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                       bos_token_id=None, **{**MODEL_CONFIG, **({"max_position_embeddings": context} if context else {})})
@@ -175,8 +172,6 @@ def default_model_dir(task, seed=0, log=print):
                 if base is None:
                     model, tok = make_model(seed)
                 else:
-                    from transformers import AutoModelForCausalLM, AutoTokenizer
-
                     model, tok = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
                 warm_start(model, tok, task.draw(), seed=seed, lr=task.warm_lr or WARM["lr"], log=log)
                 torch.set_num_threads(n_threads)
