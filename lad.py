@@ -297,7 +297,7 @@ class Args(BaselineArgs):
     CHOICES = {"loss": ["lad", *BASELINES], "flowrl_ref": ["init", "old"], "divergence": sorted(DIVERGENCES),
                "ratio": ["token", "seq"], "engine": ["auto", "hf", "vllm"], "wandb": ["disabled", "offline", "online"],
                "chat": ["auto", "true", "false"], "grader": list(tasks.GRADERS), "save_dtype": ["auto", "bf16", "fp32"],
-               "underfilled": ["error", "train"]}
+               "underfilled": ["auto", "error", "train"]}
 
     loss: str = "lad"
     """objective: lad (paper Eq. 8); the paper's baselines: grpo (DAPO clipped surrogate, clip-higher), flowrl
@@ -380,9 +380,10 @@ class Args(BaselineArgs):
     max_sample_rounds: int = 10
     """dynamic sampling: at most this many generate rounds per step, each drawing the rank's full share of
     prompts (DAPO's max_num_gen_batches = 10, gen_batch_size = train_batch_size in the entropy-mechanism scripts)"""
-    underfilled: str = "error"
-    """when --max-sample-rounds cannot fill the batch: error (stop, naming the zero-variance fraction, as DAPO)
-    or train (train on the groups kept, with a warning and rollout/underfilled)"""
+    underfilled: str = "auto"
+    """when --max-sample-rounds cannot fill the batch: error (stop, naming the zero-variance fraction, as DAPO),
+    train (train on the groups kept, with a warning and rollout/underfilled), or auto: error, unless the
+    training set holds fewer prompts than one step's rounds draw (the built-in tasks): then train"""
     overlong_buffer: int = 0
     """DAPO's soft overlong punishment: the last L tokens before --max-new-tokens cost up to --overlong-penalty,
     linearly (Yu et al. 2025, Eq. 13); 0 = off, as the entropy-mechanism scripts (enable_overlong_buffer False)"""
@@ -458,6 +459,7 @@ def main(args):
     init_distributed(args, ctx)                                # torchrun's process group (one-rank FSDP2: its own)
     tr, start, cursor = build_trainer(args, ctx, model_path, ckpt)
     train, held, facts = encode_data(args, tr, train, held)
+    args = resolve_underfilled(args, len(train))
     engine, facts["engine_resolved"] = build_engine(args, ctx, tr, model_path, train + (held or []))
     out = open_run(args, ctx, ckpt, {"model_path": model_path, "params": sum(p.numel() for p in tr.lm.parameters()),
                                      **facts})
@@ -619,6 +621,16 @@ def resolve_args(a):
     task = tasks.builtin(a.train_data, "lad.py")
     return dataclasses.replace(a, train_data=task.name if task else a.train_data,
                                max_new_tokens=a.max_new_tokens or (task.new_tokens if task else 1024))
+
+
+def resolve_underfilled(a, n_prompts):
+    """--underfilled auto: DAPO's error, unless one step's --max-sample-rounds x --prompts-per-step draws
+    exceed the n_prompts training prompts (built-in tasks: 85 and 10). Then later rounds only redraw prompts
+    already tried, so a policy that has converged on them cannot fill a batch however long it draws, and
+    the step trains on the groups it kept (rollout/underfilled counts it)."""
+    if a.underfilled != "auto":
+        return a
+    return dataclasses.replace(a, underfilled="train" if n_prompts < a.max_sample_rounds * a.prompts_per_step else "error")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 truncated responses masked, lr warmup across a resume, a raised context, and prompts that travel from
 lad.py's checkpoints to eval.py."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -169,3 +170,13 @@ def test_prompt_template_by_name_travels_to_eval(tmp_path, model_dir):  # noqa: 
                     "--engine", "hf", "--bootstrap", "0", "--prompt-template", "raw",
                     "--out-dir", str(tmp_path / "e2")]) == 0
     assert json.loads((tmp_path / "e2" / "summary.json").read_text())["config"]["templates"] == {"math": "raw"}
+
+
+def test_underfilled_auto_is_dapos_error_unless_the_rounds_exhaust_the_data():
+    """auto: error on a data set larger than one step's draws (DAPO), train on the built-in tasks' 85 prompts."""
+    a = lad.Args()                                                    # 10 rounds x 16 prompts = 160 draws
+    assert lad.resolve_underfilled(a, 85).underfilled == "train"
+    assert lad.resolve_underfilled(a, 160).underfilled == "error"
+    assert lad.resolve_underfilled(a, 17_917).underfilled == "error"
+    assert lad.resolve_underfilled(dataclasses.replace(a, underfilled="error"), 85).underfilled == "error"
+    assert lad.resolve_underfilled(dataclasses.replace(a, underfilled="train"), 10 ** 6).underfilled == "train"

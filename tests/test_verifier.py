@@ -130,7 +130,7 @@ GROUPS = [
         ("|x|", "x", F), ("\\sqrt{x^2}", "x", F),  # identity on the whole (complex) domain, not only x > 0
         ("\\lceil 7/2 \\rceil", "4", T), ("\\lfloor 7/2 \\rfloor", "4", F), ("m_{\\max}=n^2-n-1", "n^2-n-1", T),
     ]),
-    # issue 14: the long tail (near-misses that must stay unequal next to each)
+    # the long tail (near-misses that must stay unequal next to each)
     ("numeric agreement is no proof", [
         ("1", "2^{2^{-90}}", F), ("1", "2^{2^{-30}}", F), ("2^{2^{-90}}", "2^{2^{-90}}", T), ("0,250", "250", F),
         ("0,250", "0, 250", T), ("\\sqrt{2}+\\sqrt{3}", "\\sqrt{5+2\\sqrt{6}}", T), ("e^{\\pi\\sqrt{163}}", "262537412640768744", F),
@@ -177,7 +177,7 @@ GROUPS = [
     ("intervals, unions", [  # symbolic endpoints
         ("(a, b]", "(a, b]", T), ("(a, b]", "(a, b)", F), ("[0, 2a)", "[0, a+a)", T), ("(a, b]", "(b, a]", F), ("(a, b]", "x \\in (a, b]", T),
     ]),
-    # issue 24: the second long tail (each kind with its near-misses)
+    # the second long tail: physics notation, approximations, TeX spacing, clock times, labels (each with its near-misses)
     ("physics notation", [  # named symbols (\hbar, \ell), Greek letters in unicode, primes, accents
         ("2\\hbar", "\\hbar \\cdot 2", T), ("\\hbar", "h", F), ("\\frac{\\hbar^2}{2m}", "\\frac{\\hbar^{2}}{2 m}", T),
         ("\\frac{\\hbar}{2}", "\\frac{h}{2}", F), ("\\hbar\\omega", "ℏω", T), ("\\hbar\\omega", "\\hbar\\Omega", F), ("\\hbar", "\\hslash", T),
