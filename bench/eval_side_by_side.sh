@@ -7,8 +7,8 @@
 # SPEC: "run python eval.py to score checkpoints with Avg@k, Pass@k and diversity, side by side".
 #
 #   bash bench/eval_side_by_side.sh <GRPO checkpoint dir> <LAD checkpoint dir> [extra eval.py flags]
-#   (checkpoints: e.g. runs/compare/grpo-s0/ckpt-000200 and runs/compare/lad-js-s0/ckpt-000200 from
-#    python bench/train_compare.py --methods grpo lad-js --seeds 0)
+#   (checkpoints: e.g. runs/compare/runs/grpo-lr0.0003-s0/ckpt-000200 and runs/compare/runs/lad-js-lr0.0003-s0/ckpt-000200
+#    from python bench/train_compare.py --methods grpo lad-js --seeds 1 --sweep false --claims false --common false)
 #
 # Writes runs/eval/{warm-start,grpo,lad}/ and docs/eval/compare.md, docs/eval/tiny_pass_at_k.png
 # (EVAL_DOCS=<dir> to write the table and plot elsewhere).
