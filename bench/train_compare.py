@@ -7,9 +7,9 @@ The protocol (fixed before the runs; README "What it does on the embedded defaul
 - Task and budget: the embedded default (`python lad.py` with its defaults: builtin-sum, the tiny Qwen2
   warm start, 200 steps of 16 prompts x 8 responses, 4 updates per rollout, 12 new tokens, temperature 1)
   for every method, every other lad.py flag at its default (the methods' own knobs are the authors' settings,
-  baselines.BaselineArgs). The one exception, the same for all: `--underfilled train` (lad.py's default
-  `error` stops a run whose dynamic sampling cannot fill a batch in 10 rounds, which a collapsed policy
-  reaches on this small task; such a step trains on the groups it kept, and the run counts it). Output-only
+  baselines.BaselineArgs). `--underfilled train` is given explicitly (lad.py's default, auto, resolves to it
+  on these small prompt sets too: a step whose dynamic sampling cannot fill its batch in 10 rounds, which a
+  collapsed policy reaches on this task, trains on the groups it kept, and the run counts it). Output-only
   flags: `--eval-every <steps>` (held-out evaluation at step 0 and at the last step only), `--save-every 0
   --save-optimizer false` (one checkpoint, at the end).
 - Held-out evaluation: builtin-sum's 29 held-out prompts, 16 samples each at temperature 1, at the last step.
