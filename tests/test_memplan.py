@@ -356,3 +356,25 @@ def test_the_readme_gpu_commands_carry_the_plans_verdict(capsys, monkeypatch):
         out = capsys.readouterr().out
         assert code == (0 if verdict == "FITS" else 1), (cmd, out)
         assert f"verdict: {verdict} -- peak {peak} GiB" in out, (cmd, out)
+
+
+def test_plan_cli_exit_codes_and_the_gpu_start_refusal(monkeypatch, capsys):
+    """`lad.py --plan true`: 1 when the run does not fit (naming the flags that would), 2 for a usage error;
+    and a run on a GPU the plan says it cannot fit is refused before any model loads (device faked: the
+    refusal comes first, so nothing touches CUDA)."""
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    qwen7b = str(ROOT / "tests" / "data" / "configs" / "Qwen2.5-7B")
+    run = lambda *a: subprocess.run([sys.executable, "lad.py", "--plan", "true", "--model", qwen7b, *a],  # noqa: E731
+                                    cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = run("--world-size", "1", "--gpu-memory-gb", "80", "--prompt-tokens", "512")
+    assert r.returncode == 1 and "DOES NOT FIT" in r.stdout and "--fsdp true" in r.stdout, r.stdout[-2000:]
+    r = run("--prompt-tokens", "512")                                  # CPU, no --gpu-memory-gb: a usage error
+    assert r.returncode == 2 and "--gpu-memory-gb" in r.stderr, r.stderr[-2000:]
+
+    monkeypatch.setattr(lad.Ranks, "from_env", classmethod(lambda cls: cls(0, 1, 0, 1, torch.device("cuda"))))
+    monkeypatch.setattr(lad, "build_trainer", lambda *a: pytest.fail("the model was loaded"))
+    args = lad.parse_args(lad.Args, ["--model", qwen7b, "--gpu-memory-gb", "80", "--prompt-tokens", "512"])
+    with pytest.raises(lad.UsageError, match="does not fit this GPU"):
+        lad.main(args)
+    assert "DOES NOT FIT" in capsys.readouterr().out
