@@ -244,3 +244,20 @@ def test_fsdp2_step_equals_single_process(tmp_path):
         assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5), (name, got, ref)
         assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), (name, got, ref)
         assert got["grad_diff"] < 1e-6, (name, got)
+
+
+def test_raised_context_in_the_vllm_engine(tmp_path):
+    """--max-position-embeddings reaches vLLM (hf_overrides): the tiny model's 256-token context holds a
+    300-token response once raised to 512 (at temperature 0.1 the random model loops without EOS), where
+    vLLM refuses a max_model_len past the model's own context without it."""
+    path = tiny.init_model_dir(tmp_path / "model", seed=0)
+    tok = tiny.make_tokenizer()
+    prompt = tok(tasks.sum_prompt(*TASKS[0]))["input_ids"]
+    with pytest.raises(Exception, match="max_model_len|max_position_embeddings"):
+        VLLMEngine(path, seed=0, max_model_len=len(prompt) + 300)
+    engine = VLLMEngine(path, seed=0, max_model_len=len(prompt) + 300, max_position_embeddings=512)
+    try:
+        (s,) = engine.generate([prompt], 1, temperature=0.1, max_new_tokens=300, seed=0)
+    finally:
+        engine.close()
+    assert len(s.response_ids) == 300 and s.truncated                  # positions past the model's own 256
