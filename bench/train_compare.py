@@ -229,22 +229,17 @@ def choose_lr(scores):
     return min(lr for lr, m in means.items() if m == best)
 
 
-def fmt_ci(m, lo, hi, n, d=3):
-    """'0.617 [0.512, 0.722]' (just the mean below 2 values, '-' without any)."""
+def fmt_ci(m, lo, hi, n, d=3, sign=""):
+    """'0.617 [0.512, 0.722]' (just the mean below 2 values, '-' without any); sign="+" for a difference."""
     if n == 0 or math.isnan(m):
         return "-"
-    if math.isnan(lo):
-        return f"{m:.{d}f}"
-    return f"{m:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
+    f = f"{sign}.{d}f"
+    return f"{m:{f}}" if math.isnan(lo) else f"{m:{f}} [{lo:{f}}, {hi:{f}}]"
 
 
 def fmt_diff(m, lo, hi, n, d=3):
     """'+0.052 [-0.031, +0.135]' for a difference."""
-    if n == 0 or math.isnan(m):
-        return "-"
-    if math.isnan(lo):
-        return f"{m:+.{d}f}"
-    return f"{m:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]"
+    return fmt_ci(m, lo, hi, n, d, sign="+")
 
 
 # ----------------------------------------------------------------------------------------------------
