@@ -727,7 +727,9 @@ def run_compare(args: Args) -> str:
     keys = ("n", "temperature", "top_p", "max_new_tokens", "prompt_template", "chat", "benchmark", "k")
     notes = []
     for key in keys:
-        vals = [s.get("config", {}).get(key) for s in summaries]
+        # chat: the setting as it resolved (auto becomes true or false with the tokenizer), not the flag
+        vals = [s.get("config", {}).get("chat_template_used" if key == "chat" and "chat_template_used" in
+                                        s.get("config", {}) else key) for s in summaries]
         if len({json.dumps(v) for v in vals}) > 1:
             notes.append(f"- settings differ: {key} = " + ", ".join(f"{lb}: {v}" for lb, v in zip(labels, vals)))
     text = (table + "\nValues: means over problems (accuracies and truncation in %); differences: "
