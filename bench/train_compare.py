@@ -582,32 +582,48 @@ def sweep_md(a, out_dir):
 
 
 README_FIGS = ["eval/avg@n", "eval/pass@16", "eval/distinct_answers", "final_entropy"]
+README_DIFFS = ["eval/avg@n", "eval/pass@16", "eval/distinct_answers"]
 
 
-def readme_md(res, cl):
-    """The README's tables: each method at its chosen lr (mean [95% t-interval] of Avg@16, Pass@16, distinct
-    correct answers per prompt, final entropy; the warm start as a row), the paired differences against GRPO,
-    and the verdicts."""
+def readme_md(res, cl, common_lr, swept):
+    """The README's one table and the verdicts: per method, at the lr its sweep chose and at the common lr, the
+    mean [95% t-interval] of Avg@16, Pass@16, distinct correct answers per prompt and final entropy, each of
+    the first three beside its paired difference against GRPO (bold where the interval excludes 0); the warm
+    start as the first row."""
     main = res.get("main", {})
     if not main:
         return ""
     lab = {k: (l, d) for k, l, d in FIGURES}
     figs = [k for k in README_FIGS if any(k in v for e in main.values() for v in e["seeds"].values())]
-    lines = ["| method (lr) | " + " | ".join(lab[k][0] for k in figs) + " |", "|---" * (len(figs) + 1) + "|"]
+    head = []
+    for k in figs:
+        head += [lab[k][0]] + (["− GRPO"] if k in README_DIFFS else [])
+    lines = ["| method (lr) | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     warm = [v["eval0"] for v in next(iter(main.values()))["seeds"].values() if v["eval0"]]
     if warm:
-        lines.append("| warm start (step 0) | " + " | ".join(
-            "-" if k == "final_entropy" else fmt_ci(*mean_ci([w.get(k) for w in warm]), lab[k][1]) for k in figs) + " |")
-    for m, e in main.items():
-        lines.append(f"| {m} ({e['lr']:g}) | " + " | ".join(fmt_ci(*mean_ci(values(e, k).values()), lab[k][1])
-                                                         for k in figs) + " |")
-    if "grpo" in main:
-        lines += ["", "| method − GRPO, same seeds | " + " | ".join(f"Δ {lab[k][0]}" for k in figs) + " |",
-                  "|---" * (len(figs) + 1) + "|"]
-        for m, e in main.items():
-            if m != "grpo":
-                lines.append(f"| {m} | " + " | ".join(fmt_diff(*mean_ci(paired(values(e, k), values(main["grpo"], k))),
-                                                               lab[k][1]) for k in figs) + " |")
+        cells = []
+        for k in figs:
+            cells += ["-" if k == "final_entropy" else fmt_ci(*mean_ci([w.get(k) for w in warm]), lab[k][1])]
+            cells += [""] if k in README_DIFFS else []
+        lines.append("| warm start (step 0) | " + " | ".join(cells) + " |")
+    sections = [("main", "at the lr its sweep chose" if swept else f"at the common lr {common_lr:g}"),
+                ("common", f"at the common lr {common_lr:g}")]
+    for g, title in [(g, t) for g, t in sections if res.get(g)]:
+        grp = res[g]
+        lines.append(f"| *{title}* |" + " |" * len(head))
+        for m, e in grp.items():
+            cells = []
+            for k in figs:
+                cells.append(fmt_ci(*mean_ci(values(e, k).values()), lab[k][1]))
+                if k not in README_DIFFS:
+                    continue
+                if m == "grpo" or "grpo" not in grp:
+                    cells.append("")
+                    continue
+                ci = mean_ci(paired(values(e, k), values(grp["grpo"], k)))
+                txt = fmt_diff(*ci, lab[k][1])
+                cells.append(f"**{txt}**" if verdict(*ci[1:3]) != "not resolved" else txt)
+            lines.append(f"| {m} ({e['lr']:g}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + verdicts_md(cl)
 
 
@@ -678,10 +694,12 @@ def report(a, out_dir, wall_this):
     """Write sweep.md, table.md, verdicts.md, results.json, compare.png; print them."""
     text_sweep, chosen = sweep_md(a, out_dir)
     res = collect(a, out_dir)
-    titles = {"main": "Each method at its chosen lr (held-out, step {s})",
+    at = "its chosen lr" if a.sweep else "the common lr {lr:g}"
+    titles = {"main": "Each method at " + at + " (held-out, step {s})",
               "common": "Every method at the common lr {lr:g} (held-out, step {s})",
-              "divergence": "LAD's divergences, each at its chosen lr (held-out, step {s})",
-              "eta": "LAD-js at each 1/eta, at lad-js's chosen lr (held-out, step {s})"}
+              "divergence": "LAD's divergences, each at " + at + " (held-out, step {s})",
+              "eta": "LAD-js at each 1/eta, at " + ("lad-js's chosen lr" if a.sweep else "the common lr {lr:g}")
+                     + " (held-out, step {s})"}
     tables = []
     for g in ("main", "common", "divergence", "eta"):
         if g in res:
@@ -699,7 +717,7 @@ def report(a, out_dir, wall_this):
     (out_dir / "table.md").write_text("\n".join(tables) + footer)
     (out_dir / "verdicts.md").write_text(verdicts_md(cl))
     (out_dir / "per_seed.md").write_text(per_seed_md(res))
-    (out_dir / "readme.md").write_text(readme_md(res, cl))
+    (out_dir / "readme.md").write_text(readme_md(res, cl, a.common_lr, a.sweep))
     slim = {g: {m: {"lr": e["lr"], "seeds": {s: {k: v for k, v in x.items() if k != "entropy_steps"}
                                              for s, x in sorted(e["seeds"].items())}} for m, e in grp.items()}
             for g, grp in res.items()}

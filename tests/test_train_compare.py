@@ -87,3 +87,22 @@ def test_the_command_on_a_tiny_budget(tmp_path):
     assert r.returncode == 0 and "started" not in r.stderr, r.stderr[-2000:]
     r = subprocess.run(cmd + ["--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "to run" not in r.stdout and "done" in r.stdout
+
+
+def test_readme_table_has_both_lrs_and_marks_resolved_differences():
+    def entry(lr, avg):
+        return {"lr": lr, "seeds": {s: {"eval/avg@n": a, "eval/pass@16": 0.8, "eval/distinct_answers": 1.0,
+                                        "final_entropy": 0.2, "eval0": {"eval/avg@n": 0.3}}
+                                    for s, a in enumerate(avg)}}
+    res = {"main": {"grpo": entry(1e-4, [0.50, 0.52, 0.51]), "lad-js": entry(1e-4, [0.60, 0.63, 0.61])},
+           "common": {"grpo": entry(3e-4, [0.5, 0.7, 0.6]), "lad-js": entry(3e-4, [0.7, 0.6, 0.8])}}
+    text = tc.readme_md(res, tc.claims(res), 3e-4, True)
+    rows = [r for r in text.splitlines() if r.startswith("| ")]
+    assert rows[0].split(" | ")[1:3] == ["Avg@16", "− GRPO"]
+    assert "| *at the lr its sweep chose* |" in text and "| *at the common lr 0.0003* |" in text
+    chosen = next(r for r in rows if r.startswith("| lad-js (0.0001)"))
+    common = next(r for r in rows if r.startswith("| lad-js (0.0003)"))
+    assert "**+0.103 [" in chosen                      # +0.10 on every seed: resolved, bold
+    assert "+0.100 [" in common and "**+0.100" not in common   # +0.2, -0.1, +0.2: contains 0, plain
+    assert "warm start (step 0) | 0.300" in text
+    assert "at the common lr" in tc.readme_md(res, tc.claims(res), 3e-4, False).splitlines()[3]
