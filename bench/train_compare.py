@@ -490,7 +490,7 @@ def values(entry, fig):
 
 def method_table(group, title):
     """Markdown: one row per method, mean [95% t-interval] of every figure, then the paired differences
-    against GRPO (same seeds) of the table's figures."""
+    against GRPO (same seeds) of the table's figures and, with more than two methods, LAD-JS's against each."""
     figs = [f for f in FIGURES if any(f[0] in v for e in group.values() for v in e["seeds"].values())]
     lines = [f"### {title}", "", "| method | lr | seeds | " + " | ".join(lab for _, lab, _ in figs) + " |",
              "|---" * (len(figs) + 3) + "|"]
@@ -503,18 +503,24 @@ def method_table(group, title):
     for m, e in group.items():
         lines.append(f"| {m} | {e['lr']:g} | {len(e['seeds'])} | " + " | ".join(
             fmt_ci(*mean_ci(values(e, k).values()), d) for k, _, d in figs) + " |")
+    sub = [f for f in figs if f[0] in TABLE_FIGS]
     if "grpo" in group:
-        sub = [f for f in figs if f[0] in TABLE_FIGS]
-        lines += ["", "Paired differences against GRPO (method − grpo, same seeds; mean [95% t-interval]):", "",
-                  "| method | seeds | " + " | ".join(f"Δ {lab}" for _, lab, _ in sub) + " |",
-                  "|---" * (len(sub) + 2) + "|"]
-        for m, e in group.items():
-            if m == "grpo":
-                continue
-            n = len(paired(values(e, "eval/avg@n"), values(group["grpo"], "eval/avg@n")))
-            lines.append(f"| {m} | {n} | " + " | ".join(
-                fmt_diff(*mean_ci(paired(values(e, k), values(group["grpo"], k))), d) for k, _, d in sub) + " |")
+        lines += ["", "Paired differences against GRPO (method − grpo, same seeds; mean [95% t-interval]):", ""]
+        lines += diff_rows({m: (e, group["grpo"]) for m, e in group.items() if m != "grpo"}, sub)
+    if "lad-js" in group and len(group) > 2:   # the paper's Table 1 reads LAD against every baseline
+        lines += ["", "LAD-JS against each method (lad-js − method, same seeds; mean [95% t-interval]):", ""]
+        lines += diff_rows({m: (group["lad-js"], e) for m, e in group.items() if m != "lad-js"}, sub)
     return "\n".join(lines) + "\n"
+
+
+def diff_rows(pairs, figs):
+    """Markdown rows: per label, the paired differences a − b (same seeds) of figs, {label: (a, b)}."""
+    lines = ["| method | seeds | " + " | ".join(f"Δ {lab}" for _, lab, _ in figs) + " |", "|---" * (len(figs) + 2) + "|"]
+    for m, (a, b) in pairs.items():
+        n = len(paired(values(a, "eval/avg@n"), values(b, "eval/avg@n")))
+        lines.append(f"| {m} | {n} | " + " | ".join(
+            fmt_diff(*mean_ci(paired(values(a, k), values(b, k))), d) for k, _, d in figs) + " |")
+    return lines
 
 
 def claims(res):

@@ -106,3 +106,15 @@ def test_readme_table_has_both_lrs_and_marks_resolved_differences():
     assert "+0.100 [" in common and "**+0.100" not in common   # +0.2, -0.1, +0.2: contains 0, plain
     assert "warm start (step 0) | 0.300" in text
     assert "at the common lr" in tc.readme_md(res, tc.claims(res), 3e-4, False).splitlines()[3]
+
+
+def test_method_table_reads_lad_against_every_method():
+    def entry(lr, avg):
+        return {"lr": lr, "seeds": {s: {"eval/avg@n": a, "final_entropy": 0.2, "eval0": {}} for s, a in enumerate(avg)}}
+    group = {"grpo": entry(3e-4, [0.5, 0.6, 0.7]), "clip-cov": entry(3e-4, [0.6, 0.6, 0.6]),
+             "lad-js": entry(3e-4, [0.8, 0.8, 0.8])}
+    text = tc.method_table(group, "t")
+    against_grpo, against_lad = text.split("LAD-JS against each method")
+    assert "| clip-cov | 3 | +0.000 [" in against_grpo and "| lad-js | 3 | +0.200 [" in against_grpo
+    assert "| grpo | 3 | +0.200 [" in against_lad and "| clip-cov | 3 | +0.200 [+0.200, +0.200] |" in against_lad
+    assert "LAD-JS against" not in tc.method_table({"grpo": group["grpo"], "lad-js": group["lad-js"]}, "t")
