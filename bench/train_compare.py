@@ -27,8 +27,9 @@ The protocol (fixed before the runs; README "What it does on the embedded defaul
   shared when a chosen lr equals it), the divergence claim (lad-<f> for every f, each at its chosen lr,
   --claim-seeds seeds) and the eta claim (lad-js at 1/eta in --inv-etas, at lad-js's chosen lr).
 - Statistics over seeds: per figure the mean and a 95% t-interval; paired differences against GRPO (seed s
-  against seed s, both at their chosen lr) with their t-intervals. A claim holds when the interval of its
-  difference lies above 0, does not hold when it lies below 0, and is not resolved when it contains 0:
+  against seed s, both at their chosen lr), and LAD-JS's against every method, with their t-intervals. A
+  claim holds when the interval of its difference lies above 0, does not hold when it lies below 0, and is
+  not resolved when it contains 0:
   "LAD improves accuracy" = lad-js - grpo on Avg@16 (Pass@16 a second row); "LAD improves diversity" =
   lad-js - grpo on distinct correct answers per prompt (distinct-4 a second row); "strict divergences beat
   non-strict ones" = per seed, mean Avg@16 of {tv, hd, js} minus that of {kl, rkl, jf}; "robust to eta" =
@@ -53,7 +54,8 @@ OUT_DIR/STOP (no new run starts; the running ones finish; the reports are writte
 
 Writes to OUT_DIR: sweep.md (validation Avg@16 per method and lr, the chosen lr), table.md (every table:
 main, common lr, divergences, eta, each with paired differences against GRPO), verdicts.md (the four
-claims), per_seed.md (each seed's main figures), readme.md (the README's tables), results.json (every run's figures per seed, the chosen lrs, the CPU time), compare.png (held-out
+claims), per_seed.md (each seed's main figures), readme.md (the README's table and verdicts), results.json
+(every run's figures per seed, the chosen lrs, the CPU time), compare.png (held-out
 Pass@k against k per method at its chosen lr and training entropy over steps, 95% interval bands). Prints
 a progress bar over runs, then the total CPU time of all the runs and the wall time of this invocation.
 
