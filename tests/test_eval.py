@@ -340,6 +340,19 @@ def test_compare_two_summaries_gives_the_expected_table(tmp_path, capsys):
     assert "| synth | Pass@2 | 50.0 | 50.0 | +0.0 [+0.0, +0.0] |" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
+    # the chat setting is compared as it resolved: auto that became false is not a difference, true is
+    cfgs = [json.loads(Path(f).read_text()) for f in summaries]
+    for s, (flag, used) in zip(cfgs, (("auto", False), ("false", False))):
+        s["config"].update(chat=flag, chat_template_used=used)
+    for f, s in zip(summaries, cfgs):
+        Path(f).write_text(json.dumps(s))
+    assert ev.main(["--compare", *summaries, "--out-dir", str(tmp_path / "cmp4"), "--bootstrap", "0"]) == 0
+    assert "settings differ: chat" not in capsys.readouterr().out
+    cfgs[0]["config"]["chat_template_used"] = True
+    Path(summaries[0]).write_text(json.dumps(cfgs[0]))
+    assert ev.main(["--compare", *summaries, "--out-dir", str(tmp_path / "cmp5"), "--bootstrap", "0"]) == 0
+    assert "settings differ: chat = grpo: True, lad: False" in capsys.readouterr().out
+
 
 # ----------------------------------------------------------------------------------------------------
 # generation through rollout.py's HF engine (random-init tiny model: checks plumbing, not accuracy)
