@@ -726,10 +726,10 @@ def run_compare(args: Args) -> str:
     # settings that differ between runs make a comparison unfair: say so under the table
     keys = ("n", "temperature", "top_p", "max_new_tokens", "prompt_template", "chat", "benchmark", "k")
     notes = []
+    cfgs = [s.get("config", {}) for s in summaries]
     for key in keys:
         # chat: the setting as it resolved (auto becomes true or false with the tokenizer), not the flag
-        vals = [s.get("config", {}).get("chat_template_used" if key == "chat" and "chat_template_used" in
-                                        s.get("config", {}) else key) for s in summaries]
+        vals = [c.get("chat_template_used", c.get("chat")) if key == "chat" else c.get(key) for c in cfgs]
         if len({json.dumps(v) for v in vals}) > 1:
             notes.append(f"- settings differ: {key} = " + ", ".join(f"{lb}: {v}" for lb, v in zip(labels, vals)))
     text = (table + "\nValues: means over problems (accuracies and truncation in %); differences: "

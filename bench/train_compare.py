@@ -702,12 +702,11 @@ def report(a, out_dir, wall_this):
     """Write sweep.md, table.md, verdicts.md, results.json, compare.png; print them."""
     text_sweep, chosen = sweep_md(a, out_dir)
     res = collect(a, out_dir)
-    at = "its chosen lr" if a.sweep else "the common lr {lr:g}"
-    titles = {"main": "Each method at " + at + " (held-out, step {s})",
+    at, js_at = ("its chosen lr", "lad-js's chosen lr") if a.sweep else ("the common lr {lr:g}",) * 2
+    titles = {"main": f"Each method at {at} (held-out, step {{s}})",
               "common": "Every method at the common lr {lr:g} (held-out, step {s})",
-              "divergence": "LAD's divergences, each at " + at + " (held-out, step {s})",
-              "eta": "LAD-js at each 1/eta, at " + ("lad-js's chosen lr" if a.sweep else "the common lr {lr:g}")
-                     + " (held-out, step {s})"}
+              "divergence": f"LAD's divergences, each at {at} (held-out, step {{s}})",
+              "eta": f"LAD-js at each 1/eta, at {js_at} (held-out, step {{s}})"}
     tables = []
     for g in ("main", "common", "divergence", "eta"):
         if g in res:
